@@ -1,0 +1,52 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+# Everything else is what they depend on.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+PROTOS := $(shell find proto -name '*.proto')
+
+.PHONY: run up down status test unit integration bench venv proto clean
+
+run: proto  ## the whole stack in the foreground; Ctrl-C stops everything
+	$(PY) -m services.launcher run
+
+up: proto  ## the same stack in the background; returns once it is healthy
+	$(PY) -m services.launcher up
+
+down: venv  ## stops the stack `make up` started (same environment)
+	$(PY) -m services.launcher down
+
+status: venv
+	$(PY) -m services.launcher status
+
+test: proto  ## every test: unit, then full stack through Envoy
+	$(PY) -m pytest
+
+unit: proto
+	$(PY) -m pytest services
+
+integration: proto
+	$(PY) -m pytest tests/integration
+
+bench: proto
+	$(PY) -m bench
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > "$(SITE)/model-registry-repo.pth"
+	touch $@
+
+proto: gen/.stamp
+
+gen/.stamp: $(VENV)/.installed $(PROTOS)
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -I proto --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	touch $@
+
+clean:
+	rm -rf gen $(VENV) .pytest_cache

@@ -1,0 +1,90 @@
+"""Reading typed settings from the environment, with errors that name the variable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+PREFIX = "COGMENT_MODEL_REGISTRY_"
+
+# Ports of the internal listeners, used when nothing overrides them (the
+# container images rely on these; the local launcher passes free ports).
+DEFAULT_PUBLIC_PORT = 9000
+DEFAULT_FRONTEND_PORT = 9010
+DEFAULT_METADATA_PORT = 9020
+DEFAULT_BLOBSTORE_PORT = 9030
+DEFAULT_ENVOY_INTERNAL_PORT = 9100
+DEFAULT_ENVOY_ADMIN_PORT = 9901
+
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting is present but unusable; the message names the variable."""
+
+
+def _raw(name: str, env: Mapping[str, str] | None) -> str | None:
+    value = (os.environ if env is None else env).get(name)
+    if value is None or value.strip() == "":
+        return None
+    return value.strip()
+
+
+def env_str(name: str, default: str, env: Mapping[str, str] | None = None) -> str:
+    value = _raw(name, env)
+    return default if value is None else value
+
+
+def env_int(
+    name: str,
+    default: int,
+    env: Mapping[str, str] | None = None,
+    *,
+    minimum: int | None = None,
+) -> int:
+    value = _raw(name, env)
+    if value is None:
+        return default
+    try:
+        number = int(value.replace("_", ""), 0)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not an integer") from None
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{name}={number} must be at least {minimum}")
+    return number
+
+
+def env_float(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
+    value = _raw(name, env)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number") from None
+
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def env_bool(name: str, default: bool, env: Mapping[str, str] | None = None) -> bool:
+    """Booleans as the original read them: set means on, unless spelled as off."""
+    value = _raw(name, env)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean (use true/false)")
+
+
+def grpc_message_limit(chunk_size: int) -> int:
+    """Largest gRPC message any hop accepts.
+
+    Clients choose their own upload chunk size, so the limit is generous
+    (16 MiB) and always leaves room for a full download chunk plus framing.
+    """
+    return max(16 * MIB, chunk_size + MIB)

@@ -1,0 +1,63 @@
+"""Domain errors that carry their gRPC status code.
+
+Domain layers raise these; one interceptor per server (see `grpc_server`)
+turns them into statuses, so servicers never call `context.abort` themselves.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class RegistryError(Exception):
+    """Base of every error a client is meant to see."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(RegistryError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(RegistryError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(RegistryError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(RegistryError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(RegistryError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DataLoss(RegistryError):
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class Unavailable(RegistryError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Aborted(RegistryError):
+    code = grpc.StatusCode.ABORTED
+
+
+class Cancelled(RegistryError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class UpstreamError(RegistryError):
+    """An internal call failed with a status that is passed on to the client."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code

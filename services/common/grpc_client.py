@@ -1,0 +1,91 @@
+"""Calling other registry services: channels, deadlines, retries, and turning
+their failures into errors this service can pass on."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from services.common.errors import RegistryError, UpstreamError
+
+T = TypeVar("T")
+
+# Statuses a caller can act on: passed through to our own client unchanged.
+_PASS_THROUGH = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # Keep long idle watch streams alive through proxies.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        # Retries are ours (tenacity), with knowledge of what is idempotent.
+        ("grpc.enable_retries", 0),
+    ]
+
+
+def internal_channel(address: str, max_message_bytes: int) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=channel_options(max_message_bytes))
+
+
+def upstream_error(service: str, exc: grpc.aio.AioRpcError) -> RegistryError:
+    """The error to raise when a call to `service` failed with `exc`."""
+    code = exc.code()
+    details = exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return UpstreamError(code, f"the {service} service is unavailable, retry later: {details}")
+    if code in _PASS_THROUGH:
+        return UpstreamError(code, details)
+    return UpstreamError(grpc.StatusCode.INTERNAL, f"the {service} service failed: {code.name}: {details}")
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def call_idempotent(
+    service: str,
+    call: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 4,
+    max_seconds: float = 10.0,
+) -> T:
+    """Runs an idempotent unary call, retrying UNAVAILABLE with exponential
+    backoff; any failure left is raised as a `RegistryError`."""
+    try:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(attempts) | stop_after_delay(max_seconds),
+            wait=wait_exponential(multiplier=0.05, max=1.0),
+            reraise=True,
+        ):
+            with attempt:
+                return await call()
+    except grpc.aio.AioRpcError as exc:
+        raise upstream_error(service, exc) from None
+    raise AssertionError("unreachable")  # pragma: no cover

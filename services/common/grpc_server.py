@@ -1,0 +1,214 @@
+"""gRPC server plumbing shared by every service.
+
+- `RequestInterceptor`: one log line per request (method, status, duration)
+  and the single place where domain errors become gRPC statuses.
+- `server_options` / `create_aio_server`: message limits and port clash
+  detection identical across services.
+- `run_until_signalled`: health-aware start and graceful SIGTERM shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry import trace
+
+from services.common.errors import RegistryError
+
+log = logging.getLogger("registry.requests")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+def _trace_suffix() -> str:
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        return f" (trace_id {format(context.trace_id, '032x')})"
+    return ""
+
+
+class _Outcome:
+    """Mutable status of one request, filled in while it runs."""
+
+    __slots__ = ("code",)
+
+    def __init__(self) -> None:
+        self.code = grpc.StatusCode.OK
+
+
+async def _fail(context: grpc.aio.ServicerContext, outcome: _Outcome, exc: BaseException) -> None:
+    if isinstance(exc, RegistryError):
+        outcome.code = exc.code
+        await context.abort(exc.code, exc.message)
+    logging.getLogger("registry.errors").exception("unexpected error")
+    outcome.code = grpc.StatusCode.INTERNAL
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error: {type(exc).__name__}: {exc}{_trace_suffix()}",
+    )
+
+
+def _abort_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> grpc.StatusCode:
+    try:
+        code = context.code()
+    except Exception:  # older runtimes have no code()
+        return default
+    return code if isinstance(code, grpc.StatusCode) else default
+
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):
+    """Logs every request once and maps `RegistryError` to its status code.
+
+    Unexpected exceptions become INTERNAL with the trace id in the message,
+    never UNKNOWN.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        level = logging.DEBUG if method.startswith(_HEALTH_PREFIX) else logging.INFO
+
+        def finish(outcome: _Outcome, started: float) -> None:
+            if log.isEnabledFor(level):
+                log.log(
+                    level,
+                    "rpc=%s status=%s duration_ms=%.1f",
+                    method,
+                    outcome.code.name,
+                    (time.perf_counter() - started) * 1000,
+                )
+
+        def wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, outcome = time.perf_counter(), _Outcome()
+                try:
+                    return await behavior(request, context)
+                except asyncio.CancelledError:
+                    outcome.code = grpc.StatusCode.CANCELLED
+                    raise
+                except grpc.aio.AbortError:
+                    outcome.code = _abort_code(context, outcome.code)
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped to a status
+                    await _fail(context, outcome, exc)
+                finally:
+                    finish(outcome, started)
+
+            return wrapped
+
+        def wrap_stream_response(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started, outcome = time.perf_counter(), _Outcome()
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except asyncio.CancelledError:
+                    outcome.code = grpc.StatusCode.CANCELLED
+                    raise
+                except grpc.aio.AbortError:
+                    outcome.code = _abort_code(context, outcome.code)
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped to a status
+                    await _fail(context, outcome, exc)
+                finally:
+                    finish(outcome, started)
+
+            return wrapped
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap_unary_response(handler.unary_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                wrap_unary_response(handler.stream_unary),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                wrap_stream_response(handler.unary_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                wrap_stream_response(handler.stream_stream),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return handler
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # grpc Python shares a busy port silently by default; a clash must fail.
+        ("grpc.so_reuseport", 0),
+        # Idle streams (VersionUpdate) live for hours: let clients ping them.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def create_aio_server(max_message_bytes: int) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """A server with the request interceptor and a health servicer that
+    answers NOT_SERVING until the caller declares the service ready."""
+    server = grpc.aio.server(
+        interceptors=[RequestInterceptor()],
+        options=server_options(max_message_bytes),
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server, health_servicer
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise SystemExit(f"cannot listen on {address}: {exc} (is another process using the port?)") from exc
+    return bound
+
+
+async def run_until_signalled(
+    server: grpc.aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    *,
+    grace_seconds: float,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Waits for SIGTERM/SIGINT, then: NOT_SERVING first (so Envoy stops
+    routing new calls here), drain in-flight calls for up to `grace_seconds`,
+    and finally run `on_stop` (close stores)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("registry").info("shutting down: draining for up to %.0fs", grace_seconds)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace_seconds)
+    if on_stop is not None:
+        await on_stop()
+    logging.getLogger("registry").info("stopped")
