@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PROTOS := $(shell find proto -name '*.proto')
 
-.PHONY: run up down status test unit integration bench venv proto clean
+.PHONY: run up down status test unit integration bench venv proto clean envoy-config
 
 run: proto  ## the whole stack in the foreground; Ctrl-C stops everything
 	$(PY) -m services.launcher run
@@ -35,9 +35,9 @@ bench: proto
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > "$(SITE)/model-registry-repo.pth"
 	touch $@
 
@@ -50,3 +50,6 @@ gen/.stamp: $(VENV)/.installed $(PROTOS)
 
 clean:
 	rm -rf gen $(VENV) .pytest_cache
+
+envoy-config: proto  ## regenerate envoy/envoy.yaml (docker compose) from services/launcher
+	$(PY) -m services.launcher.compose

@@ -18,6 +18,10 @@ DEFAULT_ENVOY_ADMIN_PORT = 9901
 
 MIB = 1024 * 1024
 
+DEFAULT_SENT_CHUNK_SIZE = 5 * MIB
+DEFAULT_VERSION_CACHE_MAX_ITEMS = 100
+DEFAULT_VERSION_CACHE_MAX_BYTES = 2048 * MIB
+
 
 class ConfigError(ValueError):
     """A setting is present but unusable; the message names the variable."""

@@ -1,0 +1,5 @@
+import asyncio
+
+from services.frontend.server import serve
+
+asyncio.run(serve())

@@ -1,0 +1,62 @@
+"""Frontend settings, read from the environment (see README, "Configuration")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.common import config as c
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    bind_host: str
+    port: int
+    # Where the internal services are reached: Envoy's internal listener.
+    internal_address: str
+    sent_chunk_size: int
+    version_cache_max_bytes: int
+    grpc_reflection: bool
+    # Deadline of unary internal calls.
+    internal_call_timeout_seconds: float
+    # Deadline of blob streams: this much plus the time to move the data at
+    # the minimum rate below (a 1 GiB upload gets 60 s + 1024 s).
+    blob_stream_base_timeout_seconds: float
+    blob_stream_min_rate_bytes_per_second: int
+    # Internal watch streams are renewed this often (transparently to clients).
+    watch_renewal_seconds: float
+    upstream_health_interval_seconds: float
+    shutdown_grace_seconds: float
+
+    @property
+    def max_message_bytes(self) -> int:
+        return c.grpc_message_limit(self.sent_chunk_size)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FrontendConfig:
+        p = c.PREFIX
+        return cls(
+            bind_host=c.env_str(p + "BIND_HOST", "0.0.0.0", env),
+            port=c.env_int(p + "FRONTEND_PORT", c.DEFAULT_FRONTEND_PORT, env, minimum=0),
+            internal_address=c.env_str(
+                p + "INTERNAL_ADDRESS", f"127.0.0.1:{c.DEFAULT_ENVOY_INTERNAL_PORT}", env
+            ),
+            sent_chunk_size=c.env_int(
+                p + "SENT_MODEL_VERSION_DATA_CHUNK_SIZE", c.DEFAULT_SENT_CHUNK_SIZE, env, minimum=1
+            ),
+            version_cache_max_bytes=c.env_int(
+                p + "VERSION_CACHE_MAX_BYTES", c.DEFAULT_VERSION_CACHE_MAX_BYTES, env, minimum=1
+            ),
+            grpc_reflection=c.env_bool(p + "GRPC_REFLECTION", False, env),
+            internal_call_timeout_seconds=c.env_float(p + "INTERNAL_CALL_TIMEOUT_SECONDS", 10.0, env),
+            blob_stream_base_timeout_seconds=c.env_float(p + "BLOB_STREAM_BASE_TIMEOUT_SECONDS", 60.0, env),
+            blob_stream_min_rate_bytes_per_second=c.env_int(
+                p + "BLOB_STREAM_MIN_RATE_BYTES_PER_SECOND", c.MIB, env, minimum=1
+            ),
+            watch_renewal_seconds=c.env_float(p + "WATCH_RENEWAL_SECONDS", 3600.0, env),
+            upstream_health_interval_seconds=c.env_float(p + "UPSTREAM_HEALTH_INTERVAL_SECONDS", 1.0, env),
+            shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
+        )
+
+    def blob_stream_timeout(self, size: int) -> float:
+        return self.blob_stream_base_timeout_seconds + size / self.blob_stream_min_rate_bytes_per_second

@@ -1,0 +1,297 @@
+"""What the public calls do, in terms of the internal services.
+
+The commit point of a version (see docs/design.md): its bytes are stored
+first (blobstore: durable and complete, or nothing), then metadata commits it
+in one transaction, which allocates the number and makes it visible. A failure
+before the commit deletes the blob; the blobstore's sweeper removes blobs
+orphaned by a frontend that died between the two steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+from cogmentAPI import model_registry_pb2 as api
+from registry import blobstore_pb2, metadata_pb2
+
+from services.common.errors import (
+    DataLoss,
+    InvalidArgument,
+    NotFound,
+    RegistryError,
+    ResourceExhausted,
+)
+from services.common.grpc_client import upstream_error
+from services.frontend.config import FrontendConfig
+from services.frontend.upstream import BLOBSTORE, METADATA, BlobStoreClient, MetadataClient
+
+log = logging.getLogger("registry.frontend")
+
+_SHA256_BYTES = 32
+
+
+def decode_data_hash(data_hash: str) -> bytes:
+    """The raw digest of a `data_hash` (base64 of a SHA-256)."""
+    try:
+        digest = base64.b64decode(data_hash, validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != _SHA256_BYTES:
+        raise InvalidArgument(
+            f"data_hash {data_hash!r} is not the base64 encoding of a SHA-256 digest (32 bytes)"
+        )
+    return digest
+
+
+def encode_data_hash(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+class UploadCheck:
+    """Counts and hashes an upload as it streams, against the header's promise.
+
+    Each byte is hashed exactly once on the write path, here; the blobstore
+    trusts the result and metadata records it.
+    """
+
+    def __init__(self, expected_size: int, expected_digest: bytes | None) -> None:
+        self.expected_size = expected_size
+        self.expected_digest = expected_digest
+        self.received = 0
+        self.chunks = 0
+        self._hash = hashlib.sha256()
+        self.error: RegistryError | None = None
+
+    def add(self, data: bytes) -> bool:
+        """Accounts for one chunk; False (with `error` set) when it must stop."""
+        self.received += len(data)
+        self.chunks += 1
+        if self.received > self.expected_size:
+            self.error = InvalidArgument(
+                f"received more than the {self.expected_size} bytes announced in header.version_info.data_size"
+            )
+            return False
+        self._hash.update(data)
+        return True
+
+    def finish(self) -> bool:
+        """Checks the totals at the end of the stream; False with `error` set on mismatch."""
+        if self.received != self.expected_size:
+            self.error = InvalidArgument(
+                f"received {self.received} bytes but header.version_info.data_size announced {self.expected_size}"
+            )
+            return False
+        if self.expected_digest is not None and self._hash.digest() != self.expected_digest:
+            self.error = InvalidArgument(
+                f"the SHA-256 of the {self.received} bytes received is {encode_data_hash(self._hash.digest())}, "
+                f"not the data_hash {encode_data_hash(self.expected_digest)} of the header"
+            )
+            return False
+        return True
+
+    @property
+    def data_hash(self) -> str:
+        return encode_data_hash(self._hash.digest())
+
+
+class ModelRegistry:
+    """The public operations, orchestrating metadata and blobstore."""
+
+    def __init__(self, config: FrontendConfig, metadata: MetadataClient, blobs: BlobStoreClient) -> None:
+        self._config = config
+        self._metadata = metadata
+        self._blobs = blobs
+        # Deletions of evicted blobs run after the reply; keep them referenced.
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- models ---------------------------------------------------------
+
+    async def create_or_update_model(self, info: api.ModelInfo) -> None:
+        if not info.model_id:
+            raise InvalidArgument("model_info.model_id must not be empty")
+        await self._metadata.upsert_model(info)
+
+    async def delete_model(self, model_id: str) -> None:
+        if not model_id:
+            raise InvalidArgument("model_id must not be empty")
+        reply = await self._metadata.delete_model(model_id)
+        await self._delete_blobs(reply.deleted_blobs)
+
+    async def retrieve_models(self, request: api.RetrieveModelsRequest) -> api.RetrieveModelsReply:
+        return await self._metadata.retrieve_models(request)
+
+    async def retrieve_version_infos(self, request: api.RetrieveVersionInfosRequest) -> api.RetrieveVersionInfosReply:
+        if not request.model_id:
+            raise InvalidArgument("model_id must not be empty")
+        return await self._metadata.retrieve_version_infos(request)
+
+    # -- versions -------------------------------------------------------
+
+    async def create_version(self, requests: AsyncIterator[api.CreateVersionRequestChunk]) -> api.ModelVersionInfo:
+        """Stores the streamed data, then commits the version; nothing is
+        left behind when anything fails on the way."""
+        stream = requests.__aiter__()
+        try:
+            first = await stream.__anext__()
+        except StopAsyncIteration:
+            raise InvalidArgument("empty stream: the first message must be a header with version_info") from None
+        if first.WhichOneof("msg") != "header":
+            raise InvalidArgument("the first message of CreateVersion must be a header, not a body")
+        info = api.ModelVersionInfo()
+        info.CopyFrom(first.header.version_info)
+        if not info.model_id:
+            raise InvalidArgument("header.version_info.model_id must not be empty")
+        expected_digest = decode_data_hash(info.data_hash) if info.data_hash else None
+        if not info.archived and info.data_size > self._config.version_cache_max_bytes:
+            raise ResourceExhausted(
+                f"a transient version of {info.data_size} bytes exceeds the version cache budget of "
+                f"{self._config.version_cache_max_bytes} bytes (COGMENT_MODEL_REGISTRY_VERSION_CACHE_MAX_BYTES); "
+                "archive it instead"
+            )
+        # Fail fast on an unknown model, before any byte is moved.
+        await self._metadata.retrieve_models(api.RetrieveModelsRequest(model_ids=[info.model_id]))
+
+        key = uuid.uuid4().hex
+        check = UploadCheck(info.data_size, expected_digest)
+        await self._store_blob(key, info.archived, stream, check)
+
+        info.data_hash = check.data_hash
+        info.version_number = 0
+        try:
+            reply = await self._metadata.commit_version(info, key)
+        except BaseException:
+            # Cancelled or failed: the version does not exist, so neither may its data.
+            self._spawn(self._delete_blobs([metadata_pb2.BlobRef(key=key, archived=info.archived)]))
+            raise
+        if reply.evicted_blobs:
+            self._spawn(self._delete_blobs(reply.evicted_blobs))
+        return reply.version_info
+
+    async def _store_blob(
+        self,
+        key: str,
+        archived: bool,
+        stream: AsyncIterator[api.CreateVersionRequestChunk],
+        check: UploadCheck,
+    ) -> None:
+        async def blob_requests() -> AsyncIterator[blobstore_pb2.PutBlobRequest]:
+            yield blobstore_pb2.PutBlobRequest(
+                header=blobstore_pb2.PutBlobRequest.Header(key=key, size=check.expected_size, archived=archived)
+            )
+            async for message in stream:
+                if message.WhichOneof("msg") != "body":
+                    check.error = InvalidArgument(
+                        f"message {check.chunks + 2} of CreateVersion is not a body: only the first message is a header"
+                    )
+                    return
+                data = message.body.data_chunk
+                if not check.add(data):
+                    return
+                yield blobstore_pb2.PutBlobRequest(data_chunk=data)
+            # Without `finish` the blobstore discards the upload.
+            if check.finish():
+                yield blobstore_pb2.PutBlobRequest(finish=blobstore_pb2.PutBlobRequest.Finish())
+
+        try:
+            await self._blobs.put(key, check.expected_size, blob_requests())
+        except grpc.aio.AioRpcError as exc:
+            if check.error is not None:
+                raise check.error from None
+            raise upstream_error(BLOBSTORE, exc) from None
+        if check.error is not None:  # pragma: no cover - the blobstore must have refused
+            raise check.error
+
+    async def read_version_data(self, model_id: str, version_number: int) -> AsyncIterator[api.RetrieveVersionDataReplyChunk]:
+        """The chunks of one version's data, each at most the configured size."""
+        if not model_id:
+            raise InvalidArgument("model_id must not be empty")
+        resolved = await self._metadata.resolve_version(model_id, version_number, touch=True)
+        info = resolved.version_info
+        call = self._blobs.get(
+            resolved.blob_key,
+            archived=info.archived,
+            expected_size=info.data_size,
+            expected_sha256=base64.b64decode(info.data_hash),
+        )
+        sent = 0
+        try:
+            async for chunk in call:
+                sent += 1
+                yield chunk
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise self._missing_data(info) from None
+            raise upstream_error(BLOBSTORE, exc) from None
+        if sent == 0:
+            # A zero-byte version: one empty chunk, for clients that expect a message.
+            yield api.RetrieveVersionDataReplyChunk()
+
+    @staticmethod
+    def _missing_data(info: api.ModelVersionInfo) -> RegistryError:
+        what = f"version {info.version_number} of model {info.model_id!r}"
+        if info.archived:
+            return DataLoss(f"the archived data of {what} is missing from the archive")
+        return NotFound(f"{what} was evicted from the version cache")
+
+    async def follow_versions(self, model_id: str) -> AsyncIterator[api.ModelVersionInfo]:
+        """The latest version, then every new one, for as long as the client listens.
+
+        The internal watch is renewed (deadline, metadata restart) from the
+        last version sent, so the client sees one uninterrupted stream.
+        """
+        if not model_id:
+            raise InvalidArgument("model_id must not be empty")
+        last_sent = 0
+        backoff = 0.05
+        renewable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+        while True:
+            call = self._metadata.watch_versions(model_id, last_sent)
+            try:
+                async for info in call:
+                    if info.version_number <= last_sent:
+                        continue
+                    last_sent = info.version_number
+                    backoff = 0.05
+                    yield info
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in renewable:
+                    raise upstream_error(METADATA, exc) from None
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue  # a planned renewal: resume at once
+            finally:
+                call.cancel()
+            # The watch broke (metadata restarting, replica gone): resume
+            # from the last version sent, backing off while it stays down.
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    # -- housekeeping ---------------------------------------------------
+
+    async def _delete_blobs(self, refs: Iterable[metadata_pb2.BlobRef]) -> None:
+        refs = list(refs)
+        if not refs:
+            return
+        results = await asyncio.gather(
+            *(self._blobs.delete(ref.key, archived=ref.archived) for ref in refs), return_exceptions=True
+        )
+        for ref, result in zip(refs, results):
+            if isinstance(result, BaseException):
+                # The blobstore's sweeper removes what could not be deleted now.
+                log.warning("could not delete blob %s (left to the sweeper): %s", ref.key, result)
+
+    def _spawn(self, coroutine) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain_background(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+

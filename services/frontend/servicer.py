@@ -1,0 +1,69 @@
+"""`cogmentAPI.ModelRegistrySP` over gRPC: thin handlers around `ModelRegistry`.
+
+The same servicer also answers the 1.x name `cogment.ModelRegistrySP`.
+Errors are raised as `RegistryError`s and mapped by the request interceptor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from cogmentAPI import model_registry_pb2 as api
+from cogmentAPI import model_registry_pb2_grpc as api_grpc
+
+from services.frontend.registry import ModelRegistry
+
+
+class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
+    """The public registry API."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    async def CreateOrUpdateModel(
+        self, request: api.CreateOrUpdateModelRequest, context: grpc.aio.ServicerContext
+    ) -> api.CreateOrUpdateModelReply:
+        """Creates a model or replaces its user_data (its versions are kept)."""
+        await self._registry.create_or_update_model(request.model_info)
+        return api.CreateOrUpdateModelReply()
+
+    async def DeleteModel(
+        self, request: api.DeleteModelRequest, context: grpc.aio.ServicerContext
+    ) -> api.DeleteModelReply:
+        """Deletes a model, its versions and their data."""
+        await self._registry.delete_model(request.model_id)
+        return api.DeleteModelReply()
+
+    async def RetrieveModels(
+        self, request: api.RetrieveModelsRequest, context: grpc.aio.ServicerContext
+    ) -> api.RetrieveModelsReply:
+        """Lists models (paginated) or fetches the given ids in order."""
+        return await self._registry.retrieve_models(request)
+
+    async def CreateVersion(
+        self, request_iterator: AsyncIterator[api.CreateVersionRequestChunk], context: grpc.aio.ServicerContext
+    ) -> api.CreateVersionReply:
+        """Creates a version from a header and data chunks."""
+        info = await self._registry.create_version(request_iterator)
+        return api.CreateVersionReply(version_info=info)
+
+    async def RetrieveVersionInfos(
+        self, request: api.RetrieveVersionInfosRequest, context: grpc.aio.ServicerContext
+    ) -> api.RetrieveVersionInfosReply:
+        """Lists versions (paginated) or fetches given numbers (-n from the latest)."""
+        return await self._registry.retrieve_version_infos(request)
+
+    async def RetrieveVersionData(
+        self, request: api.RetrieveVersionDataRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.RetrieveVersionDataReplyChunk]:
+        """Streams a version's data in chunks of at most the configured size."""
+        async for chunk in self._registry.read_version_data(request.model_id, request.version_number):
+            yield chunk
+
+    async def VersionUpdate(
+        self, request: api.VersionUpdateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api.VersionUpdateReply]:
+        """Sends the latest version at once, then every new version, in order."""
+        async for info in self._registry.follow_versions(request.model_id):
+            yield api.VersionUpdateReply(version_info=info)

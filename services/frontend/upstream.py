@@ -1,0 +1,143 @@
+"""Typed clients of the internal services, as the frontend uses them.
+
+Every call has a deadline; idempotent unary calls are retried on UNAVAILABLE;
+failures surface as `RegistryError`s carrying the status to give our client.
+All calls go through Envoy's internal listener, which picks the replica:
+blob calls carry `x-blob-key` so every call about one blob reaches the
+replica that holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from cogmentAPI import model_registry_pb2 as api
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from registry import blobstore_pb2, blobstore_pb2_grpc, metadata_pb2, metadata_pb2_grpc
+
+from services.common.grpc_client import call_idempotent, upstream_error
+from services.frontend.config import FrontendConfig
+
+BLOB_KEY_HEADER = "x-blob-key"
+# Lets Envoy route health checks (all on one path) to the right cluster.
+UPSTREAM_HEADER = "x-registry-upstream"
+
+METADATA = "metadata"
+BLOBSTORE = "blobstore"
+
+
+class MetadataClient:
+    """The calls the frontend makes to `registry.MetadataService`."""
+
+    def __init__(self, channel: grpc.aio.Channel, config: FrontendConfig) -> None:
+        self._stub = metadata_pb2_grpc.MetadataServiceStub(channel)
+        self._timeout = config.internal_call_timeout_seconds
+        self._watch_timeout = config.watch_renewal_seconds
+
+    async def upsert_model(self, info: api.ModelInfo) -> None:
+        await call_idempotent(METADATA, lambda: self._stub.UpsertModel(info, timeout=self._timeout))
+
+    async def delete_model(self, model_id: str) -> metadata_pb2.DeleteModelReply:
+        # Not retried: a retry after a lost reply would answer NOT_FOUND.
+        try:
+            return await self._stub.DeleteModel(
+                metadata_pb2.DeleteModelRequest(model_id=model_id), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise upstream_error(METADATA, exc) from None
+
+    async def retrieve_models(self, request: api.RetrieveModelsRequest) -> api.RetrieveModelsReply:
+        return await call_idempotent(METADATA, lambda: self._stub.RetrieveModels(request, timeout=self._timeout))
+
+    async def retrieve_version_infos(
+        self, request: api.RetrieveVersionInfosRequest
+    ) -> api.RetrieveVersionInfosReply:
+        return await call_idempotent(
+            METADATA, lambda: self._stub.RetrieveVersionInfos(request, timeout=self._timeout)
+        )
+
+    async def resolve_version(self, model_id: str, version_number: int, *, touch: bool) -> metadata_pb2.ResolveVersionReply:
+        request = metadata_pb2.ResolveVersionRequest(model_id=model_id, version_number=version_number, touch=touch)
+        return await call_idempotent(METADATA, lambda: self._stub.ResolveVersion(request, timeout=self._timeout))
+
+    async def commit_version(self, info: api.ModelVersionInfo, blob_key: str) -> metadata_pb2.CommitVersionReply:
+        # Idempotent per blob_key, so a retry after a lost reply is safe.
+        request = metadata_pb2.CommitVersionRequest(version_info=info, blob_key=blob_key)
+        return await call_idempotent(METADATA, lambda: self._stub.CommitVersion(request, timeout=self._timeout))
+
+    def watch_versions(self, model_id: str, after_version: int) -> grpc.aio.UnaryStreamCall:
+        """A bounded-lifetime watch: the caller renews it when it ends."""
+        return self._stub.WatchVersions(
+            metadata_pb2.WatchVersionsRequest(model_id=model_id, after_version=after_version),
+            timeout=self._watch_timeout,
+        )
+
+
+class BlobStoreClient:
+    """The calls the frontend makes to `registry.BlobStore`."""
+
+    def __init__(self, channel: grpc.aio.Channel, config: FrontendConfig) -> None:
+        self._stub = blobstore_pb2_grpc.BlobStoreStub(channel)
+        self._config = config
+
+    async def put(
+        self, key: str, size: int, requests: AsyncIterator[blobstore_pb2.PutBlobRequest]
+    ) -> blobstore_pb2.PutBlobReply:
+        """Streams `requests` (header, chunks, finish) into the blobstore.
+        Raises grpc.aio.AioRpcError: the caller knows why an upload stopped."""
+        # A request iterator, not call.write(): the OpenTelemetry aio
+        # interceptor breaks write()/done_writing() streams.
+        return await self._stub.PutBlob(
+            requests,
+            timeout=self._config.blob_stream_timeout(size),
+            metadata=((BLOB_KEY_HEADER, key),),
+        )
+
+    def get(
+        self, key: str, *, archived: bool, expected_size: int, expected_sha256: bytes
+    ) -> grpc.aio.UnaryStreamCall:
+        request = blobstore_pb2.GetBlobRequest(
+            key=key,
+            archived=archived,
+            expected_size=expected_size,
+            expected_sha256=expected_sha256,
+            chunk_size=self._config.sent_chunk_size,
+        )
+        return self._stub.GetBlob(
+            request,
+            timeout=self._config.blob_stream_timeout(expected_size),
+            metadata=((BLOB_KEY_HEADER, key),),
+        )
+
+    async def delete(self, key: str, *, archived: bool) -> None:
+        request = blobstore_pb2.DeleteBlobRequest(key=key, archived=archived)
+        await call_idempotent(
+            BLOBSTORE,
+            lambda: self._stub.DeleteBlob(
+                request,
+                timeout=self._config.internal_call_timeout_seconds,
+                metadata=((BLOB_KEY_HEADER, key),),
+            ),
+        )
+
+
+class UpstreamHealth:
+    """Asks Envoy whether each internal service has a healthy replica."""
+
+    _SERVICES = {METADATA: "registry.MetadataService", BLOBSTORE: "registry.BlobStore"}
+
+    def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
+        self._stub = health_pb2_grpc.HealthStub(channel)
+        self._timeout = timeout
+
+    async def is_serving(self, upstream: str) -> bool:
+        try:
+            reply = await self._stub.Check(
+                health_pb2.HealthCheckRequest(service=self._SERVICES[upstream]),
+                timeout=self._timeout,
+                metadata=((UPSTREAM_HEADER, upstream),),
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING

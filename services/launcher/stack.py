@@ -1,0 +1,316 @@
+"""Starting, watching and stopping a local stack of processes.
+
+State lives in a run directory (default `.run/<public port>/`): the rendered
+Envoy config, one log file per process, and `state.json` with the PIDs.
+`down` stops exactly the processes recorded there, by PID, after checking
+that each PID still runs the command it was started with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common import config as c
+from services.launcher.envoy_config import render_envoy_yaml
+from services.launcher.topology import Endpoint, StackTopology
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOOPBACK = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or stopped; the message says why."""
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    public_port: int
+    archive_dir: Path
+    run_dir: Path
+    frontend_replicas: int
+    metadata_replicas: int
+    blobstore_replicas: int
+    startup_timeout_seconds: float
+    shutdown_grace_seconds: float
+    public_host: str
+
+    @classmethod
+    def from_env(cls) -> LaunchSettings:
+        p = c.PREFIX
+        port = c.env_int(p + "PORT", c.DEFAULT_PUBLIC_PORT, minimum=1)
+        archive_dir = Path(c.env_str(p + "ARCHIVE_DIR", "./data")).expanduser().resolve()
+        run_dir = Path(c.env_str(p + "RUN_DIR", str(REPO_ROOT / ".run" / str(port)))).expanduser().resolve()
+        return cls(
+            public_port=port,
+            archive_dir=archive_dir,
+            run_dir=run_dir,
+            frontend_replicas=c.env_int("FRONTEND_REPLICAS", 1, minimum=1),
+            metadata_replicas=c.env_int("METADATA_REPLICAS", 1, minimum=1),
+            blobstore_replicas=c.env_int("BLOBSTORE_REPLICAS", 1, minimum=1),
+            startup_timeout_seconds=c.env_float(p + "STARTUP_TIMEOUT_SECONDS", 60.0),
+            shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0),
+            public_host=c.env_str(p + "PUBLIC_HOST", "0.0.0.0"),
+        )
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports the kernel considers free now (held open together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _otlp_endpoint() -> Endpoint | None:
+    url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not url:
+        return None
+    parsed = urlparse(url if "://" in url else f"http://{url}")
+    return Endpoint(parsed.hostname or LOOPBACK, parsed.port or 4317)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _pid_runs(pid: int, marker: str) -> bool:
+    """True if `pid` is alive and still runs our command (PIDs get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return _pid_alive(pid) and not Path("/proc").exists()
+    return marker in cmdline
+
+
+class LocalStack:
+    """One stack of local processes, identified by its run directory."""
+
+    def __init__(self, settings: LaunchSettings) -> None:
+        self.settings = settings
+        self.state_path = settings.run_dir / "state.json"
+
+    # -- state ----------------------------------------------------------
+
+    def _read_state(self) -> dict | None:
+        try:
+            return json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def running_processes(self) -> list[dict]:
+        state = self._read_state()
+        if state is None:
+            return []
+        return [p for p in state["processes"] if _pid_runs(p["pid"], p["marker"])]
+
+    # -- start ----------------------------------------------------------
+
+    def plan(self) -> tuple[StackTopology, list[dict]]:
+        s = self.settings
+        n_f, n_m, n_b = s.frontend_replicas, s.metadata_replicas, s.blobstore_replicas
+        ports = _free_ports(2 + n_f + n_m + n_b)
+        internal_port, admin_port = ports[0], ports[1]
+        f_ports = ports[2 : 2 + n_f]
+        m_ports = ports[2 + n_f : 2 + n_f + n_m]
+        b_ports = ports[2 + n_f + n_m :]
+        topology = StackTopology(
+            public_host=s.public_host,
+            public_port=s.public_port,
+            internal_host=LOOPBACK,
+            internal_port=internal_port,
+            admin_host=LOOPBACK,
+            admin_port=admin_port,
+            frontends=tuple(Endpoint(LOOPBACK, p) for p in f_ports),
+            metadata=tuple(Endpoint(LOOPBACK, p) for p in m_ports),
+            blobstores=tuple(Endpoint(LOOPBACK, p) for p in b_ports),
+            otlp_collector=_otlp_endpoint(),
+        )
+        python = sys.executable
+        envoy_bin = str(Path(python).parent / "envoy")
+        envoy_config = s.run_dir / "envoy.yaml"
+        processes: list[dict] = []
+        for kind, port_var, endpoints in (
+            ("metadata", "METADATA_PORT", topology.metadata),
+            ("blobstore", "BLOBSTORE_PORT", topology.blobstores),
+            ("frontend", "FRONTEND_PORT", topology.frontends),
+        ):
+            for index, endpoint in enumerate(endpoints):
+                name = f"{kind}-{index}"
+                processes.append(
+                    {
+                        "name": name,
+                        "kind": kind,
+                        "argv": [python, "-m", f"services.{kind}"],
+                        "marker": f"services.{kind}",
+                        "env": {
+                            c.PREFIX + port_var: str(endpoint.port),
+                            "OTEL_SERVICE_NAME": kind,
+                            "COGMENT_MODEL_REGISTRY_INSTANCE": name,
+                        },
+                        "log": str(s.run_dir / f"{name}.log"),
+                    }
+                )
+        processes.append(
+            {
+                "name": "envoy",
+                "kind": "envoy",
+                "argv": [
+                    envoy_bin,
+                    "-c",
+                    str(envoy_config),
+                    "--disable-hot-restart",
+                    "--log-level",
+                    os.environ.get("ENVOY_LOG_LEVEL", "warn"),
+                ],
+                "marker": str(envoy_config),
+                "env": {},
+                "log": str(s.run_dir / "envoy.log"),
+            }
+        )
+        return topology, processes
+
+    def start(self) -> dict:
+        """Starts every process and returns the state; raises StackError
+        (after stopping what it started) if the stack is not healthy in time."""
+        s = self.settings
+        if self.running_processes():
+            raise StackError(
+                f"a stack is already running for port {s.public_port} (state in {self.state_path}); "
+                "run `make down` with the same environment first"
+            )
+        s.run_dir.mkdir(parents=True, exist_ok=True)
+        s.archive_dir.mkdir(parents=True, exist_ok=True)
+        topology, processes = self.plan()
+        (s.run_dir / "envoy.yaml").write_text(
+            render_envoy_yaml(topology, header="# Rendered by services.launcher for this run; do not edit.\n")
+        )
+        base_env = dict(os.environ)
+        base_env.update(
+            {
+                c.PREFIX + "BIND_HOST": LOOPBACK,
+                c.PREFIX + "ARCHIVE_DIR": str(s.archive_dir),
+                c.PREFIX + "INTERNAL_ADDRESS": topology.internal_address,
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": os.pathsep.join(
+                    [str(REPO_ROOT), str(REPO_ROOT / "gen"), base_env.get("PYTHONPATH", "")]
+                ).rstrip(os.pathsep),
+            }
+        )
+        state = {
+            "public_port": s.public_port,
+            "internal_port": topology.internal_port,
+            "admin_port": topology.admin_port,
+            "archive_dir": str(s.archive_dir),
+            "processes": [],
+        }
+        try:
+            for proc in processes:
+                with open(proc["log"], "ab") as log:
+                    child = subprocess.Popen(
+                        proc["argv"],
+                        cwd=REPO_ROOT,
+                        env={**base_env, **proc["env"]},
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+                    )
+                state["processes"].append(
+                    {"name": proc["name"], "kind": proc["kind"], "pid": child.pid, "marker": proc["marker"], "log": proc["log"]}
+                )
+                self.state_path.write_text(json.dumps(state, indent=2))
+            self._wait_healthy(state)
+        except BaseException:
+            self.stop()
+            raise
+        return state
+
+    def _wait_healthy(self, state: dict) -> None:
+        s = self.settings
+        deadline = time.monotonic() + s.startup_timeout_seconds
+        target = f"{LOOPBACK}:{s.public_port}"
+        with grpc.insecure_channel(target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                for proc in state["processes"]:
+                    if not _pid_runs(proc["pid"], proc["marker"]):
+                        raise StackError(f"{proc['name']} exited during start-up:\n{_tail(proc['log'])}")
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    logs = "\n".join(f"--- {p['name']}:\n{_tail(p['log'])}" for p in state["processes"])
+                    raise StackError(
+                        f"the stack on port {s.public_port} was not healthy after "
+                        f"{s.startup_timeout_seconds:.0f}s (COGMENT_MODEL_REGISTRY_STARTUP_TIMEOUT_SECONDS)\n{logs}"
+                    )
+                time.sleep(0.2)
+
+    # -- stop -----------------------------------------------------------
+
+    def stop(self) -> list[str]:
+        """Stops the recorded processes in dependency order: frontends drain
+        first (while Envoy and the internal services still serve them), then
+        metadata and blobstores, then Envoy. Returns the names stopped."""
+        state = self._read_state()
+        if state is None:
+            return []
+        order = {"frontend": 0, "metadata": 1, "blobstore": 1, "envoy": 2}
+        stopped: list[str] = []
+        for stage in range(3):
+            group = [p for p in state["processes"] if order[p["kind"]] == stage and _pid_runs(p["pid"], p["marker"])]
+            for proc in group:
+                os.kill(proc["pid"], signal.SIGTERM)
+            deadline = time.monotonic() + self.settings.shutdown_grace_seconds + 5
+            for proc in group:
+                while _pid_runs(proc["pid"], proc["marker"]) and time.monotonic() < deadline:
+                    _reap(proc["pid"])
+                    time.sleep(0.05)
+                if _pid_runs(proc["pid"], proc["marker"]):
+                    os.kill(proc["pid"], signal.SIGKILL)
+                    _reap(proc["pid"], block=True)
+                stopped.append(proc["name"])
+        self.state_path.unlink(missing_ok=True)
+        return stopped
+
+
+def _reap(pid: int, block: bool = False) -> None:
+    """Collects our own exited children so they do not linger as zombies."""
+    try:
+        os.waitpid(pid, 0 if block else os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,79 @@
+"""The rendered Envoy configuration: accepted by the real Envoy binary, and
+shaped the way the registry relies on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.launcher.compose import compose_topology
+from services.launcher.envoy_config import render_envoy_config, render_envoy_yaml
+from services.launcher.topology import Endpoint, StackTopology
+
+ENVOY = str(Path(sys.executable).parent / "envoy")
+
+
+def local_topology(**overrides) -> StackTopology:
+    values = dict(
+        public_host="127.0.0.1",
+        public_port=19000,
+        internal_host="127.0.0.1",
+        internal_port=19100,
+        admin_host="127.0.0.1",
+        admin_port=19901,
+        frontends=(Endpoint("127.0.0.1", 19010), Endpoint("127.0.0.1", 19011)),
+        metadata=(Endpoint("127.0.0.1", 19020),),
+        blobstores=tuple(Endpoint("127.0.0.1", 19030 + i) for i in range(3)),
+    )
+    values.update(overrides)
+    return StackTopology(**values)
+
+
+@pytest.mark.parametrize(
+    "topology",
+    [local_topology(), local_topology(otlp_collector=Endpoint("127.0.0.1", 4317)), compose_topology()],
+    ids=["local", "local-traced", "compose"],
+)
+def test_envoy_accepts_the_config(tmp_path, topology):
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render_envoy_yaml(topology))
+    result = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def routes(config: dict, listener: str) -> list[dict]:
+    (found,) = [l for l in config["static_resources"]["listeners"] if l["name"] == listener]
+    manager = found["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["stream_idle_timeout"] == "0s", "idle streams (VersionUpdate) must not be cut"
+    return manager["route_config"]["virtual_hosts"][0]["routes"]
+
+
+def test_no_route_timeout_can_cut_a_stream():
+    config = render_envoy_config(local_topology())
+    for listener in ("public", "internal"):
+        for route in routes(config, listener):
+            assert route["route"]["timeout"] == "0s"
+            assert route["route"]["idle_timeout"] == "0s"
+
+
+def test_blob_calls_are_hashed_on_the_blob_key():
+    config = render_envoy_config(local_topology())
+    (blob_route,) = [r for r in routes(config, "internal") if r["match"].get("prefix") == "/registry.BlobStore/"]
+    assert blob_route["route"]["hash_policy"] == [{"header": {"header_name": "x-blob-key"}}]
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "blobstore"]
+    assert cluster["lb_policy"] == "MAGLEV"
+    endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert len(endpoints) == 3
+
+
+def test_every_cluster_is_http2_and_health_checked():
+    config = render_envoy_config(local_topology())
+    for cluster in config["static_resources"]["clusters"]:
+        options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        assert "http2_protocol_options" in options["explicit_http_config"]
+        (check,) = cluster["health_checks"]
+        assert check["grpc_health_check"]["service_name"]
+        assert check["no_traffic_interval"] == check["interval"]

@@ -1,0 +1,165 @@
+"""The whole stack, started once per test session through the same code path
+as `make up` (`python -m services.launcher up`), on free ports and a fresh
+archive dir; every call goes through Envoy's public port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from cogmentAPI import model_registry_pb2 as api
+from cogmentAPI import model_registry_pb2_grpc as api_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Small enough that tests see eviction and chunking, big enough for 64 MiB.
+CACHE_MAX_ITEMS = 10
+SENT_CHUNK_SIZE = 1024 * 1024
+MESSAGE_LIMIT = 32 * 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    """A running stack and how to drive it like `make up` / `make down`."""
+
+    env: dict[str, str]
+    port: int
+    archive_dir: Path
+    run_dir: Path
+    channels: list[grpc.Channel] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def launcher(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services.launcher", command],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def up(self) -> None:
+        result = self.launcher("up")
+        assert result.returncode == 0, f"make up failed:\n{result.stdout}\n{result.stderr}"
+
+    def down(self) -> None:
+        result = self.launcher("down")
+        assert result.returncode == 0, f"make down failed:\n{result.stdout}\n{result.stderr}"
+
+    def channel(self) -> grpc.Channel:
+        channel = grpc.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+                ("grpc.max_send_message_length", MESSAGE_LIMIT),
+            ],
+        )
+        self.channels.append(channel)
+        return channel
+
+
+def stack_env(port: int, archive_dir: Path, run_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COGMENT_MODEL_REGISTRY_", "OTEL_"))}
+    env.update(
+        {
+            "COGMENT_MODEL_REGISTRY_PORT": str(port),
+            "COGMENT_MODEL_REGISTRY_ARCHIVE_DIR": str(archive_dir),
+            "COGMENT_MODEL_REGISTRY_RUN_DIR": str(run_dir),
+            "COGMENT_MODEL_REGISTRY_PUBLIC_HOST": "127.0.0.1",
+            "COGMENT_MODEL_REGISTRY_VERSION_CACHE_MAX_ITEMS": str(CACHE_MAX_ITEMS),
+            "COGMENT_MODEL_REGISTRY_SENT_MODEL_VERSION_DATA_CHUNK_SIZE": str(SENT_CHUNK_SIZE),
+            "COGMENT_MODEL_REGISTRY_GRPC_REFLECTION": "1",
+            "COGMENT_MODEL_REGISTRY_SHUTDOWN_GRACE_SECONDS": "3",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("stack")
+    port = free_port()
+    archive_dir, run_dir = base / "archive", base / "run"
+    running = Stack(stack_env(port, archive_dir, run_dir), port, archive_dir, run_dir)
+    running.up()
+    try:
+        yield running
+    finally:
+        for channel in running.channels:
+            channel.close()
+        running.down()
+
+
+@pytest.fixture(scope="session")
+def registry(stack: Stack) -> api_grpc.ModelRegistrySPStub:
+    return api_grpc.ModelRegistrySPStub(stack.channel())
+
+
+@pytest.fixture
+def model_id(registry: api_grpc.ModelRegistrySPStub) -> str:
+    """A fresh model, unique to the test."""
+    name = f"model-{uuid.uuid4().hex[:12]}"
+    registry.CreateOrUpdateModel(
+        api.CreateOrUpdateModelRequest(model_info=api.ModelInfo(model_id=name, user_data={"owner": "tests"}))
+    )
+    return name
+
+
+def version_chunks(
+    model_id: str,
+    data: bytes,
+    *,
+    archived: bool = False,
+    chunk_size: int = 1024 * 1024,
+    data_size: int | None = None,
+    data_hash: str = "",
+    user_data: dict[str, str] | None = None,
+    creation_timestamp: int = 0,
+) -> Iterator[api.CreateVersionRequestChunk]:
+    yield api.CreateVersionRequestChunk(
+        header=api.CreateVersionRequestChunk.Header(
+            version_info=api.ModelVersionInfo(
+                model_id=model_id,
+                archived=archived,
+                data_size=len(data) if data_size is None else data_size,
+                data_hash=data_hash,
+                user_data=user_data or {},
+                creation_timestamp=creation_timestamp,
+            )
+        )
+    )
+    view = memoryview(data)
+    for start in range(0, len(data), chunk_size):
+        yield api.CreateVersionRequestChunk(body=api.CreateVersionRequestChunk.Body(data_chunk=bytes(view[start : start + chunk_size])))
+
+
+def create_version(registry: api_grpc.ModelRegistrySPStub, model_id: str, data: bytes, **kwargs) -> api.ModelVersionInfo:  # type: ignore[no-untyped-def]
+    return registry.CreateVersion(version_chunks(model_id, data, **kwargs)).version_info
+
+
+def read_data(registry: api_grpc.ModelRegistrySPStub, model_id: str, version_number: int) -> bytes:
+    return b"".join(
+        chunk.data_chunk
+        for chunk in registry.RetrieveVersionData(
+            api.RetrieveVersionDataRequest(model_id=model_id, version_number=version_number)
+        )
+    )

@@ -1,0 +1,106 @@
+"""docker-compose.yml checked statically (no Docker engine runs here): it
+parses, and every service, port, env variable and command in it agrees with
+the Envoy config and with what the services actually read."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.launcher.compose import ENVOY_YAML, compose_topology, render
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("frontend", "metadata", "blobstore")
+PREFIX = "COGMENT_MODEL_REGISTRY_"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def envoy() -> dict:
+    return yaml.safe_load(ENVOY_YAML.read_text())
+
+
+def cluster_endpoints(envoy: dict, name: str) -> list[tuple[str, int]]:
+    (cluster,) = [c for c in envoy["static_resources"]["clusters"] if c["name"] == name]
+    return [
+        (e["endpoint"]["address"]["socket_address"]["address"], e["endpoint"]["address"]["socket_address"]["port_value"])
+        for group in cluster["load_assignment"]["endpoints"]
+        for e in group["lb_endpoints"]
+    ]
+
+
+def listener_port(envoy: dict, name: str) -> int:
+    (listener,) = [l for l in envoy["static_resources"]["listeners"] if l["name"] == name]
+    return listener["address"]["socket_address"]["port_value"]
+
+
+def test_committed_envoy_config_is_the_rendered_one():
+    assert ENVOY_YAML.read_text() == render(), "envoy/envoy.yaml is stale: run `make envoy-config`"
+
+
+def test_services_and_published_ports(compose, envoy):
+    assert set(compose["services"]) == {"envoy", *SERVICES, "jaeger"}
+    published = {name: svc.get("ports", []) for name, svc in compose["services"].items() if svc.get("ports")}
+    assert set(published) == {"envoy", "jaeger"}, "only Envoy and the Jaeger UI may be published"
+    (envoy_port,) = published["envoy"]
+    assert envoy_port.endswith(f":{listener_port(envoy, 'public')}")
+    assert "${COGMENT_MODEL_REGISTRY_PORT:-9000}" in envoy_port
+    assert published["jaeger"] == ["16686:16686"]
+    mount = compose["services"]["envoy"]["volumes"][0]
+    assert mount.split(":")[0] == "./envoy/envoy.yaml" and (ROOT / "envoy" / "envoy.yaml").exists()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_wiring_matches_envoy(compose, envoy, service):
+    definition = compose["services"][service]
+    env = definition["environment"]
+    port = int(env[f"{PREFIX}{service.upper()}_PORT"])
+    assert cluster_endpoints(envoy, service) == [(service, port)], "Envoy must reach the service where it listens"
+    if f"{PREFIX}INTERNAL_ADDRESS" in env:
+        assert env[f"{PREFIX}INTERNAL_ADDRESS"] == f"envoy:{listener_port(envoy, 'internal')}"
+    collector = cluster_endpoints(envoy, "otel_collector")
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://{collector[0][0]}:{collector[0][1]}"
+    assert collector[0][0] in compose["services"]
+    assert env["OTEL_SERVICE_NAME"] == service
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_commands_and_images_exist(compose, service):
+    definition = compose["services"][service]
+    dockerfile = ROOT / definition["build"]["dockerfile"]
+    assert dockerfile.exists()
+    assert definition["command"] == ["python", "-m", f"services.{service}"]
+    assert (ROOT / "services" / service / "__main__.py").exists()
+    assert f'CMD ["python", "-m", "services.{service}"]' in dockerfile.read_text()
+    assert "USER registry" in dockerfile.read_text(), "images run as non-root"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_variable_is_read_by_the_service(compose, service):
+    env = compose["services"][service]["environment"]
+    sources = "".join(p.read_text() for p in [*(ROOT / "services" / service).glob("*.py"), *(ROOT / "services" / "common").glob("*.py")])
+    for name in env:
+        if name.startswith("OTEL_"):
+            continue  # standard OpenTelemetry variables, read by the SDK
+        assert name.startswith(PREFIX), name
+        suffix = name[len(PREFIX):]
+        assert re.search(rf'"{suffix}"|"{name}"', sources), f"{service} does not read {name}"
+
+
+def test_stateful_services_keep_data_on_the_volume(compose):
+    for service in ("metadata", "blobstore"):
+        definition = compose["services"][service]
+        assert f"archive:{definition['environment'][PREFIX + 'ARCHIVE_DIR']}" in definition["volumes"]
+    assert "archive" in compose["volumes"]
+
+
+def test_compose_topology_uses_dns_for_scaling():
+    topology = compose_topology()
+    assert topology.dns_upstreams, "STRICT_DNS clusters let `--scale` add replicas without config edits"
