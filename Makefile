@@ -4,7 +4,6 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PROTOS := $(shell find proto -name '*.proto')
 
 .PHONY: run up down status test unit integration bench venv proto clean envoy-config
@@ -38,7 +37,8 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/gen" > "$(SITE)/model-registry-repo.pth"
+	# Make the repository and its generated stubs importable from the venv.
+	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "model-registry-repo.pth").write_text("$(CURDIR)\n$(CURDIR)/gen\n")'
 	touch $@
 
 proto: gen/.stamp

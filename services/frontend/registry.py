@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
+from opentelemetry import trace
 from cogmentAPI import model_registry_pb2 as api
 from registry import blobstore_pb2, metadata_pb2
 
@@ -33,6 +34,7 @@ from services.frontend.config import FrontendConfig
 from services.frontend.upstream import BLOBSTORE, METADATA, BlobStoreClient, MetadataClient
 
 log = logging.getLogger("registry.frontend")
+tracer = trace.get_tracer("registry.frontend")
 
 _SHA256_BYTES = 32
 
@@ -155,12 +157,19 @@ class ModelRegistry:
                 f"{self._config.version_cache_max_bytes} bytes (COGMENT_MODEL_REGISTRY_VERSION_CACHE_MAX_BYTES); "
                 "archive it instead"
             )
+        trace.get_current_span().set_attributes(
+            {"model_id": info.model_id, "archived": info.archived, "data_size": info.data_size}
+        )
         # Fail fast on an unknown model, before any byte is moved.
         await self._metadata.retrieve_models(api.RetrieveModelsRequest(model_ids=[info.model_id]))
 
         key = uuid.uuid4().hex
         check = UploadCheck(info.data_size, expected_digest)
-        await self._store_blob(key, info.archived, stream, check)
+        with tracer.start_as_current_span("upload and hash", attributes={"blob_key": key}) as span:
+            try:
+                await self._store_blob(key, info.archived, stream, check)
+            finally:
+                span.set_attributes({"bytes": check.received, "chunks": check.chunks})
 
         info.data_hash = check.data_hash
         info.version_number = 0
@@ -170,6 +179,9 @@ class ModelRegistry:
             # Cancelled or failed: the version does not exist, so neither may its data.
             self._spawn(self._delete_blobs([metadata_pb2.BlobRef(key=key, archived=info.archived)]))
             raise
+        trace.get_current_span().set_attributes(
+            {"version_number": reply.version_info.version_number, "evicted": len(reply.evicted_blobs)}
+        )
         if reply.evicted_blobs:
             self._spawn(self._delete_blobs(reply.evicted_blobs))
         return reply.version_info
@@ -214,6 +226,14 @@ class ModelRegistry:
             raise InvalidArgument("model_id must not be empty")
         resolved = await self._metadata.resolve_version(model_id, version_number, touch=True)
         info = resolved.version_info
+        trace.get_current_span().set_attributes(
+            {
+                "model_id": model_id,
+                "version_number": info.version_number,
+                "archived": info.archived,
+                "data_size": info.data_size,
+            }
+        )
         call = self._blobs.get(
             resolved.blob_key,
             archived=info.archived,

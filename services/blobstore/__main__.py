@@ -1,0 +1,5 @@
+import asyncio
+
+from services.blobstore.server import serve
+
+asyncio.run(serve())

@@ -1,0 +1,7 @@
+"""Storage tiers of the blobstore: the contract (`base`) and its implementations."""
+
+from services.blobstore.store.base import BlobReader, BlobTier, BlobWriter, StoredBlob, validate_key
+from services.blobstore.store.filesystem import FileTier
+from services.blobstore.store.memory import MemoryTier
+
+__all__ = ["BlobReader", "BlobTier", "BlobWriter", "FileTier", "MemoryTier", "StoredBlob", "validate_key"]

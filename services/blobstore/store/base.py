@@ -1,0 +1,213 @@
+"""What a storage tier of the blobstore is: the contract every tier keeps.
+
+A tier stores immutable blobs under keys. The blobstore has two (memory and
+files) and picks one per call; another backend (S3, say) is added by
+implementing `BlobTier`, `BlobWriter` and `BlobReader` as documented here.
+
+Errors are the domain errors of `services.common.errors`, raised with a
+message meant for the caller: `InvalidArgument` (bad key, size not kept),
+`AlreadyExists`, `NotFound`, `DataLoss` (stored bytes differ from what was
+recorded), `ResourceExhausted` (no room).
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+
+from services.common.errors import DataLoss, InvalidArgument, NotFound
+
+# Keys become file names: this alphabet rules out path traversal and hidden
+# files (so `.tmp` can never be a key's directory).
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def validate_key(key: str) -> str:
+    """Returns `key` if it is a valid blob key, else raises InvalidArgument."""
+    if KEY_PATTERN.fullmatch(key) is None:
+        raise InvalidArgument(
+            f"blob key {key[:200]!r} is invalid: it must be 1 to 128 characters among A-Z, a-z, 0-9, '_' and '-'"
+        )
+    return key
+
+
+def not_found(key: str) -> NotFound:
+    return NotFound(f"blob {key} not found")
+
+
+def check_stored_size(key: str, stored_size: int, expected_size: int | None) -> None:
+    """Raises DataLoss when the stored size is not the recorded one."""
+    if expected_size is not None and stored_size != expected_size:
+        raise DataLoss(
+            f"stored data of blob {key} is corrupt: {stored_size} bytes stored, {expected_size} expected"
+        )
+
+
+def sha256_mismatch(key: str) -> DataLoss:
+    return DataLoss(f"stored data of blob {key} is corrupt: sha256 mismatch")
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob as listed by a tier (for the sweeper)."""
+
+    key: str
+    size: int
+    # When the blob was stored, in seconds since the epoch (time.time()).
+    stored_at: float
+
+
+class BlobWriter(ABC):
+    """One upload in progress into a tier.
+
+    The caller calls `write` with the chunks in order, then exactly one of
+    `commit` (all `size` bytes were written) or `abort`. This base class
+    enforces the size announced to `BlobTier.open_writer`; tiers implement
+    `_write`, `_commit` and `_abort`.
+
+    - Nothing is visible to readers before `commit` returns; once it has
+      returned, the whole blob is (durably, for a persistent tier).
+    - If anything raises (including cancellation of the caller), the caller
+      must still call `abort`; it is idempotent, safe after a failed `write`
+      or `commit`, and leaves nothing behind (no bytes held, no temp file).
+    - `write` may keep a reference to `chunk` (no copy is made): callers pass
+      immutable `bytes`.
+    """
+
+    def __init__(self, key: str, size: int) -> None:
+        self.key = key
+        self.size = size
+        self.received = 0
+        # Set once `commit` succeeded or `abort` ran: later aborts do nothing.
+        self._ended = False
+
+    async def write(self, chunk: bytes) -> None:
+        """Adds the next chunk; raises InvalidArgument at once if the blob
+        would grow beyond its announced size."""
+        self.received += len(chunk)
+        if self.received > self.size:
+            raise InvalidArgument(
+                f"blob {self.key}: received more than the {self.size} bytes announced in the header"
+            )
+        await self._write(chunk)
+
+    async def commit(self) -> None:
+        """Makes the blob visible; raises InvalidArgument if fewer bytes than
+        announced were written, AlreadyExists if the key got stored meanwhile."""
+        if self.received != self.size:
+            raise InvalidArgument(
+                f"blob {self.key}: received {self.received} bytes but the header announced {self.size}"
+            )
+        await self._commit()
+        self._ended = True
+
+    async def abort(self) -> None:
+        """Discards the upload (no-op after a successful commit or a previous abort)."""
+        if self._ended:
+            return
+        self._ended = True
+        await self._abort()
+
+    @abstractmethod
+    async def _write(self, chunk: bytes) -> None: ...
+
+    @abstractmethod
+    async def _commit(self) -> None:
+        """Publishes the blob. If it raises, `_abort` follows and must undo
+        whatever part of the commit happened."""
+
+    @abstractmethod
+    async def _abort(self) -> None: ...
+
+
+class BlobReader(ABC):
+    """An opened blob: its size is known and checked, its bytes stream.
+
+    Iterating yields the data in chunks of at most the `chunk_size` given to
+    `BlobTier.open_reader`, one at a time (nothing is read ahead, so a slow
+    consumer holds the reader back instead of making it buffer), and no
+    empty chunk: a zero-byte blob yields nothing. A reader that verifies a
+    digest raises DataLoss instead of yielding the last chunk on mismatch.
+    A reader keeps streaming the blob it opened even if the blob is deleted
+    meanwhile. Use it as an async context manager (or call `close`).
+    """
+
+    size: int
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None:
+        """Releases what the reader holds (file handle...); idempotent."""
+
+    async def __aenter__(self) -> BlobReader:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class BlobTier(ABC):
+    """A place blobs are stored: memory, a directory, (later) an object store.
+
+    `open` is awaited once before any other call and `close` at shutdown.
+    Keys are checked with `validate_key` by the tier itself, since the tier
+    is what maps them to storage names.
+    """
+
+    # Short name for logs ("memory", "archive").
+    name: str
+
+    async def open(self) -> None:
+        """Prepares the tier (directories, cleanup of abandoned uploads)."""
+
+    async def close(self) -> None:
+        """Releases the tier's resources; in-flight calls have ended."""
+
+    @abstractmethod
+    async def open_writer(self, key: str, size: int) -> BlobWriter:
+        """Starts an upload of `size` bytes under `key`.
+
+        Raises AlreadyExists if `key` is stored (a blob is never
+        overwritten) and ResourceExhausted if the tier has no room for
+        `size` bytes; both before any byte is accepted.
+        """
+
+    @abstractmethod
+    async def open_reader(
+        self,
+        key: str,
+        *,
+        expected_size: int | None,
+        expected_sha256: bytes | None,
+        chunk_size: int,
+    ) -> BlobReader:
+        """Opens `key` for reading.
+
+        Raises NotFound if it is not stored and DataLoss if `expected_size`
+        is given and differs from the stored size (before any byte is
+        read). Tiers whose bytes can rot (files, objects) verify
+        `expected_sha256` while streaming; the memory tier need not.
+        """
+
+    @abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Deletes `key`; idempotent. Returns whether it was stored. Readers
+        that opened it before keep streaming it."""
+
+    @abstractmethod
+    async def list_blobs(self) -> list[StoredBlob]:
+        """Every blob stored, with its size and storage time (for the sweeper)."""
+
+    async def remove_abandoned_uploads(self) -> int:
+        """Removes leftovers of uploads whose process died (temp files...).
+        Returns how many were removed. Called at `open` and by the sweeper."""
+        return 0

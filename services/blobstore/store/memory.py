@@ -1,0 +1,152 @@
+"""The memory tier: transient blobs kept as the chunks they arrived in,
+within a hard byte budget reserved when an upload starts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from services.blobstore.config import MEMORY_MAX_BYTES_VARIABLE
+from services.blobstore.store.base import (
+    BlobReader,
+    BlobTier,
+    BlobWriter,
+    StoredBlob,
+    check_stored_size,
+    not_found,
+    validate_key,
+)
+from services.common.errors import AlreadyExists, ResourceExhausted
+
+
+@dataclass(frozen=True)
+class _MemoryBlob:
+    # Never mutated once stored: readers iterate it without a copy or a lock.
+    chunks: tuple[bytes, ...]
+    size: int
+    stored_at: float
+
+
+class MemoryTier(BlobTier):
+    """Blobs in this process's memory, bounded by `max_bytes`.
+
+    The budget counts the bytes of stored blobs plus the full announced size
+    of every upload in progress, so an upload is refused (RESOURCE_EXHAUSTED)
+    before it accepts a byte rather than half-way through. Deleting a blob
+    returns its bytes to the budget at once; a reader still streaming it
+    keeps the chunks alive until it is done (bounded by the readers).
+
+    Every method runs on the event loop thread, without awaiting in between
+    its checks and updates, so no lock is needed.
+    """
+
+    name = "memory"
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._blobs: dict[str, _MemoryBlob] = {}
+        self._stored_bytes = 0
+        self._reserved_bytes = 0
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes counted against the budget: stored blobs plus reservations."""
+        return self._stored_bytes + self._reserved_bytes
+
+    async def open_writer(self, key: str, size: int) -> BlobWriter:
+        validate_key(key)
+        if key in self._blobs:
+            raise AlreadyExists(f"blob {key} already exists")
+        if self.held_bytes + size > self.max_bytes:
+            raise ResourceExhausted(
+                f"the blobstore's memory tier cannot take a blob of {size} bytes: it holds "
+                f"{self.held_bytes} bytes and {size} more would exceed its budget of {self.max_bytes} bytes "
+                f"({MEMORY_MAX_BYTES_VARIABLE}); archive the version or raise the budget"
+            )
+        self._reserved_bytes += size
+        return MemoryWriter(self, key, size)
+
+    def _release_reservation(self, size: int) -> None:
+        self._reserved_bytes -= size
+
+    def _store(self, key: str, chunks: list[bytes], size: int) -> None:
+        if key in self._blobs:
+            raise AlreadyExists(f"blob {key} already exists")
+        self._blobs[key] = _MemoryBlob(tuple(chunks), size, time.time())
+        # The reservation becomes the stored blob's share of the budget.
+        self._reserved_bytes -= size
+        self._stored_bytes += size
+
+    async def open_reader(
+        self,
+        key: str,
+        *,
+        expected_size: int | None,
+        expected_sha256: bytes | None,
+        chunk_size: int,
+    ) -> BlobReader:
+        validate_key(key)
+        blob = self._blobs.get(key)
+        if blob is None:
+            raise not_found(key)
+        check_stored_size(key, blob.size, expected_size)
+        # No re-hash: memory does not rot, and the frontend hashed every byte
+        # on the way in.
+        return MemoryReader(blob.chunks, blob.size, chunk_size)
+
+    async def delete(self, key: str) -> bool:
+        validate_key(key)
+        blob = self._blobs.pop(key, None)
+        if blob is None:
+            return False
+        self._stored_bytes -= blob.size
+        return True
+
+    async def list_blobs(self) -> list[StoredBlob]:
+        return [StoredBlob(key, blob.size, blob.stored_at) for key, blob in self._blobs.items()]
+
+
+class MemoryWriter(BlobWriter):
+    """An upload into the memory tier: the received chunks, kept as they are
+    (no concatenation: that would need the blob twice in memory)."""
+
+    def __init__(self, tier: MemoryTier, key: str, size: int) -> None:
+        super().__init__(key, size)
+        self._tier = tier
+        self._chunks: list[bytes] = []
+
+    async def _write(self, chunk: bytes) -> None:
+        if chunk:
+            self._chunks.append(chunk)
+
+    async def _commit(self) -> None:
+        self._tier._store(self.key, self._chunks, self.size)
+        self._chunks = []
+
+    async def _abort(self) -> None:
+        self._chunks = []
+        self._tier._release_reservation(self.size)
+
+
+class MemoryReader(BlobReader):
+    """Streams a memory blob from its own reference to the chunks, so a
+    delete meanwhile does not disturb it."""
+
+    def __init__(self, chunks: tuple[bytes, ...], size: int, chunk_size: int) -> None:
+        self.size = size
+        self._chunks = chunks
+        self._chunk_size = chunk_size
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        limit = self._chunk_size
+        for chunk in self._chunks:
+            if len(chunk) <= limit:
+                yield chunk
+                continue
+            # Stored chunks are the uploader's; the reader's limit may be smaller.
+            for offset in range(0, len(chunk), limit):
+                yield chunk[offset : offset + limit]
+
+    async def close(self) -> None:
+        self._chunks = ()

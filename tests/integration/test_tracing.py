@@ -1,0 +1,111 @@
+"""One trace per request, from Envoy to the disk, received by a real OTLP
+collector started here."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+
+import grpc
+import pytest
+from cogmentAPI import model_registry_pb2 as api
+from cogmentAPI import model_registry_pb2_grpc as api_grpc
+
+from conftest import Stack, free_port, stack_env, version_chunks
+from otlp_receiver import OtlpReceiver, span_tree
+
+ALL_SERVICES = {"envoy", "frontend", "metadata", "blobstore"}
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    collector = OtlpReceiver()
+    collector.start()
+    yield collector
+    collector.stop()
+
+
+@pytest.fixture(scope="module")
+def traced_stack(tmp_path_factory, receiver):
+    base = tmp_path_factory.mktemp("traced")
+    port = free_port()
+    env = stack_env(
+        port,
+        base / "archive",
+        base / "run",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
+        OTEL_BSP_SCHEDULE_DELAY="200",
+    )
+    running = Stack(env, port, base / "archive", base / "run")
+    running.up()
+    yield running
+    for channel in running.channels:
+        channel.close()
+    running.down()
+
+
+def traceparent() -> tuple[str, str, tuple[tuple[str, str]]]:
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    return trace_id, span_id, (("traceparent", f"00-{trace_id}-{span_id}-01"),)
+
+
+def assert_one_connected_trace(spans, client_span_id: str) -> None:
+    assert {s.service for s in spans} >= ALL_SERVICES, span_tree(spans)
+    ids = {s.span_id for s in spans}
+    roots = [s for s in spans if s.parent_span_id not in ids]
+    # Everything hangs under the client's span, through Envoy's.
+    assert roots and all(s.parent_span_id == client_span_id for s in roots), span_tree(spans)
+    assert all(s.service == "envoy" for s in roots), span_tree(spans)
+    by_id = {s.span_id: s for s in spans}
+    for service in ("metadata", "blobstore"):
+        server_spans = [s for s in spans if s.service == service and s.name.startswith("/registry.")]
+        assert server_spans, f"no {service} server span\n{span_tree(spans)}"
+        for span in server_spans:
+            # metadata/blobstore are reached from the frontend (through Envoy's internal listener).
+            ancestors, current = [], span
+            while current.parent_span_id in by_id:
+                current = by_id[current.parent_span_id]
+                ancestors.append(current.service)
+            assert "frontend" in ancestors, span_tree(spans)
+
+
+def test_create_and_read_each_produce_one_trace(traced_stack, receiver, capsys):
+    registry = api_grpc.ModelRegistrySPStub(traced_stack.channel())
+    model = f"traced-{secrets.token_hex(4)}"
+    registry.CreateOrUpdateModel(api.CreateOrUpdateModelRequest(model_info=api.ModelInfo(model_id=model)))
+    data = os.urandom(4 * 1024 * 1024)
+
+    trace_id, span_id, metadata = traceparent()
+    info = registry.CreateVersion(version_chunks(model, data, archived=True), metadata=metadata).version_info
+    spans = receiver.wait_for(trace_id, ALL_SERVICES)
+    assert_one_connected_trace(spans, span_id)
+    names = {(s.service, s.name) for s in spans}
+    assert ("frontend", "/cogmentAPI.ModelRegistrySP/CreateVersion") in names
+    assert ("metadata", "/registry.MetadataService/CommitVersion") in names
+    assert ("blobstore", "/registry.BlobStore/PutBlob") in names
+    with capsys.disabled():
+        print("\nCreateVersion trace (4 MiB archived):\n" + span_tree(spans))
+
+    trace_id, span_id, metadata = traceparent()
+    chunks = list(registry.RetrieveVersionData(
+        api.RetrieveVersionDataRequest(model_id=model, version_number=info.version_number), metadata=metadata
+    ))
+    assert b"".join(c.data_chunk for c in chunks) == data
+    spans = receiver.wait_for(trace_id, ALL_SERVICES)
+    assert_one_connected_trace(spans, span_id)
+    assert ("blobstore", "/registry.BlobStore/GetBlob") in {(s.service, s.name) for s in spans}
+
+
+def test_failed_call_carries_an_error_status(traced_stack, receiver):
+    registry = api_grpc.ModelRegistrySPStub(traced_stack.channel())
+    model = f"traced-{secrets.token_hex(4)}"
+    registry.CreateOrUpdateModel(api.CreateOrUpdateModelRequest(model_info=api.ModelInfo(model_id=model)))
+    trace_id, _, metadata = traceparent()
+    wrong = base64.b64encode(b"\0" * 32).decode()
+    with pytest.raises(grpc.RpcError) as error:
+        registry.CreateVersion(version_chunks(model, b"some bytes", data_hash=wrong), metadata=metadata)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    spans = receiver.wait_for(trace_id, {"envoy", "frontend"})
+    (frontend,) = [s for s in spans if s.service == "frontend" and s.name.endswith("/CreateVersion")]
+    assert frontend.status_code == 2, span_tree(spans)
