@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from services.common.errors import RegistryError
 
@@ -47,9 +48,15 @@ class _Outcome:
 
 
 async def _fail(context: grpc.aio.ServicerContext, outcome: _Outcome, exc: BaseException) -> None:
+    # gRPC's semantic conventions leave client errors (INVALID_ARGUMENT…)
+    # unmarked on server spans; operators want every failed call to stand out.
+    span = trace.get_current_span()
     if isinstance(exc, RegistryError):
         outcome.code = exc.code
+        span.set_status(Status(StatusCode.ERROR, f"{exc.code.name}: {exc.message}"))
         await context.abort(exc.code, exc.message)
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"INTERNAL: {exc}"))
     logging.getLogger("registry.errors").exception("unexpected error")
     outcome.code = grpc.StatusCode.INTERNAL
     await context.abort(
@@ -196,11 +203,13 @@ async def run_until_signalled(
     health_servicer: health.aio.HealthServicer,
     *,
     grace_seconds: float,
+    on_draining: Callable[[], None] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Waits for SIGTERM/SIGINT, then: NOT_SERVING first (so Envoy stops
-    routing new calls here), drain in-flight calls for up to `grace_seconds`,
-    and finally run `on_stop` (close stores)."""
+    routing new calls here), `on_draining` (end calls that would never end by
+    themselves, e.g. watches), drain in-flight calls for up to
+    `grace_seconds`, and finally run `on_stop` (close stores)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -208,6 +217,8 @@ async def run_until_signalled(
     await stop.wait()
     logging.getLogger("registry").info("shutting down: draining for up to %.0fs", grace_seconds)
     await health_servicer.enter_graceful_shutdown()
+    if on_draining is not None:
+        on_draining()
     await server.stop(grace_seconds)
     if on_stop is not None:
         await on_stop()

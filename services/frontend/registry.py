@@ -38,6 +38,17 @@ tracer = trace.get_tracer("registry.frontend")
 
 _SHA256_BYTES = 32
 
+# Answers of CommitVersion that prove nothing was committed.
+_COMMIT_REFUSED = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
 
 def decode_data_hash(data_hash: str) -> bytes:
     """The raw digest of a `data_hash` (base64 of a SHA-256)."""
@@ -175,9 +186,12 @@ class ModelRegistry:
         info.version_number = 0
         try:
             reply = await self._metadata.commit_version(info, key)
-        except BaseException:
-            # Cancelled or failed: the version does not exist, so neither may its data.
-            self._spawn(self._delete_blobs([metadata_pb2.BlobRef(key=key, archived=info.archived)]))
+        except RegistryError as exc:
+            if exc.code in _COMMIT_REFUSED:
+                # Metadata refused: the version does not exist, so neither may its data.
+                self._spawn(self._delete_blobs([metadata_pb2.BlobRef(key=key, archived=info.archived)]))
+            # Otherwise (timeout, unavailable, cancelled) the commit may have
+            # happened: keep the blob; if it is unreferenced the sweeper removes it.
             raise
         trace.get_current_span().set_attributes(
             {"version_number": reply.version_info.version_number, "evicted": len(reply.evicted_blobs)}

@@ -14,6 +14,7 @@ from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_s
 from services.common.logging_setup import configure_logging
 from services.common.telemetry import configure_tracing, shutdown_tracing
 from services.frontend.config import FrontendConfig
+from services.frontend.reflection import enable_reflection
 from services.frontend.registry import ModelRegistry
 from services.frontend.servicer import ModelRegistryServicer
 from services.frontend.upstream import BLOBSTORE, METADATA, BlobStoreClient, MetadataClient, UpstreamHealth
@@ -65,11 +66,7 @@ async def create_server(config: FrontendConfig):  # type: ignore[no-untyped-def]
     api_grpc.add_ModelRegistrySPServicer_to_server(servicer, server)
     legacy_grpc.add_ModelRegistrySPServicer_to_server(servicer, server)
     if config.grpc_reflection:
-        from grpc_reflection.v1alpha import reflection
-
-        reflection.enable_server_reflection(
-            (*PUBLIC_SERVICES, "grpc.health.v1.Health", reflection.SERVICE_NAME), server
-        )
+        enable_reflection(server, PUBLIC_SERVICES)
     port = bind(server, config.bind_host, config.port)
 
     for service in ("", *PUBLIC_SERVICES):

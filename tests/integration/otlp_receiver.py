@@ -69,14 +69,17 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         with self._lock:
             return [s for s in self._spans if s.trace_id == trace_id]
 
-    def wait_for(self, trace_id: str, services: set[str], timeout: float = 20.0, settle: float = 1.0) -> list[ReceivedSpan]:
+    def wait_for(self, trace_id: str, services: set[str], timeout: float = 30.0, settle: float = 1.5) -> list[ReceivedSpan]:
         """Spans of one trace, once every service has exported some (Envoy
-        flushes about every 5 s), plus `settle` seconds for stragglers."""
+        flushes about every 5 s) and no new span arrived for `settle` s."""
         deadline = time.monotonic() + timeout
+        count, stable_since = -1, time.monotonic()
         while time.monotonic() < deadline:
-            if services <= {s.service for s in self.trace(trace_id)}:
-                time.sleep(settle)
-                return self.trace(trace_id)
+            spans = self.trace(trace_id)
+            if len(spans) != count:
+                count, stable_since = len(spans), time.monotonic()
+            elif services <= {s.service for s in spans} and time.monotonic() - stable_since >= settle:
+                return spans
             time.sleep(0.2)
         return self.trace(trace_id)
 

@@ -91,10 +91,8 @@ def expected(reply: dict) -> dict:
 
 
 def test_readme_examples_in_order(fresh_stack):
-    assert grpcurl(fresh_stack, CREATE_MODEL) == {}
-    assert grpcurl(fresh_stack, DELETE_MODEL) == {}
-
-    # Set up the state the README's listing shows: two models, one version.
+    """Every example, in an order that makes the README one consistent
+    script (its listing shows two models, so the delete comes last)."""
     assert grpcurl(fresh_stack, CREATE_MODEL) == {}
     assert grpcurl(fresh_stack, CREATE_MODEL.replace("my_model\\\"", "my_other_model\\\"")) == {}
     assert grpcurl(fresh_stack, LIST_MODELS) == {
@@ -124,6 +122,10 @@ def test_readme_examples_in_order(fresh_stack):
         {"versionInfos": [VERSION_1], "nextVersionHandle": "2"}
     )
     assert grpcurl(fresh_stack, GET_DATA_LEGACY_NAME) == {"dataChunk": "Y2h1bmtfMWNodW5rXzI="}
+    assert grpcurl(fresh_stack, DELETE_MODEL) == {}
+    assert grpcurl(fresh_stack, LIST_MODELS)["modelInfos"] == [
+        {"modelId": "my_other_model", "userData": {"type": "my_model_type"}}
+    ]
 
 
 def test_reflection_lists_both_service_names(fresh_stack):

@@ -127,9 +127,9 @@ class BlobReader(ABC):
     """An opened blob: its size is known and checked, its bytes stream.
 
     Iterating yields the data in chunks of at most the `chunk_size` given to
-    `BlobTier.open_reader`, one at a time (nothing is read ahead, so a slow
-    consumer holds the reader back instead of making it buffer), and no
-    empty chunk: a zero-byte blob yields nothing. A reader that verifies a
+    `BlobTier.open_reader`, one at a time, and no empty chunk: a zero-byte
+    blob yields nothing. A reader may read one chunk ahead, never more: a
+    slow consumer holds it back instead of making it buffer. A reader that verifies a
     digest raises DataLoss instead of yielding the last chunk on mismatch.
     A reader keeps streaming the blob it opened even if the blob is deleted
     meanwhile. Use it as an async context manager (or call `close`).

@@ -4,7 +4,7 @@ within a hard byte budget reserved when an upload starts."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from services.blobstore.config import MEMORY_MAX_BYTES_VARIABLE
@@ -43,8 +43,9 @@ class MemoryTier(BlobTier):
 
     name = "memory"
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, clock: Callable[[], float] = time.time) -> None:
         self.max_bytes = max_bytes
+        self._clock = clock
         self._blobs: dict[str, _MemoryBlob] = {}
         self._stored_bytes = 0
         self._reserved_bytes = 0
@@ -73,7 +74,7 @@ class MemoryTier(BlobTier):
     def _store(self, key: str, chunks: list[bytes], size: int) -> None:
         if key in self._blobs:
             raise AlreadyExists(f"blob {key} already exists")
-        self._blobs[key] = _MemoryBlob(tuple(chunks), size, time.time())
+        self._blobs[key] = _MemoryBlob(tuple(chunks), size, self._clock())
         # The reservation becomes the stored blob's share of the budget.
         self._reserved_bytes -= size
         self._stored_bytes += size

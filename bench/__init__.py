@@ -1,0 +1,1 @@
+"""Benchmark of the model registry against an ideal one-hop registry (`python -m bench`)."""

@@ -1,0 +1,227 @@
+"""Scenarios of the stack alone, with grpc.aio clients on one event loop:
+small calls (latency and requests/s) and VersionUpdate fan-out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from cogmentAPI import model_registry_pb2 as api
+from cogmentAPI import model_registry_pb2_grpc as api_grpc
+
+from bench.client import AsyncClient, BenchmarkError
+from bench.monitor import ProcessMonitor
+from bench.plan import Plan
+from bench.report import Figure, Target, percentile
+
+SMALL_CALL_MODELS = 10
+SMALL_CALL_VERSIONS = 10
+SMALL_VERSION_SIZE = 1024
+CONCURRENT_CALLERS = 16
+WARMUP_CALLS = 20
+SUBSCRIBE_TIMEOUT_SECONDS = 60.0
+FANOUT_TIMEOUT_SECONDS = 10.0
+
+SmallCall = Callable[[api_grpc.ModelRegistrySPStub], Awaitable[Any]]
+
+
+class StackCalls:
+    """The stack's address and processes, and an admin connection."""
+
+    def __init__(self, address: str, pids: dict[str, int]) -> None:
+        self.address = address
+        self.pids = {**pids, "client": os.getpid()}
+        self.admin = AsyncClient(address)
+
+    @asynccontextmanager
+    async def fresh_model(self, purpose: str) -> AsyncIterator[str]:
+        """A new model, deleted with its versions at the end of the block."""
+        model_id = f"bench-{purpose}-{uuid.uuid4().hex[:8]}"
+        await self.admin.create_model(model_id)
+        try:
+            yield model_id
+        finally:
+            await self.admin.delete_model(model_id)
+
+    async def connected_clients(self, count: int) -> list[AsyncClient]:
+        """`count` connections, each established before it is timed."""
+        return list(await asyncio.gather(*(AsyncClient(self.address).connect() for _ in range(count))))
+
+
+async def _close_all(clients: list[AsyncClient]) -> None:
+    await asyncio.gather(*(client.close() for client in clients))
+
+
+async def _latencies_ms(client: AsyncClient, call: SmallCall, count: int) -> list[float]:
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await call(client.stub)
+        latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+async def _requests_per_second(clients: list[AsyncClient], call: SmallCall, seconds: float) -> float:
+    """Every client calls back to back for `seconds`; returns completed calls per second."""
+    completed = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def keep_calling(client: AsyncClient) -> None:
+        nonlocal completed
+        while time.perf_counter() < deadline:
+            await call(client.stub)
+            completed += 1
+
+    await asyncio.gather(*(keep_calling(client) for client in clients))
+    return completed / (time.perf_counter() - started)
+
+
+async def small_calls(stack: StackCalls, plan: Plan) -> list[Figure]:
+    """RetrieveVersionInfos (the latest version's info, as actors ask for it)
+    and RetrieveModels (all models: 10): p50/p99 latency of one client
+    calling back to back, and requests/s of 16 clients on their own
+    connections."""
+    figures = []
+    async with AsyncExitStack() as resources:
+        model_ids = [await resources.enter_async_context(stack.fresh_model("small")) for _ in range(SMALL_CALL_MODELS)]
+        for _ in range(SMALL_CALL_VERSIONS):
+            await stack.admin.upload(model_ids[0], SMALL_VERSION_SIZE, archived=False)
+        latest_info = api.RetrieveVersionInfosRequest(model_id=model_ids[0], version_numbers=[-1])
+        calls: dict[str, tuple[SmallCall, bool]] = {  # name: (call, whether it has targets)
+            "RetrieveVersionInfos": (lambda stub: stub.RetrieveVersionInfos(latest_info), True),
+            "RetrieveModels": (lambda stub: stub.RetrieveModels(api.RetrieveModelsRequest()), False),
+        }
+        single = await AsyncClient(stack.address).connect()
+        resources.push_async_callback(single.close)
+        many = await stack.connected_clients(CONCURRENT_CALLERS)
+        resources.push_async_callback(_close_all, many)
+        for name, (call, has_targets) in calls.items():
+            await _latencies_ms(single, call, WARMUP_CALLS)
+            p50s, p99s = [], []
+            for _ in range(plan.runs):
+                latencies = await _latencies_ms(single, call, plan.latency_calls)
+                p50s.append(percentile(latencies, 0.50))
+                p99s.append(percentile(latencies, 0.99))
+            rates, cpu_by_run = [], []
+            for _ in range(plan.runs):
+                with ProcessMonitor(stack.pids) as monitor:
+                    rates.append(await _requests_per_second(many, call, plan.throughput_seconds))
+                cpu_by_run.append({process: usage.cpu_percent for process, usage in monitor.usage.items()})
+            median_cpu = {
+                process: round(statistics.median(run[process] for run in cpu_by_run), 1) for process in stack.pids
+            }
+            latency_details = {"calls_per_run": plan.latency_calls}
+            figures += [
+                Figure(f"{name}.p50_1_client", f"{name} p50, 1 client", "ms", p50s, details=latency_details),
+                Figure(
+                    f"{name}.p99_1_client",
+                    f"{name} p99, 1 client",
+                    "ms",
+                    p99s,
+                    target=Target("below", 5.0) if has_targets else None,
+                    details=latency_details,
+                ),
+                Figure(
+                    f"{name}.rate_{CONCURRENT_CALLERS}_clients",
+                    f"{name}, {CONCURRENT_CALLERS} clients",
+                    "req/s",
+                    rates,
+                    target=Target("at_least", 2000) if has_targets else None,
+                    details={"seconds_per_run": plan.throughput_seconds, "cpu_percent": {"stack": median_cpu}},
+                ),
+            ]
+    return figures
+
+
+class _Arrivals:
+    """When each subscriber received each version number."""
+
+    def __init__(self, subscribers: int) -> None:
+        self._subscribers = subscribers
+        self.times: dict[int, list[float]] = defaultdict(list)
+        self._complete: dict[int, asyncio.Event] = defaultdict(asyncio.Event)
+
+    def record(self, version_number: int) -> None:
+        arrivals = self.times[version_number]
+        arrivals.append(time.perf_counter())
+        if len(arrivals) == self._subscribers:
+            self._complete[version_number].set()
+
+    async def wait_all(self, version_number: int, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._complete[version_number].wait(), timeout)
+        except TimeoutError:
+            got = len(self.times[version_number])
+            raise BenchmarkError(
+                f"VersionUpdate: {got} of {self._subscribers} subscribers received version {version_number} "
+                f"within {timeout:.0f}s"
+            ) from None
+
+
+async def _follow(client: AsyncClient, model_id: str, arrivals: _Arrivals) -> None:
+    async for reply in client.stub.VersionUpdate(api.VersionUpdateRequest(model_id=model_id)):
+        arrivals.record(reply.version_info.version_number)
+
+
+async def _fanout_latencies_ms(stack: StackCalls, subscribers: list[AsyncClient], versions: int) -> list[float]:
+    """Subscribes every client to a fresh model, then creates `versions`
+    versions one at a time; returns, for each version and subscriber, the ms
+    from the CreateVersion reply to the subscriber receiving the version
+    (0 when the subscriber had it first)."""
+    latencies: list[float] = []
+    async with stack.fresh_model("fanout") as model_id:
+        first = await stack.admin.upload(model_id, SMALL_VERSION_SIZE, archived=False)
+        arrivals = _Arrivals(len(subscribers))
+        tasks = [asyncio.create_task(_follow(client, model_id, arrivals)) for client in subscribers]
+        try:
+            # A subscription is live once it has sent the latest version.
+            await arrivals.wait_all(first.version_number, SUBSCRIBE_TIMEOUT_SECONDS)
+            for _ in range(versions):
+                info = await stack.admin.upload(model_id, SMALL_VERSION_SIZE, archived=False)
+                replied = time.perf_counter()
+                await arrivals.wait_all(info.version_number, FANOUT_TIMEOUT_SECONDS)
+                latencies += [max(0.0, arrived - replied) * 1000 for arrived in arrivals.times[info.version_number]]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return latencies
+
+
+async def version_update_fanout(stack: StackCalls, plan: Plan) -> list[Figure]:
+    """`plan.subscribers` VersionUpdate subscribers (one connection each) on
+    one model: p50/p99 of the delay from the CreateVersion reply to each
+    subscriber receiving the new version."""
+    subscribers = await stack.connected_clients(plan.subscribers)
+    try:
+        p50s, p99s = [], []
+        for _ in range(plan.runs):
+            latencies = await _fanout_latencies_ms(stack, subscribers, plan.fanout_versions)
+            p50s.append(percentile(latencies, 0.50))
+            p99s.append(percentile(latencies, 0.99))
+    finally:
+        await _close_all(subscribers)
+    label = f"VersionUpdate to {plan.subscribers} subscribers"
+    details = {"subscribers": plan.subscribers, "versions_per_run": plan.fanout_versions}
+    return [
+        Figure("version_update.fanout_p50", f"{label} p50", "ms", p50s, details=details),
+        Figure("version_update.fanout_p99", f"{label} p99", "ms", p99s, target=Target("below", 50.0), details=details),
+    ]
+
+
+async def stack_calls(address: str, pids: dict[str, int], plan: Plan) -> list[Figure]:
+    """Small calls, then VersionUpdate fan-out."""
+    stack = StackCalls(address, pids)
+    try:
+        await stack.admin.connect()
+        return await small_calls(stack, plan) + await version_update_fanout(stack, plan)
+    finally:
+        await stack.admin.close()

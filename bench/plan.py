@@ -1,0 +1,56 @@
+"""How much of each scenario a benchmark run does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes, repetitions and client counts of one benchmark run."""
+
+    sizes: list[int]  # single transfers, each in both directions and modes
+    runs: int  # every figure is the median of this many runs
+    concurrent_size: int  # size of each concurrent transfer
+    uploaders: int
+    downloaders: int
+    latency_calls: int  # sequential small calls per run
+    throughput_seconds: float  # duration of a requests/s run
+    subscribers: int  # VersionUpdate subscribers
+    fanout_versions: int  # versions created per fan-out run
+
+    @classmethod
+    def full(cls, sizes: list[int], runs: int) -> Plan:
+        return cls(
+            sizes=sorted(sizes),
+            runs=runs,
+            concurrent_size=64 * MIB,
+            uploaders=4,
+            downloaders=16,
+            latency_calls=2000,
+            throughput_seconds=5.0,
+            subscribers=100,
+            fanout_versions=20,
+        )
+
+    @classmethod
+    def smoke(cls) -> Plan:
+        """Tiny sizes, one run, fewer subscribers: checks that every scenario
+        works, in well under a minute."""
+        return cls(
+            sizes=[64 * 1024, MIB],
+            runs=1,
+            concurrent_size=MIB,
+            uploaders=4,
+            downloaders=16,
+            latency_calls=100,
+            throughput_seconds=0.5,
+            subscribers=20,
+            fanout_versions=3,
+        )
+
+    @property
+    def largest_transfer(self) -> int:
+        return max([*self.sizes, self.concurrent_size])

@@ -1,0 +1,49 @@
+"""`python -m bench --smoke` runs end to end and reports every scenario.
+
+This keeps the benchmark from rotting; it asserts nothing about speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SMOKE_SIZES = ("64KiB", "1MiB")
+STACK_PROCESSES = ("envoy", "frontend-0", "metadata-0", "blobstore-0")
+COMPARED_WITH_IDEAL = [
+    *(f"{direction}.{mode}.{size}" for size in SMOKE_SIZES for mode in ("archived", "transient") for direction in ("upload", "download")),
+    *(f"concurrent_{direction}.{mode}" for direction in ("upload", "download") for mode in ("archived", "transient")),
+]
+STACK_ONLY = [
+    *(f"{call}.{figure}" for call in ("RetrieveVersionInfos", "RetrieveModels") for figure in ("p50_1_client", "p99_1_client", "rate_16_clients")),
+    "version_update.fanout_p99",
+]
+# Zero is a real outcome here: a subscriber can get the version before the
+# uploader gets its reply, and a process may not grow at all.
+MAY_BE_ZERO = ["version_update.fanout_p50", *(f"rss_growth.{process}" for process in STACK_PROCESSES)]
+
+
+def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
+    output = tmp_path / "r.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--output", str(output)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"python -m bench --smoke failed:\n{result.stdout}\n{result.stderr}"
+    results = json.loads(output.read_text())
+
+    assert {"nproc", "cpu_model", "memory_gib", "python", "grpc"} <= results["machine"].keys()
+    figures = {figure["key"]: figure for figure in results["figures"]}
+    assert set(figures) == {*COMPARED_WITH_IDEAL, *STACK_ONLY, *MAY_BE_ZERO}
+    for key in COMPARED_WITH_IDEAL:
+        assert figures[key]["stack"] > 0 and figures[key]["ideal"] > 0 and figures[key]["ratio"] > 0, figures[key]
+    for key in STACK_ONLY:
+        assert figures[key]["stack"] > 0, figures[key]
+    for key in MAY_BE_ZERO:
+        assert figures[key]["stack"] >= 0, figures[key]
+    assert all(figure["target_met"] is not None for figure in figures.values() if figure["target"])

@@ -1,0 +1,1 @@
+"""Generated from proto/cogmentAPI/model_registry.proto by client/generate.py."""

@@ -1,0 +1,130 @@
+"""Helpers of the blobstore tests: storing/reading through a tier, and a real
+grpc.aio blobstore server on 127.0.0.1 (port 0) with a client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from registry import blobstore_pb2, blobstore_pb2_grpc
+
+from services.blobstore.config import BlobstoreConfig
+from services.blobstore.server import create_server
+from services.blobstore.store import BlobTier
+
+MIB = 1024 * 1024
+
+
+async def store(tier: BlobTier, key: str, chunks: Iterable[bytes]) -> None:
+    chunks = list(chunks)
+    writer = await tier.open_writer(key, sum(map(len, chunks)))
+    try:
+        for chunk in chunks:
+            await writer.write(chunk)
+        await writer.commit()
+    finally:
+        await writer.abort()
+
+
+async def read_all(tier: BlobTier, key: str, *, chunk_size: int = MIB, expected_size=None, expected_sha256=None) -> list[bytes]:
+    reader = await tier.open_reader(
+        key, expected_size=expected_size, expected_sha256=expected_sha256, chunk_size=chunk_size
+    )
+    async with reader:
+        return [chunk async for chunk in reader]
+
+
+def temp_files(archive_dir: Path) -> list[str]:
+    """Upload temp files (not the owner locks) in the file tier's temp dir."""
+    temp = archive_dir / "blobs" / ".tmp"
+    return sorted(n for n in os.listdir(temp) if not n.endswith(".lock")) if temp.exists() else []
+
+
+def blob_files(archive_dir: Path) -> list[str]:
+    """Published blob files (outside the temp dir)."""
+    root = archive_dir / "blobs"
+    return sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts
+    )
+
+
+# -- the gRPC server ---------------------------------------------------------
+
+
+@dataclass
+class Blobstore:
+    stub: blobstore_pb2_grpc.BlobStoreStub
+    health: health_pb2_grpc.HealthStub
+    archive_dir: Path
+    config: BlobstoreConfig
+
+    async def put(self, key: str, data: bytes, *, archived: bool, chunk_size: int = MIB) -> int:
+        reply = await self.stub.PutBlob(put_requests(key, data, archived=archived, chunk_size=chunk_size))
+        return reply.size
+
+    async def get(self, key: str, *, archived: bool, **fields) -> list[bytes]:
+        request = blobstore_pb2.GetBlobRequest(key=key, archived=archived, **fields)
+        return [reply.data_chunk async for reply in self.stub.GetBlob(request)]
+
+    async def status(self, service: str = "registry.BlobStore") -> int:
+        return (await self.health.Check(health_pb2.HealthCheckRequest(service=service))).status
+
+
+def put_requests(
+    key: str, data: bytes, *, archived: bool, chunk_size: int = MIB, size: int | None = None, finish: bool = True
+) -> list[blobstore_pb2.PutBlobRequest]:
+    header = blobstore_pb2.PutBlobRequest.Header(
+        key=key, size=len(data) if size is None else size, archived=archived
+    )
+    messages = [blobstore_pb2.PutBlobRequest(header=header)]
+    messages += [
+        blobstore_pb2.PutBlobRequest(data_chunk=data[i : i + chunk_size]) for i in range(0, len(data), chunk_size)
+    ]
+    if finish:
+        messages.append(blobstore_pb2.PutBlobRequest(finish=blobstore_pb2.PutBlobRequest.Finish()))
+    return messages
+
+
+async def wait_serving(health: health_pb2_grpc.HealthStub, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="registry.BlobStore"))
+        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+            return
+        if loop.time() > deadline:
+            raise AssertionError("the blobstore never became SERVING")
+        await asyncio.sleep(0.01)
+
+
+def make_config(tmp_path: Path, **overrides) -> BlobstoreConfig:
+    fields = dict(bind_host="127.0.0.1", port=0, archive_dir=tmp_path, memory_max_bytes=16 * MIB)
+    fields.update(overrides)
+    return BlobstoreConfig(**fields)
+
+
+async def start_blobstore(config: BlobstoreConfig, *, wait: bool = True):
+    server, health_servicer, port, on_stop = await create_server(config)
+    await server.start()
+    limit = config.max_message_bytes
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+    )
+    blobstore = Blobstore(
+        blobstore_pb2_grpc.BlobStoreStub(channel), health_pb2_grpc.HealthStub(channel), config.archive_dir, config
+    )
+    if wait:
+        await wait_serving(blobstore.health)
+
+    async def stop() -> None:
+        await channel.close()
+        await server.stop(0)
+        await on_stop()
+
+    return blobstore, stop

@@ -1,0 +1,5 @@
+import asyncio
+
+from services.metadata.server import serve
+
+asyncio.run(serve())

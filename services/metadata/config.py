@@ -1,0 +1,83 @@
+"""Metadata service settings, read from the environment (see README, "Configuration")."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from services.common import config as c
+from services.metadata.records import CacheBudget
+
+DATABASE_FILE_NAME = "metadata.sqlite3"
+METADATA_URL_VARIABLE = c.PREFIX + "METADATA_URL"
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    bind_host: str
+    port: int  # 0: any free port
+    # The SQLite file: <ARCHIVE_DIR>/metadata.sqlite3 unless METADATA_URL names one.
+    database_path: Path
+    version_cache_max_items: int
+    version_cache_max_bytes: int
+    # Only sizes gRPC messages (the same limit on every hop).
+    sent_chunk_size: int
+    shutdown_grace_seconds: float
+
+    @property
+    def max_message_bytes(self) -> int:
+        return c.grpc_message_limit(self.sent_chunk_size)
+
+    @property
+    def cache_budget(self) -> CacheBudget:
+        return CacheBudget(max_items=self.version_cache_max_items, max_bytes=self.version_cache_max_bytes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> MetadataConfig:
+        """Reads the settings; raises `ConfigError` naming the variable at fault."""
+        p = c.PREFIX
+        url = c.env_str(METADATA_URL_VARIABLE, "", env)
+        if url:
+            database_path = database_path_from_url(url)
+        else:
+            archive_dir = Path(c.env_str(p + "ARCHIVE_DIR", "./data", env)).expanduser()
+            database_path = archive_dir.resolve() / DATABASE_FILE_NAME
+        return cls(
+            bind_host=c.env_str(p + "BIND_HOST", "0.0.0.0", env),
+            port=c.env_int(p + "METADATA_PORT", c.DEFAULT_METADATA_PORT, env, minimum=0),
+            database_path=database_path,
+            version_cache_max_items=c.env_int(
+                p + "VERSION_CACHE_MAX_ITEMS", c.DEFAULT_VERSION_CACHE_MAX_ITEMS, env, minimum=1
+            ),
+            version_cache_max_bytes=c.env_int(
+                p + "VERSION_CACHE_MAX_BYTES", c.DEFAULT_VERSION_CACHE_MAX_BYTES, env, minimum=1
+            ),
+            sent_chunk_size=c.env_int(
+                p + "SENT_MODEL_VERSION_DATA_CHUNK_SIZE", c.DEFAULT_SENT_CHUNK_SIZE, env, minimum=1
+            ),
+            shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
+        )
+
+
+def database_path_from_url(url: str) -> Path:
+    """The file of a `sqlite:///absolute/path` URL; any other URL is a ConfigError.
+
+    SQLAlchemy's spelling of absolute paths, `sqlite:////absolute/path`, means
+    the same file. The message shows only the URL's scheme: a database URL
+    may hold a password.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        scheme = f"{parts.scheme}://..." if parts.scheme else "a value without a scheme"
+        raise c.ConfigError(
+            f"{METADATA_URL_VARIABLE} is {scheme}, but only sqlite:///absolute/path/to/file.db is supported "
+            "(PostgreSQL is not available yet); unset it to use <ARCHIVE_DIR>/metadata.sqlite3"
+        )
+    if parts.netloc or not parts.path.startswith("/") or parts.path == "/" or parts.query or parts.fragment:
+        raise c.ConfigError(
+            f"{METADATA_URL_VARIABLE}={url!r} is not sqlite:///absolute/path/to/file.db "
+            "(three slashes, then an absolute path, no host and no options)"
+        )
+    return Path("/" + parts.path.lstrip("/"))

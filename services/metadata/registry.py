@@ -1,0 +1,185 @@
+"""The metadata domain as the servicer uses it: async, serialised, observable.
+
+Every store call runs on one dedicated worker thread, one at a time: the
+store's connection never crosses threads and writes never contend inside
+this process. Commits and deletions notify the watch hub from that thread,
+right after their transaction committed, so notifications follow commit
+order and happen even when the caller that asked for the write has gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from services.common.errors import NotFound, Unavailable
+from services.metadata.errors import model_deleted, require_model_id
+from services.metadata.records import (
+    BlobRef,
+    Commit,
+    Model,
+    ModelPage,
+    ResolvedVersion,
+    Version,
+    VersionBatch,
+    VersionDraft,
+    VersionPage,
+)
+from services.metadata.store.base import MetadataStore
+from services.metadata.watch import VersionHub
+
+log = logging.getLogger("registry.metadata")
+
+T = TypeVar("T")
+
+# Versions a watcher reads per store call: bounds its memory when it is far behind.
+WATCH_BATCH_SIZE = 64
+
+
+class MetadataRegistry:
+    """Models and versions (through a `MetadataStore`) plus version watches."""
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        executor: ThreadPoolExecutor,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        watch_batch_size: int = WATCH_BATCH_SIZE,
+    ) -> None:
+        """Use `open`; `store` must have been created on `executor`'s only thread."""
+        self._store = store
+        self._executor = executor
+        self._loop = loop
+        self._watch_batch_size = watch_batch_size
+        self.hub = VersionHub()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, open_store: Callable[[], MetadataStore], **options: int) -> MetadataRegistry:
+        """Opens the store (`open_store()`, on the worker thread) and returns
+        the registry using it."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata-store")
+        loop = asyncio.get_running_loop()
+        try:
+            store = await loop.run_in_executor(executor, open_store)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(store, executor, loop, **options)
+
+    async def close(self) -> None:
+        """Ends watches with UNAVAILABLE, then closes the store."""
+        if self._closed:
+            return
+        self._closed = True
+        self.hub.close(Unavailable("the metadata service is shutting down, watch again"))
+        await self._loop.run_in_executor(self._executor, self._store.close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, function: Callable[..., T], *args: object) -> T:
+        """Runs a store call on the worker thread. A caller cancelled while the
+        call is still queued also cancels the call (the executor drops it)."""
+        if self._closed:
+            raise Unavailable("the metadata service is shutting down")
+        return await self._loop.run_in_executor(self._executor, function, *args)
+
+    def _notify(self, callback: Callable[[str], None], model_id: str) -> None:
+        """Hands a hub notification from the worker thread to the loop."""
+        try:
+            self._loop.call_soon_threadsafe(callback, model_id)
+        except RuntimeError:  # the loop is closed: nobody is watching any more
+            pass
+
+    # -- models -------------------------------------------------------------
+
+    async def upsert_model(self, model: Model) -> None:
+        await self._run(self._store.upsert_model, model)
+
+    async def delete_model(self, model_id: str) -> tuple[BlobRef, ...]:
+        """Deletes the model; ends its watches; returns the blobs to delete."""
+
+        def delete() -> tuple[BlobRef, ...]:
+            blobs = self._store.delete_model(model_id)
+            self._notify(self.hub.model_deleted, model_id)
+            return blobs
+
+        return await self._run(delete)
+
+    async def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
+        return await self._run(self._store.retrieve_models, model_ids, count, handle)
+
+    # -- versions -------------------------------------------------------------
+
+    async def retrieve_versions(
+        self, model_id: str, numbers: Sequence[int], count: int, handle: str
+    ) -> VersionPage:
+        return await self._run(self._store.retrieve_versions, model_id, numbers, count, handle)
+
+    async def resolve_version(self, model_id: str, number: int, *, touch: bool) -> ResolvedVersion:
+        return await self._run(lambda: self._store.resolve_version(model_id, number, touch=touch))
+
+    async def commit_version(self, draft: VersionDraft, blob_key: str) -> Commit:
+        """Commits a version and wakes its model's watchers."""
+        return await self._run(self._commit_and_notify, draft, blob_key)
+
+    def _commit_and_notify(self, draft: VersionDraft, blob_key: str) -> Commit:
+        """Worker-thread half of `commit_version`."""
+        commit = self._store.commit_version(draft, blob_key)
+        if commit.created:
+            self._notify(self.hub.version_committed, draft.model_id)
+        return commit
+
+    async def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
+        return await self._run(self._store.find_unreferenced_blobs, keys)
+
+    # -- watches ---------------------------------------------------------------
+
+    async def watch_versions(self, model_id: str, after_version: int) -> AsyncIterator[Version]:
+        """Committed versions of a model, in number order, until cancelled.
+
+        after_version 0: the latest existing version (if any), then each new
+        one; N > 0: every version numbered above N, then each new one. Ends
+        with NOT_FOUND when the model is deleted.
+        """
+        require_model_id(model_id)
+        # Subscribe BEFORE reading: a commit after this point wakes us, and
+        # one before it is in what we read. No wake-up can be missed.
+        with self.hub.subscribe(model_id) as subscription:
+            if after_version == 0:
+                batch = await self._run(self._store.read_latest_version, model_id)
+                more_to_read = False
+            else:
+                batch = await self._run(
+                    self._store.read_versions_after, model_id, after_version, self._watch_batch_size
+                )
+                more_to_read = len(batch.versions) == self._watch_batch_size
+            model_seq = batch.model_seq
+            last_sent = after_version
+            while True:
+                for version in batch.versions:
+                    if version.number > last_sent:  # never send a number twice
+                        last_sent = version.number
+                        yield version
+                if not more_to_read:
+                    await subscription.wait()
+                subscription.raise_if_ended()
+                # Clear BEFORE reading: a commit that lands after the read
+                # sets the flag again, so the next wait cannot sleep through it.
+                subscription.clear()
+                batch = await self._read_after(model_id, model_seq, last_sent)
+                more_to_read = len(batch.versions) == self._watch_batch_size
+
+    async def _read_after(self, model_id: str, model_seq: int, last_sent: int) -> VersionBatch:
+        """The next versions of a watched model; NOT_FOUND "was deleted" if the
+        model is gone or was re-created under the same id meanwhile."""
+        try:
+            batch = await self._run(self._store.read_versions_after, model_id, last_sent, self._watch_batch_size)
+        except NotFound:
+            raise model_deleted(model_id) from None
+        if batch.model_seq != model_seq:
+            raise model_deleted(model_id)
+        return batch

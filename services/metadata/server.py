@@ -1,0 +1,88 @@
+"""Metadata process wiring: store, registry, gRPC server, health."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+from grpc_health.v1 import health
+from registry import metadata_pb2, metadata_pb2_grpc
+
+from services.common.config import ConfigError
+from services.common.errors import Unavailable
+from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server, run_until_signalled
+from services.common.logging_setup import configure_logging
+from services.common.telemetry import configure_tracing, shutdown_tracing
+from services.metadata.config import MetadataConfig
+from services.metadata.errors import StoreOpenError
+from services.metadata.registry import MetadataRegistry
+from services.metadata.servicer import MetadataServicer
+from services.metadata.store.sqlite import SqliteMetadataStore
+
+log = logging.getLogger("registry.metadata")
+
+# "registry.MetadataService": the name Envoy health-checks.
+SERVICE_NAME = metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
+
+
+async def open_registry(config: MetadataConfig) -> MetadataRegistry:
+    """The registry over the configured SQLite database (created if needed)."""
+    return await MetadataRegistry.open(lambda: SqliteMetadataStore(config.database_path, config.cache_budget))
+
+
+async def create_server(
+    config: MetadataConfig, *, registry: MetadataRegistry | None = None
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int, Callable[[], Awaitable[None]]]:
+    """Builds the metadata server: returns (server, health_servicer, bound
+    port, on_stop). Opens the store unless `registry` is given; health turns
+    SERVING once it is open. `on_stop` closes the registry."""
+    server, health_servicer = create_aio_server(config.max_message_bytes)
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, NOT_SERVING)
+    port = bind(server, config.bind_host, config.port)
+    if registry is None:
+        registry = await open_registry(config)
+    metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(registry), server)
+    for service in ("", SERVICE_NAME):
+        await health_servicer.set(service, SERVING)
+
+    async def on_stop() -> None:
+        await registry.close()
+
+    return server, health_servicer, port, on_stop
+
+
+async def serve() -> None:
+    """`python -m services.metadata`: serves until SIGTERM/SIGINT."""
+    configure_logging("metadata")
+    configure_tracing("metadata")
+    try:
+        config = MetadataConfig.from_env()
+        registry = await open_registry(config)
+        server, health_servicer, port, on_stop = await create_server(config, registry=registry)
+    except (ConfigError, StoreOpenError) as exc:
+        raise SystemExit(f"metadata: {exc}") from None
+    await server.start()
+    log.info(
+        "metadata listening on %s:%d, database %s, version cache of %d items / %d bytes",
+        config.bind_host,
+        port,
+        config.database_path,
+        config.version_cache_max_items,
+        config.version_cache_max_bytes,
+    )
+    try:
+        await run_until_signalled(
+            server,
+            health_servicer,
+            grace_seconds=config.shutdown_grace_seconds,
+            # Watches never end by themselves: end them as soon as draining
+            # starts (the frontend renews them elsewhere or after the restart).
+            on_draining=lambda: registry.hub.close(
+                Unavailable("the metadata service is shutting down, watch again")
+            ),
+            on_stop=on_stop,
+        )
+    finally:
+        shutdown_tracing()

@@ -1,0 +1,421 @@
+"""The store's logic, in SQL that SQLite and PostgreSQL both accept.
+
+Subclasses supply a DB-API connection and the dialect specifics, which are
+kept to a handful of hooks: how transactions begin and end, the largest
+model position ever assigned, and placeholder style (statements here use
+`?`; `_sql` rewrites them for drivers that want something else).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from services.metadata.errors import model_not_found, require_model_id
+from services.metadata.paging import parse_handle
+from services.metadata.records import (
+    BlobRef,
+    CacheBudget,
+    Commit,
+    Model,
+    ModelPage,
+    ResolvedVersion,
+    Version,
+    VersionBatch,
+    VersionDraft,
+    VersionPage,
+)
+from services.metadata.store.base import MetadataStore
+
+Cursor = Any  # a DB-API 2.0 cursor
+
+# Columns are stored as signed 64-bit integers in both dialects.
+_INT64_MAX = 2**63 - 1
+# Bound on the parameters of one `IN (...)` list.
+_IN_LIST_CHUNK = 500
+
+_VERSION_COLUMNS = "number, creation_timestamp, archived, data_hash, data_size, user_data"
+
+UPDATE_MODEL = "UPDATE models SET user_data = ? WHERE model_id = ?"
+# Only for a model UPDATE_MODEL did not find: an INSERT that turns into an
+# update still consumes a position from the sequence, which would leave gaps
+# in model positions (handles) at every update. The ON CONFLICT clause covers
+# a concurrent creation by another writer.
+INSERT_MODEL = (
+    "INSERT INTO models (model_id, user_data, next_version) VALUES (?, ?, 0) "
+    "ON CONFLICT (model_id) DO UPDATE SET user_data = excluded.user_data"
+)
+SELECT_MODEL = "SELECT seq, next_version FROM models WHERE model_id = ?"
+SELECT_MODEL_INFO = "SELECT user_data FROM models WHERE model_id = ?"
+LIST_MODELS = "SELECT seq, model_id, user_data FROM models WHERE seq > ? ORDER BY seq"
+DELETE_MODEL = "DELETE FROM models WHERE seq = ?"
+# Allocating the number and taking the model's row lock are one statement
+# (under PostgreSQL this serialises concurrent commits to one model).
+ALLOCATE_VERSION_NUMBER = (
+    "UPDATE models SET next_version = next_version + 1 WHERE model_id = ? RETURNING seq, next_version"
+)
+
+SELECT_VERSION = f"SELECT {_VERSION_COLUMNS}, blob_key FROM versions WHERE model_seq = ? AND number = ?"
+SELECT_NTH_LATEST_VERSION = (
+    f"SELECT {_VERSION_COLUMNS}, blob_key FROM versions WHERE model_seq = ? "
+    "ORDER BY number DESC LIMIT 1 OFFSET ?"
+)
+COUNT_VERSIONS = "SELECT COUNT(*) FROM versions WHERE model_seq = ?"
+LIST_VERSIONS_FROM = f"SELECT {_VERSION_COLUMNS} FROM versions WHERE model_seq = ? AND number >= ? ORDER BY number"
+LIST_VERSIONS_AFTER = (
+    f"SELECT {_VERSION_COLUMNS} FROM versions WHERE model_seq = ? AND number > ? ORDER BY number LIMIT ?"
+)
+SELECT_VERSION_BY_BLOB = (
+    f"SELECT m.model_id, {', '.join('v.' + c for c in _VERSION_COLUMNS.split(', '))} "
+    "FROM versions v JOIN models m ON m.seq = v.model_seq WHERE v.blob_key = ?"
+)
+INSERT_VERSION = (
+    "INSERT INTO versions (model_seq, number, creation_timestamp, archived, data_hash, data_size, "
+    "user_data, blob_key, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+TOUCH_VERSION = "UPDATE versions SET last_used = ? WHERE model_seq = ? AND number = ? AND archived = FALSE"
+SELECT_MODEL_BLOBS = "SELECT blob_key, archived FROM versions WHERE model_seq = ? ORDER BY number"
+DELETE_MODEL_VERSIONS = "DELETE FROM versions WHERE model_seq = ?"
+DELETE_VERSION = "DELETE FROM versions WHERE model_seq = ? AND number = ?"
+
+# The transient LRU; `archived = FALSE` matches the partial index's predicate.
+LATEST_TRANSIENT_USE = "SELECT COALESCE(MAX(last_used), 0) FROM versions WHERE archived = FALSE"
+TRANSIENT_TOTALS = "SELECT COUNT(*), COALESCE(SUM(data_size), 0) FROM versions WHERE archived = FALSE"
+TRANSIENT_BY_LAST_USE = (
+    "SELECT model_seq, number, blob_key, data_size FROM versions WHERE archived = FALSE "
+    "ORDER BY last_used, model_seq, number"
+)
+
+
+def _dump_user_data(user_data: Mapping[str, str]) -> str:
+    return json.dumps(dict(user_data), sort_keys=True, separators=(",", ":"))
+
+
+def _load_user_data(text: str) -> dict[str, str]:
+    return json.loads(text)
+
+
+def _version_from_row(model_id: str, row: Sequence[Any]) -> Version:
+    """A `Version` from the first six columns of a row (`_VERSION_COLUMNS`)."""
+    number, creation_timestamp, archived, data_hash, data_size, user_data = row[:6]
+    return Version(
+        model_id=model_id,
+        number=number,
+        creation_timestamp=creation_timestamp,
+        archived=bool(archived),
+        data_hash=data_hash,
+        data_size=data_size,
+        user_data=_load_user_data(user_data),
+    )
+
+
+def _plural_versions(count: int) -> str:
+    if count == 0:
+        return "no versions"
+    return f"{count} version" if count == 1 else f"{count} versions"
+
+
+class SqlMetadataStore(MetadataStore):
+    """`MetadataStore` over a DB-API connection; see `base` for the contract.
+
+    Not thread-safe: one store, one thread (the connection is not shared).
+    """
+
+    def __init__(self, connection: Any, budget: CacheBudget) -> None:
+        self._connection = connection
+        self._budget = budget
+
+    # -- dialect hooks ---------------------------------------------------
+
+    @abstractmethod
+    def _begin(self, cursor: Cursor, *, write: bool) -> None:
+        """Starts a transaction; a write transaction must exclude other writers
+        from the start (so read-then-write inside it cannot race)."""
+
+    @abstractmethod
+    def _end(self, cursor: Cursor, *, commit: bool) -> None:
+        """Commits (durably) or rolls back the current transaction."""
+
+    @abstractmethod
+    def _largest_model_seq(self, cursor: Cursor) -> int:
+        """The largest model position ever assigned (0 if none), including
+        positions of models deleted since."""
+
+    def _sql(self, statement: str) -> str:
+        """`statement` in the driver's placeholder style (written with `?`)."""
+        return statement
+
+    # -- plumbing ---------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Cursor]:
+        cursor = self._connection.cursor()
+        try:
+            self._begin(cursor, write=write)
+            try:
+                yield cursor
+            except BaseException:
+                self._end(cursor, commit=False)
+                raise
+            self._end(cursor, commit=True)
+        finally:
+            cursor.close()
+
+    def _execute(self, cursor: Cursor, statement: str, parameters: Sequence[Any] = ()) -> Cursor:
+        cursor.execute(self._sql(statement), tuple(parameters))
+        return cursor
+
+    def _model_row(self, cursor: Cursor, model_id: str) -> tuple[int, int]:
+        """(seq, last allocated version number) of a model, or NotFound."""
+        row = self._execute(cursor, SELECT_MODEL, (model_id,)).fetchone()
+        if row is None:
+            raise model_not_found(model_id)
+        return row[0], row[1]
+
+    def _next_use_stamp(self, cursor: Cursor) -> int:
+        """A `last_used` value later than every one recorded: wall-clock
+        nanoseconds, nudged forward when the clock stalls or steps back, so
+        the LRU order is the order of use (and of insertion on ties)."""
+        (latest,) = self._execute(cursor, LATEST_TRANSIENT_USE).fetchone()
+        return max(time.time_ns(), latest + 1)
+
+    # -- models -------------------------------------------------------------
+
+    def upsert_model(self, model: Model) -> None:
+        require_model_id(model.model_id)
+        user_data = _dump_user_data(model.user_data)
+        with self._transaction(write=True) as cursor:
+            if self._execute(cursor, UPDATE_MODEL, (user_data, model.model_id)).rowcount == 0:
+                self._execute(cursor, INSERT_MODEL, (model.model_id, user_data))
+
+    def delete_model(self, model_id: str) -> tuple[BlobRef, ...]:
+        require_model_id(model_id)
+        with self._transaction(write=True) as cursor:
+            seq, _ = self._model_row(cursor, model_id)
+            blobs = tuple(
+                BlobRef(key=key, archived=bool(archived))
+                for key, archived in self._execute(cursor, SELECT_MODEL_BLOBS, (seq,)).fetchall()
+            )
+            self._execute(cursor, DELETE_MODEL_VERSIONS, (seq,))
+            self._execute(cursor, DELETE_MODEL, (seq,))
+        return blobs
+
+    def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
+        with self._transaction(write=False) as cursor:
+            if model_ids:
+                return self._models_by_id(cursor, model_ids, count, handle)
+            return self._list_models(cursor, count, handle)
+
+    def _list_models(self, cursor: Cursor, count: int, handle: str) -> ModelPage:
+        after = 0
+        if handle:
+            largest = self._largest_model_seq(cursor)
+            after = parse_handle(handle, field="model_handle", low=0, high=largest, meaning="a model position")
+        statement = LIST_MODELS + (" LIMIT ?" if count else "")
+        parameters = (after, count) if count else (after,)
+        rows = self._execute(cursor, statement, parameters).fetchall()
+        models = tuple(Model(model_id=model_id, user_data=_load_user_data(data)) for _, model_id, data in rows)
+        next_handle = str(rows[-1][0]) if rows else str(after)
+        return ModelPage(models=models, next_handle=next_handle)
+
+    def _models_by_id(self, cursor: Cursor, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
+        offset = 0
+        if handle:
+            offset = parse_handle(
+                handle,
+                field="model_handle",
+                low=0,
+                high=len(model_ids),
+                meaning=f"a position in the {len(model_ids)} model_ids requested",
+            )
+        selected = model_ids[offset : offset + count] if count else model_ids[offset:]
+        models = []
+        for index, model_id in enumerate(selected, start=offset):
+            require_model_id(model_id, f"model_ids[{index}]")
+            row = self._execute(cursor, SELECT_MODEL_INFO, (model_id,)).fetchone()
+            if row is None:
+                raise model_not_found(model_id)
+            models.append(Model(model_id=model_id, user_data=_load_user_data(row[0])))
+        return ModelPage(models=tuple(models), next_handle=str(offset + len(selected)))
+
+    # -- versions -------------------------------------------------------------
+
+    def resolve_version_number(self, cursor: Cursor, model_id: str, model_seq: int, number: int) -> ResolvedVersion:
+        """The one place where a requested version number becomes a version.
+
+        n > 0 is that version; -k the k-th latest among the versions that
+        exist now (-1: the latest). Anything else is NotFound, with a message
+        saying what does exist.
+        """
+        if number > 0:
+            row = self._execute(cursor, SELECT_VERSION, (model_seq, number)).fetchone()
+            if row is None:
+                _, last_allocated = self._model_row(cursor, model_id)
+                why = (
+                    "it was evicted from the transient version cache"
+                    if number <= last_allocated
+                    else f"the last version created is {last_allocated}"
+                )
+                raise NotFound(f"model {model_id!r} has no version {number} ({why})")
+        elif number < 0:
+            row = self._execute(cursor, SELECT_NTH_LATEST_VERSION, (model_seq, -number - 1)).fetchone()
+            if row is None:
+                (existing,) = self._execute(cursor, COUNT_VERSIONS, (model_seq,)).fetchone()
+                raise NotFound(f"model {model_id!r} has {_plural_versions(existing)}, {number} is out of range")
+        else:
+            raise NotFound(
+                f"model {model_id!r} has no version 0: versions are numbered from 1, and -1 is the latest"
+            )
+        return ResolvedVersion(version=_version_from_row(model_id, row), blob_key=row[6])
+
+    def retrieve_versions(self, model_id: str, numbers: Sequence[int], count: int, handle: str) -> VersionPage:
+        require_model_id(model_id)
+        with self._transaction(write=False) as cursor:
+            seq, last_allocated = self._model_row(cursor, model_id)
+            if numbers:
+                versions = tuple(
+                    self.resolve_version_number(cursor, model_id, seq, number).version for number in numbers
+                )
+                return VersionPage(versions=versions, next_handle=str(versions[-1].number + 1))
+            start = 1
+            if handle:
+                start = parse_handle(
+                    handle,
+                    field="version_handle",
+                    low=1,
+                    high=last_allocated + 1,
+                    meaning=f"a version number of model {model_id!r}",
+                )
+            statement = LIST_VERSIONS_FROM + (" LIMIT ?" if count else "")
+            parameters = (seq, start, count) if count else (seq, start)
+            rows = self._execute(cursor, statement, parameters).fetchall()
+        versions = tuple(_version_from_row(model_id, row) for row in rows)
+        next_handle = str(versions[-1].number + 1) if versions else str(start)
+        return VersionPage(versions=versions, next_handle=next_handle)
+
+    def resolve_version(self, model_id: str, number: int, *, touch: bool) -> ResolvedVersion:
+        require_model_id(model_id)
+        with self._transaction(write=touch) as cursor:
+            seq, _ = self._model_row(cursor, model_id)
+            resolved = self.resolve_version_number(cursor, model_id, seq, number)
+            if touch and not resolved.version.archived:
+                stamp = self._next_use_stamp(cursor)
+                self._execute(cursor, TOUCH_VERSION, (stamp, seq, resolved.version.number))
+        return resolved
+
+    def commit_version(self, draft: VersionDraft, blob_key: str) -> Commit:
+        self._check_draft(draft, blob_key)
+        with self._transaction(write=True) as cursor:
+            existing = self._execute(cursor, SELECT_VERSION_BY_BLOB, (blob_key,)).fetchone()
+            if existing is not None:
+                version = _version_from_row(existing[0], existing[1:])
+                if version.model_id != draft.model_id:
+                    raise AlreadyExists(
+                        f"blob_key {blob_key!r} is already committed as version {version.number} "
+                        f"of model {version.model_id!r}, not of model {draft.model_id!r}"
+                    )
+                return Commit(version=version, evicted=(), created=False)
+
+            allocated = self._execute(cursor, ALLOCATE_VERSION_NUMBER, (draft.model_id,)).fetchall()
+            if not allocated:
+                raise model_not_found(draft.model_id)
+            ((seq, number),) = allocated
+            version = Version(
+                model_id=draft.model_id,
+                number=number,
+                creation_timestamp=draft.creation_timestamp or time.time_ns(),
+                archived=draft.archived,
+                data_hash=draft.data_hash,
+                data_size=draft.data_size,
+                user_data=dict(draft.user_data),
+            )
+            self._execute(
+                cursor,
+                INSERT_VERSION,
+                (
+                    seq,
+                    number,
+                    version.creation_timestamp,
+                    version.archived,
+                    version.data_hash,
+                    version.data_size,
+                    _dump_user_data(version.user_data),
+                    blob_key,
+                    self._next_use_stamp(cursor),
+                ),
+            )
+            evicted = self._evict(cursor, keep=(seq, number))
+        return Commit(version=version, evicted=evicted, created=True)
+
+    def _check_draft(self, draft: VersionDraft, blob_key: str) -> None:
+        """Rejects a commit that cannot succeed, before anything is written."""
+        require_model_id(draft.model_id, "version_info.model_id")
+        if not blob_key:
+            raise InvalidArgument("blob_key must not be empty")
+        if not draft.data_hash:
+            raise InvalidArgument("version_info.data_hash must not be empty")
+        for name, value in (("data_size", draft.data_size), ("creation_timestamp", draft.creation_timestamp)):
+            if not 0 <= value <= _INT64_MAX:
+                raise InvalidArgument(f"version_info.{name} {value} is out of range (0 to {_INT64_MAX})")
+        if not draft.archived and draft.data_size > self._budget.max_bytes:
+            raise ResourceExhausted(
+                f"transient version of {draft.data_size} bytes exceeds the version cache budget of "
+                f"{self._budget.max_bytes} bytes (COGMENT_MODEL_REGISTRY_VERSION_CACHE_MAX_BYTES); archive it instead"
+            )
+
+    def _evict(self, cursor: Cursor, *, keep: tuple[int, int]) -> tuple[BlobRef, ...]:
+        """Deletes least-recently-used transient versions, except `keep`
+        (model_seq, number), until the cache budget holds."""
+        count, size = self._execute(cursor, TRANSIENT_TOTALS).fetchone()
+        budget = self._budget
+        if count <= budget.max_items and size <= budget.max_bytes:
+            return ()
+        victims: list[tuple[int, int, str]] = []
+        for model_seq, number, blob_key, data_size in self._execute(cursor, TRANSIENT_BY_LAST_USE):
+            if count <= budget.max_items and size <= budget.max_bytes:
+                break
+            if (model_seq, number) == keep:
+                continue
+            victims.append((model_seq, number, blob_key))
+            count -= 1
+            size -= data_size
+        for model_seq, number, _ in victims:
+            self._execute(cursor, DELETE_VERSION, (model_seq, number))
+        return tuple(BlobRef(key=blob_key, archived=False) for _, _, blob_key in victims)
+
+    # -- watches ---------------------------------------------------------------
+
+    def read_latest_version(self, model_id: str) -> VersionBatch:
+        require_model_id(model_id)
+        with self._transaction(write=False) as cursor:
+            seq, _ = self._model_row(cursor, model_id)
+            row = self._execute(cursor, SELECT_NTH_LATEST_VERSION, (seq, 0)).fetchone()
+        versions = (_version_from_row(model_id, row),) if row is not None else ()
+        return VersionBatch(model_seq=seq, versions=versions)
+
+    def read_versions_after(self, model_id: str, after_number: int, limit: int) -> VersionBatch:
+        require_model_id(model_id)
+        with self._transaction(write=False) as cursor:
+            seq, _ = self._model_row(cursor, model_id)
+            rows = self._execute(cursor, LIST_VERSIONS_AFTER, (seq, after_number, limit)).fetchall()
+        return VersionBatch(model_seq=seq, versions=tuple(_version_from_row(model_id, row) for row in rows))
+
+    # -- blobs -------------------------------------------------------------------
+
+    def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
+        unique = list(dict.fromkeys(keys))
+        referenced: set[str] = set()
+        with self._transaction(write=False) as cursor:
+            for start in range(0, len(unique), _IN_LIST_CHUNK):
+                chunk = unique[start : start + _IN_LIST_CHUNK]
+                statement = f"SELECT blob_key FROM versions WHERE blob_key IN ({', '.join('?' * len(chunk))})"
+                referenced.update(key for (key,) in self._execute(cursor, statement, chunk))
+        return tuple(key for key in unique if key not in referenced)
+
+    def close(self) -> None:
+        self._connection.close()

@@ -1,0 +1,135 @@
+"""The SQLite store: one file, WAL journal, `synchronous=FULL`.
+
+Only what is specific to SQLite lives here: opening the connection, the
+schema and its migrations, transaction statements and `sqlite_sequence`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from services.metadata.errors import StoreOpenError
+from services.metadata.records import CacheBudget
+from services.metadata.store.sql import Cursor, SqlMetadataStore
+
+log = logging.getLogger("registry.metadata")
+
+# How long a write waits for another connection's write transaction (only
+# other processes can hold one: this service writes from a single thread).
+BUSY_TIMEOUT_SECONDS = 10.0
+
+# Each entry migrates the schema from version i to i + 1; append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # seq: creation order, never reused (AUTOINCREMENT); the key of
+        # model pagination handles.
+        """CREATE TABLE models (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            model_id TEXT NOT NULL UNIQUE,
+            user_data TEXT NOT NULL,          -- JSON object of strings
+            next_version INTEGER NOT NULL     -- the last version number allocated (0: none yet)
+        )""",
+        """CREATE TABLE versions (
+            model_seq INTEGER NOT NULL REFERENCES models (seq),
+            number INTEGER NOT NULL,
+            creation_timestamp INTEGER NOT NULL,  -- ns since the Unix epoch
+            archived BOOLEAN NOT NULL,
+            data_hash TEXT NOT NULL,
+            data_size INTEGER NOT NULL,
+            user_data TEXT NOT NULL,              -- JSON object of strings
+            blob_key TEXT NOT NULL UNIQUE,
+            last_used INTEGER NOT NULL,           -- LRU stamp (ns), meaningful for transient versions
+            PRIMARY KEY (model_seq, number)
+        )""",
+        # Eviction picks the least recently used transient versions.
+        "CREATE INDEX versions_transient_lru ON versions (last_used) WHERE archived = FALSE",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SqliteMetadataStore(SqlMetadataStore):
+    """`MetadataStore` in a SQLite file, created (with its directory) if needed.
+
+    Use from the thread that created it only (sqlite3 enforces this).
+    """
+
+    def __init__(self, path: Path, budget: CacheBudget) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: the driver opens no transaction by itself;
+            # `_begin` does, explicitly.
+            connection = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreOpenError(f"cannot open the metadata database {path}: {exc}") from exc
+        try:
+            _configure(connection, path)
+            _migrate(connection, path)
+        except BaseException:
+            connection.close()
+            raise
+        super().__init__(connection, budget)
+
+    def _begin(self, cursor: Cursor, *, write: bool) -> None:
+        # IMMEDIATE takes the write lock at once, so a transaction that reads
+        # then writes never fails half-way on a concurrent writer.
+        cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def _end(self, cursor: Cursor, *, commit: bool) -> None:
+        if commit:
+            cursor.execute("COMMIT")
+        elif self._connection.in_transaction:  # SQLite may have rolled back already
+            cursor.execute("ROLLBACK")
+
+    def _largest_model_seq(self, cursor: Cursor) -> int:
+        row = cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = 'models'").fetchone()
+        return row[0] if row is not None else 0
+
+
+def _configure(connection: sqlite3.Connection, path: Path) -> None:
+    try:
+        (journal_mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        # FULL: a commit is on disk (WAL fsynced) when COMMIT returns.
+        connection.execute("PRAGMA synchronous = FULL")
+        connection.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        raise StoreOpenError(f"cannot use {path} as the metadata database: {exc}") from exc
+    if journal_mode.lower() != "wal":
+        raise StoreOpenError(
+            f"the metadata database {path} cannot use write-ahead logging (journal_mode is {journal_mode!r}); "
+            "put it on a local file system"
+        )
+
+
+def _migrate(connection: sqlite3.Connection, path: Path) -> None:
+    """Brings the schema to `SCHEMA_VERSION`, in one transaction."""
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = connection.execute("SELECT version FROM schema_version").fetchone()
+            current = row[0] if row is not None else 0
+            if current > SCHEMA_VERSION:
+                raise StoreOpenError(
+                    f"the metadata database {path} has schema version {current}, newer than the "
+                    f"{SCHEMA_VERSION} this service knows: run a newer metadata service"
+                )
+            for version in range(current, SCHEMA_VERSION):
+                for statement in MIGRATIONS[version]:
+                    connection.execute(statement)
+            if row is None:
+                connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif current != SCHEMA_VERSION:
+                connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StoreOpenError(f"cannot prepare the metadata database {path}: {exc}") from exc
+    if current != SCHEMA_VERSION:
+        log.info("metadata database %s migrated from schema %d to %d", path, current, SCHEMA_VERSION)
