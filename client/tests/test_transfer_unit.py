@@ -199,6 +199,12 @@ def test_download_replaces_an_existing_file(tmp_path):
     assert dest.read_bytes() == DATA
 
 
+def test_download_onto_a_directory_is_refused_before_any_byte(tmp_path):
+    with pytest.raises(IsADirectoryError):
+        Download(version(), tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     ("received", "message"),
     [(DATA[:-1], "received 10495 bytes"), (DATA[:-1] + b"\0", "SHA-256"), (DATA + b"\0", "more than")],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
 import os
@@ -235,6 +236,8 @@ class Download:
         self._tmp: Path | None = None
         self._file: IO[bytes] | None = None
         if self._dest is not None:
+            if self._dest.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(self._dest))
             self._tmp = self._dest.with_name(f".{self._dest.name}.{secrets.token_hex(4)}.part")
             # os.open with 0o666 so the final file gets the usual umask-derived mode.
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
