@@ -5,6 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 PROTOS := $(shell find proto -name '*.proto')
+CLIENT_STUBS := client/src/model_registry_client/_generated/model_registry_pb2.py
 
 .PHONY: run up down status test unit integration bench venv proto clean envoy-config
 
@@ -24,7 +25,7 @@ test: proto  ## every test: unit, then full stack through Envoy
 	$(PY) -m pytest
 
 unit: proto
-	$(PY) -m pytest services
+	$(PY) -m pytest services client/tests --ignore-glob='*_stack.py'
 
 integration: proto
 	$(PY) -m pytest tests/integration
@@ -34,14 +35,19 @@ bench: proto
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt client/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	# The client SDK + `model-registry` CLI (its pins match requirements.txt).
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e ./client
 	# Make the repository and its generated stubs importable from the venv.
 	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()["purelib"], "model-registry-repo.pth").write_text("$(CURDIR)\n$(CURDIR)/gen\n")'
 	touch $@
 
-proto: gen/.stamp
+proto: gen/.stamp $(CLIENT_STUBS)
+
+$(CLIENT_STUBS): $(VENV)/.installed proto/cogmentAPI/model_registry.proto client/generate.py
+	$(PY) client/generate.py
 
 gen/.stamp: $(VENV)/.installed $(PROTOS)
 	rm -rf gen && mkdir -p gen
@@ -49,7 +55,7 @@ gen/.stamp: $(VENV)/.installed $(PROTOS)
 	touch $@
 
 clean:
-	rm -rf gen $(VENV) .pytest_cache
+	rm -rf gen $(VENV) .pytest_cache client/src/model_registry_client/_generated
 
 envoy-config: proto  ## regenerate envoy/envoy.yaml (docker compose) from services/launcher
 	$(PY) -m services.launcher.compose

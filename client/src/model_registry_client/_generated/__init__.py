@@ -1,1 +1,0 @@
-"""Generated from proto/cogmentAPI/model_registry.proto by client/generate.py."""
