@@ -21,8 +21,9 @@ down: venv  ## stops the stack `make up` started (same environment)
 status: venv
 	$(PY) -m services.launcher status
 
-test: proto  ## every test: unit, then full stack through Envoy
+test: proto  ## every test: unit and full stack, then the full stack again in the replicated shape
 	$(PY) -m pytest
+	REGISTRY_TEST_SHAPE=replicated $(PY) -m pytest tests/integration
 
 unit: proto
 	$(PY) -m pytest services client/tests --ignore-glob='*_stack.py'

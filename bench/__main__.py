@@ -59,7 +59,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=parse_sizes, default="1MiB,64MiB,1GiB", help="transfer sizes (default %(default)s)")
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario; medians are reported (default %(default)s)")
     parser.add_argument(
-        "--smoke", action="store_true", help="tiny sizes, one run, fewer clients: checks the bench works (< 60 s)"
+        "--smoke", action="store_true", help="tiny sizes, one run, 20 subscribers: checks the bench works (< 60 s)"
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results (default bench/results.json)")
     args = parser.parse_args(argv)

@@ -272,7 +272,10 @@ class ModelRegistry:
         what = f"version {info.version_number} of model {info.model_id!r}"
         if info.archived:
             return DataLoss(f"the archived data of {what} is missing from the archive")
-        return NotFound(f"{what} was evicted from the version cache")
+        return NotFound(
+            f"the data of {what} is no longer held in memory (evicted from the version cache, "
+            "or the blobstore replica holding it restarted)"
+        )
 
     async def follow_versions(self, model_id: str) -> AsyncIterator[api.ModelVersionInfo]:
         """The latest version, then every new one, for as long as the client listens.

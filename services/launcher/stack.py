@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -52,12 +53,19 @@ class LaunchSettings:
         port = c.env_int(p + "PORT", c.DEFAULT_PUBLIC_PORT, minimum=1)
         archive_dir = Path(c.env_str(p + "ARCHIVE_DIR", "./data")).expanduser().resolve()
         run_dir = Path(c.env_str(p + "RUN_DIR", str(REPO_ROOT / ".run" / str(port)))).expanduser().resolve()
+        metadata_replicas = c.env_int("METADATA_REPLICAS", 1, minimum=1)
+        metadata_url = c.env_str(p + "METADATA_URL", "")
+        if metadata_replicas > 1 and not metadata_url.startswith(("postgresql://", "postgres://")):
+            raise c.ConfigError(
+                f"METADATA_REPLICAS={metadata_replicas} needs a shared database: set "
+                f"{p}METADATA_URL=postgresql://user@host:port/db (SQLite serves one replica)"
+            )
         return cls(
             public_port=port,
             archive_dir=archive_dir,
             run_dir=run_dir,
             frontend_replicas=c.env_int("FRONTEND_REPLICAS", 1, minimum=1),
-            metadata_replicas=c.env_int("METADATA_REPLICAS", 1, minimum=1),
+            metadata_replicas=metadata_replicas,
             blobstore_replicas=c.env_int("BLOBSTORE_REPLICAS", 1, minimum=1),
             startup_timeout_seconds=c.env_float(p + "STARTUP_TIMEOUT_SECONDS", 60.0),
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0),
@@ -261,7 +269,11 @@ class LocalStack:
                         raise StackError(f"{proc['name']} exited during start-up:\n{_tail(proc['log'])}")
                 try:
                     reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    # The public answer needs one healthy replica per cluster;
+                    # `up` waits for every replica to be in rotation.
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING and not _unhealthy_hosts(
+                        state["admin_port"]
+                    ):
                         return
                 except grpc.RpcError:
                     pass
@@ -299,6 +311,18 @@ class LocalStack:
                 stopped.append(proc["name"])
         self.state_path.unlink(missing_ok=True)
         return stopped
+
+
+def _unhealthy_hosts(admin_port: int) -> list[str]:
+    """Upstream hosts Envoy does not (yet) consider healthy, from its admin
+    `/clusters` page (lines like `blobstore::127.0.0.1:4242::health_flags::healthy`)."""
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{admin_port}/clusters", timeout=1.0) as response:
+            text = response.read().decode()
+    except OSError:
+        return ["(envoy admin not answering)"]
+    hosts = [line.rsplit("::", 2) for line in text.splitlines() if "::health_flags::" in line]
+    return [host for host, _, flags in hosts if flags != "healthy"]
 
 
 def _reap(pid: int, block: bool = False) -> None:

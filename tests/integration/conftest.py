@@ -76,8 +76,26 @@ class Stack:
         return channel
 
 
+# `make test` runs this suite twice: on the default shape (one process each,
+# SQLite, local archive) and on the production shape (REGISTRY_TEST_SHAPE=replicated).
+SHAPE = os.environ.get("REGISTRY_TEST_SHAPE", "single")
+REPLICATED = SHAPE == "replicated"
+
+
+def shape_env() -> dict[str, str]:
+    """Launcher settings of the shape under test."""
+    if not REPLICATED:
+        return {"BLOBSTORE_REPLICAS": "1", "FRONTEND_REPLICAS": "1", "METADATA_REPLICAS": "1"}
+    return {"BLOBSTORE_REPLICAS": "3", "FRONTEND_REPLICAS": "2", "METADATA_REPLICAS": "1"}
+
+
 def stack_env(port: int, archive_dir: Path, run_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COGMENT_MODEL_REGISTRY_", "OTEL_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("COGMENT_MODEL_REGISTRY_", "OTEL_")) and not k.endswith("_REPLICAS")
+    }
+    env.update(shape_env())
     env.update(
         {
             "COGMENT_MODEL_REGISTRY_PORT": str(port),

@@ -1,0 +1,67 @@
+"""The production shape: several blobstore and frontend replicas behind Envoy.
+Runs when the suite runs on REGISTRY_TEST_SHAPE=replicated (`make test` does)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import grpc
+import pytest
+from cogmentAPI import model_registry_pb2 as api
+
+from conftest import REPLICATED, create_version, read_data
+
+pytestmark = pytest.mark.skipif(not REPLICATED, reason="needs REGISTRY_TEST_SHAPE=replicated")
+
+
+def processes(stack, kind: str) -> list[dict]:
+    state = json.loads((stack.run_dir / "state.json").read_text())
+    return [p for p in state["processes"] if p["kind"] == kind]
+
+
+def blobstore_log_counts(stack) -> dict[str, int]:
+    return {
+        p["name"]: open(p["log"]).read().count("rpc=/registry.BlobStore/PutBlob status=OK") for p in processes(stack, "blobstore")
+    }
+
+
+def test_transient_blobs_spread_and_are_read_from_their_replica(registry, stack, model_id):
+    before = blobstore_log_counts(stack)
+    versions = [create_version(registry, model_id, f"payload {i}".encode()) for i in range(9)]
+    after = blobstore_log_counts(stack)
+    assert sum(1 for name in after if after[name] > before[name]) >= 2, f"uploads should spread over replicas: {before} -> {after}"
+    for info in versions:
+        assert read_data(registry, model_id, info.version_number) == f"payload {info.version_number - 1}".encode()
+
+
+def test_losing_a_blobstore_replica(registry, stack, model_id):
+    archived = [create_version(registry, model_id, f"archived {i}".encode(), archived=True) for i in range(6)]
+    transient = [create_version(registry, model_id, f"transient {i}".encode()) for i in range(6)]
+    victim = processes(stack, "blobstore")[0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    try:
+        # Archived data stays readable through the others, at once.
+        for info in archived:
+            assert read_data(registry, model_id, info.version_number) == f"archived {info.version_number - 1}".encode()
+        # Transient versions answer their data or NOT_FOUND: never a hang or INTERNAL.
+        lost = 0
+        for info in transient:
+            started = time.monotonic()
+            try:
+                read_data(registry, model_id, info.version_number)
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+                lost += 1
+            assert time.monotonic() - started < 5
+        # New uploads succeed, numbering continues.
+        for i in range(4):
+            info = create_version(registry, model_id, b"after the loss")
+            assert read_data(registry, model_id, info.version_number) == b"after the loss"
+        assert create_version(registry, model_id, b"x", archived=True).version_number == len(archived) + len(transient) + 5
+    finally:
+        # Bring the stack back to full strength for the tests that follow.
+        stack.down()
+        stack.up()
