@@ -1,15 +1,27 @@
 """The blobstore's operations in terms of its tiers: the PutBlob protocol
-(header, chunks, finish), reads and deletes, and readiness."""
+(header, chunks, finish), reads and deletes, and readiness.
+
+Traces: a "write blob" span covers the storage of a PutBlob (the tier adds
+its durability step: `fsync_ms` for files, `complete_ms` for S3) and a
+"read blob" span a GetBlob's read (with `verified`: whether the bytes were
+checked against the recorded SHA-256 and matched). Both are made here, on
+the event loop, where the current span is the request's.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
 from registry import blobstore_pb2
 
-from services.blobstore.store.base import BlobTier
-from services.common.errors import Aborted, InvalidArgument, Unavailable
+from services.blobstore.store.base import BlobReader, BlobTier
+from services.common.errors import Aborted, InvalidArgument, RegistryError, Unavailable
+
+_tracer = trace.get_tracer("registry.blobstore")
 
 _SHA256_BYTES = 32
 # Room left in a gRPC message for the framing around a data chunk.
@@ -18,14 +30,20 @@ _MESSAGE_OVERHEAD = 1024
 
 class BlobService:
     """Puts, gets and deletes blobs in the memory tier (`archived` false) or
-    the file tier (`archived` true).
+    the archive tier (`archived` true: files or S3).
 
     Calls wait until `open` has prepared both tiers (the health status says
     SERVING only from then on, so normally none arrives earlier).
     """
 
     def __init__(
-        self, memory: BlobTier, archive: BlobTier, *, default_chunk_size: int, max_message_bytes: int
+        self,
+        memory: BlobTier,
+        archive: BlobTier,
+        *,
+        default_chunk_size: int,
+        max_message_bytes: int,
+        tracer: trace.Tracer = _tracer,
     ) -> None:
         self.memory = memory
         self.archive = archive
@@ -33,6 +51,7 @@ class BlobService:
         # A larger chunk could not be sent: the server's send limit would fail the stream.
         self.max_chunk_size = max_message_bytes - _MESSAGE_OVERHEAD
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tracer = tracer
 
     @property
     def tiers(self) -> tuple[BlobTier, ...]:
@@ -82,14 +101,36 @@ class BlobService:
         if first.WhichOneof("msg") != "header":
             raise InvalidArgument("the first message of PutBlob must be a header")
         header = first.header
+        with self._tracer.start_as_current_span(
+            "write blob",
+            attributes={"blob_key": header.key, "archived": header.archived, "size": header.size},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                return await self._store(header, stream, span)
+            except Exception as exc:
+                _mark_failed(span, exc)
+                raise
+
+    async def _store(
+        self,
+        header: blobstore_pb2.PutBlobRequest.Header,
+        stream: AsyncIterator[blobstore_pb2.PutBlobRequest],
+        span: Span,
+    ) -> int:
+        chunks = 0
         writer = await self.tier(header.archived).open_writer(header.key, header.size)
         try:
             async for request in stream:
                 kind = request.WhichOneof("msg")
                 if kind == "data_chunk":
+                    chunks += 1
                     await writer.write(request.data_chunk)
                 elif kind == "finish":
+                    started = time.perf_counter()
                     await writer.commit()
+                    span.set_attribute("commit_ms", (time.perf_counter() - started) * 1000)
                     return header.size
                 elif kind == "header":
                     raise InvalidArgument(f"PutBlob of blob {header.key}: only the first message may be a header")
@@ -97,8 +138,10 @@ class BlobService:
                     raise InvalidArgument(f"PutBlob of blob {header.key}: a message carries neither data nor finish")
             raise Aborted(f"upload of blob {header.key} ended before finish: nothing was stored")
         finally:
+            span.set_attributes({"bytes": writer.received, "chunks": chunks})
             # No-op after a successful commit; otherwise releases the
-            # reservation / removes the temp file, even on cancellation.
+            # reservation / removes the temp file / aborts the multipart
+            # upload, even on cancellation.
             await writer.abort()
 
     async def get(self, request: blobstore_pb2.GetBlobRequest) -> AsyncIterator[bytes]:
@@ -113,17 +156,46 @@ class BlobService:
         # 0 is "not set", except that a blob recorded with a digest has a
         # recorded size too, and it may well be 0.
         expected_size = request.expected_size if request.expected_size or expected_sha256 else None
-        reader = await self.tier(request.archived).open_reader(
-            request.key,
-            expected_size=expected_size,
-            expected_sha256=expected_sha256,
-            chunk_size=min(request.chunk_size or self.default_chunk_size, self.max_chunk_size),
+        # Not made current: this generator yields to its consumer, which
+        # must not run inside the span (nor detach it from another context).
+        span = self._tracer.start_span(
+            "read blob", attributes={"blob_key": request.key, "archived": request.archived}
         )
-        async with reader:
-            async for chunk in reader:
-                yield chunk
+        reader: BlobReader | None = None
+        sent = chunks = 0
+        try:
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                reader = await self.tier(request.archived).open_reader(
+                    request.key,
+                    expected_size=expected_size,
+                    expected_sha256=expected_sha256,
+                    chunk_size=min(request.chunk_size or self.default_chunk_size, self.max_chunk_size),
+                )
+            span.set_attribute("size", reader.size)
+            async with reader:
+                async for chunk in reader:
+                    sent += len(chunk)
+                    chunks += 1
+                    yield chunk
+        except Exception as exc:
+            _mark_failed(span, exc)
+            raise
+        finally:
+            span.set_attributes(
+                {"bytes": sent, "chunks": chunks, "verified": reader is not None and reader.verified}
+            )
+            span.end()
 
     async def delete(self, key: str, *, archived: bool) -> None:
         """Deletes a blob; deleting a missing blob succeeds."""
         await self._wait_ready()
         await self.tier(archived).delete(key)
+
+
+def _mark_failed(span: Span, exc: Exception) -> None:
+    """Error status on `span`, worded as the client will see it (DATA_LOSS...)."""
+    if isinstance(exc, RegistryError):
+        span.set_status(Status(StatusCode.ERROR, f"{exc.code.name}: {exc.message}"))
+    else:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))

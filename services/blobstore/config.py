@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from services.common import config as c
 
@@ -14,14 +16,63 @@ from services.common import config as c
 DEFAULT_MEMORY_MAX_BYTES = 2 * c.DEFAULT_VERSION_CACHE_MAX_BYTES
 
 MEMORY_MAX_BYTES_VARIABLE = c.PREFIX + "BLOBSTORE_MEMORY_MAX_BYTES"
+ARCHIVE_URL_VARIABLE = c.PREFIX + "ARCHIVE_URL"
+
+# Loose on purpose (S3-compatible stores differ): what cannot be a bucket
+# name in a URL, not every rule of AWS's naming.
+_BUCKET_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where the S3 tier keeps archived blobs: `<prefix>/<key[:2]>/<key>`
+    in `bucket` (no leading `<prefix>/` when the prefix is empty)."""
+
+    bucket: str
+    prefix: str = ""
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+def parse_archive_url(value: str) -> S3Location:
+    """`s3://bucket` or `s3://bucket/prefix`; anything else is a ConfigError
+    naming the variable."""
+    url = urlsplit(value)
+    # Never echo credentials someone put in the URL.
+    shown = f"{ARCHIVE_URL_VARIABLE}={value!r}" if "@" not in url.netloc else f"{ARCHIVE_URL_VARIABLE} (hidden)"
+
+    def unusable(reason: str) -> c.ConfigError:
+        return c.ConfigError(
+            f"{shown} is not usable: {reason} (expected s3://bucket or s3://bucket/prefix; "
+            "leave it unset to archive in the archive directory)"
+        )
+
+    if url.scheme != "s3":
+        raise unusable(f"the scheme must be s3, not {url.scheme!r}" if url.scheme else "it has no scheme")
+    if "@" in url.netloc:
+        raise unusable("credentials do not go in the URL: boto3 reads AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if url.query or url.fragment:
+        raise unusable("a query or fragment has no meaning here")
+    if ":" in url.netloc:
+        raise unusable("the endpoint (host and port) goes in AWS_ENDPOINT_URL, not in the bucket URL")
+    if not _BUCKET_PATTERN.fullmatch(url.netloc):
+        raise unusable(f"{url.netloc!r} is not a bucket name")
+    prefix = url.path.strip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise unusable(f"the prefix {prefix!r} has an empty, '.' or '..' segment")
+    return S3Location(url.netloc, prefix)
 
 
 @dataclass(frozen=True)
 class BlobstoreConfig:
     bind_host: str = "0.0.0.0"
     port: int = c.DEFAULT_BLOBSTORE_PORT
-    # Archived blobs live in <archive_dir>/blobs/<key[:2]>/<key>.
+    # Archived blobs live in <archive_dir>/blobs/<key[:2]>/<key>, unless
+    # an S3 location is configured (ARCHIVE_URL); S3 endpoint, credentials
+    # and region come from the standard AWS_* variables, read by boto3.
     archive_dir: Path = Path("./data")
+    archive_s3: S3Location | None = None
     memory_max_bytes: int = DEFAULT_MEMORY_MAX_BYTES
     # GetBlob chunk size when the request leaves it at 0.
     sent_chunk_size: int = c.DEFAULT_SENT_CHUNK_SIZE
@@ -36,16 +87,23 @@ class BlobstoreConfig:
     shutdown_grace_seconds: float = 10.0
 
     @property
+    def archive_location(self) -> str:
+        """Where archived blobs go, for logs."""
+        return str(self.archive_s3) if self.archive_s3 is not None else str(self.archive_dir)
+
+    @property
     def max_message_bytes(self) -> int:
         return c.grpc_message_limit(self.sent_chunk_size)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BlobstoreConfig:
         p = c.PREFIX
+        archive_url = c.env_str(ARCHIVE_URL_VARIABLE, "", env)
         return cls(
             bind_host=c.env_str(p + "BIND_HOST", "0.0.0.0", env),
             port=c.env_int(p + "BLOBSTORE_PORT", c.DEFAULT_BLOBSTORE_PORT, env, minimum=0),
             archive_dir=Path(c.env_str(p + "ARCHIVE_DIR", "./data", env)).expanduser(),
+            archive_s3=parse_archive_url(archive_url) if archive_url else None,
             memory_max_bytes=c.env_int(
                 MEMORY_MAX_BYTES_VARIABLE, DEFAULT_MEMORY_MAX_BYTES, env, minimum=0
             ),

@@ -14,8 +14,9 @@ from registry import blobstore_pb2_grpc
 from services.blobstore.blobs import BlobService
 from services.blobstore.config import BlobstoreConfig
 from services.blobstore.servicer import BlobStoreServicer
-from services.blobstore.store import FileTier, MemoryTier
+from services.blobstore.store import BlobTier, FileTier, MemoryTier
 from services.blobstore.sweeper import Sweeper, metadata_lookup
+from services.common.config import ConfigError
 from services.common.grpc_client import internal_channel
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server, run_until_signalled
 from services.common.logging_setup import configure_logging
@@ -41,13 +42,28 @@ class BlobstoreApp:
     on_stop: Callable[[], Awaitable[None]]
 
 
+def archive_tier(config: BlobstoreConfig) -> BlobTier:
+    """The tier of archived blobs: an S3 bucket if configured, else files."""
+    if config.archive_s3 is None:
+        return FileTier(config.archive_dir)
+    # Imported only when used: boto3 takes a while to import.
+    from services.blobstore.store.s3 import S3Tier
+
+    return S3Tier(
+        config.archive_s3.bucket,
+        config.archive_s3.prefix,
+        abandoned_upload_grace_seconds=config.orphan_grace_seconds,
+    )
+
+
 async def build_app(config: BlobstoreConfig) -> BlobstoreApp:
     """Builds the blobstore. The tiers are prepared in the background (temp
-    cleanup may take a while): health is NOT_SERVING until they are ready."""
+    cleanup may take a while, a bucket may not be reachable yet): health is
+    NOT_SERVING until they are ready."""
     server, health_servicer = create_aio_server(config.max_message_bytes)
     blobs = BlobService(
         MemoryTier(config.memory_max_bytes),
-        FileTier(config.archive_dir),
+        archive_tier(config),
         default_chunk_size=config.sent_chunk_size,
         max_message_bytes=config.max_message_bytes,
     )
@@ -75,7 +91,9 @@ async def build_app(config: BlobstoreConfig) -> BlobstoreApp:
         for service in HEALTH_SERVICES:
             await health_servicer.set(service, SERVING)
         sweeper.start()
-        log.info("blobstore ready: archive in %s, memory budget %d bytes", config.archive_dir, config.memory_max_bytes)
+        log.info(
+            "blobstore ready: archive in %s, memory budget %d bytes", config.archive_location, config.memory_max_bytes
+        )
 
     ready = asyncio.get_running_loop().create_task(prepare(), name="blobstore preparation")
 
@@ -99,23 +117,33 @@ async def create_server(config: BlobstoreConfig):  # type: ignore[no-untyped-def
 async def serve() -> None:
     configure_logging("blobstore")
     configure_tracing("blobstore")
-    config = BlobstoreConfig.from_env()
+    try:
+        config = BlobstoreConfig.from_env()
+    except ConfigError as exc:
+        raise SystemExit(f"blobstore: {exc}") from None
     app = await build_app(config)
     await app.server.start()
     log.info("blobstore listening on %s:%d", config.bind_host, app.port)
     try:
-        try:
-            await app.ready
-        except Exception as exc:
-            log.critical("cannot prepare the blob storage in %s: %s", config.archive_dir, exc)
+        # Signals are handled while the storage is still being prepared (a
+        # bucket may stay unreachable for long): a stop then is a clean one.
+        serving = asyncio.ensure_future(
+            run_until_signalled(
+                app.server,
+                app.health_servicer,
+                grace_seconds=config.shutdown_grace_seconds,
+                on_stop=app.on_stop,
+            )
+        )
+        await asyncio.wait([app.ready, serving], return_when=asyncio.FIRST_COMPLETED)
+        if app.ready.done() and not app.ready.cancelled() and app.ready.exception() is not None:
+            exc = app.ready.exception()
+            log.critical("cannot prepare the blob storage in %s: %s", config.archive_location, exc)
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
             await app.server.stop(0)
             await app.on_stop()
             raise SystemExit(1) from exc
-        await run_until_signalled(
-            app.server,
-            app.health_servicer,
-            grace_seconds=config.shutdown_grace_seconds,
-            on_stop=app.on_stop,
-        )
+        await serving
     finally:
         shutdown_tracing()

@@ -251,13 +251,13 @@ class LocalStack:
                     {"name": proc["name"], "kind": proc["kind"], "pid": child.pid, "marker": proc["marker"], "log": proc["log"]}
                 )
                 self.state_path.write_text(json.dumps(state, indent=2))
-            self._wait_healthy(state)
+            self._wait_healthy(state, settle_seconds=2 * topology.health_check_interval_seconds)
         except BaseException:
             self.stop()
             raise
         return state
 
-    def _wait_healthy(self, state: dict) -> None:
+    def _wait_healthy(self, state: dict, settle_seconds: float) -> None:
         s = self.settings
         deadline = time.monotonic() + s.startup_timeout_seconds
         target = f"{LOOPBACK}:{s.public_port}"
@@ -274,6 +274,11 @@ class LocalStack:
                     if reply.status == health_pb2.HealthCheckResponse.SERVING and not _unhealthy_hosts(
                         state["admin_port"]
                     ):
+                        # Measured: for about one more health-check round (1-2 s) Envoy's
+                        # hash balancer still sends every blob key to the first
+                        # healthy blobstore; keys placed then would later be looked
+                        # up elsewhere. Let it settle before declaring the stack up.
+                        time.sleep(settle_seconds)
                         return
                 except grpc.RpcError:
                     pass

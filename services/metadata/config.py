@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from services.common import config as c
 from services.metadata.records import CacheBudget
 
 DATABASE_FILE_NAME = "metadata.sqlite3"
 METADATA_URL_VARIABLE = c.PREFIX + "METADATA_URL"
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+_URL_FORMS = "sqlite:///absolute/path/to/file.db or postgresql://user[:password]@host[:port]/database"
 
 
 @dataclass(frozen=True)
 class MetadataConfig:
     bind_host: str
     port: int  # 0: any free port
-    # The SQLite file: <ARCHIVE_DIR>/metadata.sqlite3 unless METADATA_URL names one.
-    database_path: Path
+    # The SQLite file: <ARCHIVE_DIR>/metadata.sqlite3 unless METADATA_URL names
+    # one; None when METADATA_URL is a PostgreSQL URL.
+    database_path: Path | None
     version_cache_max_items: int
     version_cache_max_bytes: int
     # Only sizes gRPC messages (the same limit on every hop).
     sent_chunk_size: int
     shutdown_grace_seconds: float
+    # The PostgreSQL URL (libpq syntax) when METADATA_URL is one. It may hold
+    # a password: kept out of repr; log `database_description` instead.
+    postgres_url: str | None = field(default=None, repr=False)
+
+    @property
+    def database_description(self) -> str:
+        """Where the metadata lives, fit for logs (no password)."""
+        if self.postgres_url is not None:
+            return redacted_url(self.postgres_url)
+        return str(self.database_path)
 
     @property
     def max_message_bytes(self) -> int:
@@ -39,7 +52,11 @@ class MetadataConfig:
         """Reads the settings; raises `ConfigError` naming the variable at fault."""
         p = c.PREFIX
         url = c.env_str(METADATA_URL_VARIABLE, "", env)
-        if url:
+        database_path: Path | None = None
+        postgres_url: str | None = None
+        if urlsplit(url).scheme in POSTGRES_SCHEMES:
+            postgres_url = checked_postgres_url(url)
+        elif url:
             database_path = database_path_from_url(url)
         else:
             archive_dir = Path(c.env_str(p + "ARCHIVE_DIR", "./data", env)).expanduser()
@@ -58,11 +75,13 @@ class MetadataConfig:
                 p + "SENT_MODEL_VERSION_DATA_CHUNK_SIZE", c.DEFAULT_SENT_CHUNK_SIZE, env, minimum=1
             ),
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
+            postgres_url=postgres_url,
         )
 
 
 def database_path_from_url(url: str) -> Path:
-    """The file of a `sqlite:///absolute/path` URL; any other URL is a ConfigError.
+    """The file of a `sqlite:///absolute/path` URL; any other non-PostgreSQL
+    URL is a ConfigError.
 
     SQLAlchemy's spelling of absolute paths, `sqlite:////absolute/path`, means
     the same file. The message shows only the URL's scheme: a database URL
@@ -72,8 +91,8 @@ def database_path_from_url(url: str) -> Path:
     if parts.scheme != "sqlite":
         scheme = f"{parts.scheme}://..." if parts.scheme else "a value without a scheme"
         raise c.ConfigError(
-            f"{METADATA_URL_VARIABLE} is {scheme}, but only sqlite:///absolute/path/to/file.db is supported "
-            "(PostgreSQL is not available yet); unset it to use <ARCHIVE_DIR>/metadata.sqlite3"
+            f"{METADATA_URL_VARIABLE} is {scheme}, but only {_URL_FORMS} are supported; "
+            "unset it to use <ARCHIVE_DIR>/metadata.sqlite3"
         )
     if parts.netloc or not parts.path.startswith("/") or parts.path == "/" or parts.query or parts.fragment:
         raise c.ConfigError(
@@ -81,3 +100,40 @@ def database_path_from_url(url: str) -> Path:
             "(three slashes, then an absolute path, no host and no options)"
         )
     return Path("/" + parts.path.lstrip("/"))
+
+
+def checked_postgres_url(url: str) -> str:
+    """`url` if libpq accepts it as a PostgreSQL URL, else a ConfigError.
+
+    libpq reads it (query options such as `sslmode` or `options` included);
+    anything it leaves out comes from the PG* environment variables and
+    ~/.pgpass, as for psql. Messages never show the password.
+    """
+    parts = urlsplit(url)
+    shown = redacted_url(url)
+    for host_and_port in parts.netloc.rpartition("@")[2].split(","):
+        port = host_and_port.rpartition("]")[2].partition(":")[2]
+        if port and not port.isdigit():
+            raise c.ConfigError(f"{METADATA_URL_VARIABLE}={shown} has a port that is not a number: {port!r}")
+    from psycopg import conninfo  # only PostgreSQL deployments need the driver
+
+    try:
+        conninfo.conninfo_to_dict(url)
+    except Exception as exc:  # noqa: BLE001 - the driver's parse errors have no common base
+        detail = str(exc).strip()
+        password = parts.password or ""
+        if password and (password in detail or unquote(password) in detail):
+            detail = "libpq cannot parse it"
+        raise c.ConfigError(
+            f"{METADATA_URL_VARIABLE}={shown} is not a valid PostgreSQL URL ({detail}); expected {_URL_FORMS}"
+        ) from None
+    return url
+
+
+def redacted_url(url: str) -> str:
+    """A database URL without its password and query options (which may
+    hold one too): `postgresql://user@host:port/database`."""
+    parts = urlsplit(url)
+    user_info, at, hosts = parts.netloc.rpartition("@")
+    user = user_info.partition(":")[0]
+    return f"{parts.scheme}://{user + '@' if at and user else ''}{hosts}{parts.path}"

@@ -5,15 +5,23 @@ store's connection never crosses threads and writes never contend inside
 this process. Commits and deletions notify the watch hub from that thread,
 right after their transaction committed, so notifications follow commit
 order and happen even when the caller that asked for the write has gone.
+Store calls run in the caller's context (contextvars), so their spans are
+children of the request's.
+
+When other processes write to the same database (PostgreSQL replicas), a
+`ChangeFeed` wakes this process's watchers for their changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
+
+from opentelemetry import trace
 
 from services.common.errors import NotFound, Unavailable
 from services.metadata.errors import model_deleted, require_model_id
@@ -39,6 +47,22 @@ T = TypeVar("T")
 WATCH_BATCH_SIZE = 64
 
 
+class ChangeFeed(Protocol):
+    """Changes made by other processes sharing the database, fed to the hub."""
+
+    async def start(self, hub: VersionHub) -> None:
+        """Returns once every change committed from now on will reach `hub`."""
+
+    async def close(self) -> None: ...
+
+
+def _annotate(**attributes: str | int | bool) -> None:
+    """Sets attributes on the current (server) span, if one is recording."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(attributes)
+
+
 class MetadataRegistry:
     """Models and versions (through a `MetadataStore`) plus version watches."""
 
@@ -56,12 +80,15 @@ class MetadataRegistry:
         self._loop = loop
         self._watch_batch_size = watch_batch_size
         self.hub = VersionHub()
+        self._feed: ChangeFeed | None = None
         self._closed = False
 
     @classmethod
-    async def open(cls, open_store: Callable[[], MetadataStore], **options: int) -> MetadataRegistry:
-        """Opens the store (`open_store()`, on the worker thread) and returns
-        the registry using it."""
+    async def open(
+        cls, open_store: Callable[[], MetadataStore], *, feed: ChangeFeed | None = None, **options: int
+    ) -> MetadataRegistry:
+        """Opens the store (`open_store()`, on the worker thread), then starts
+        `feed` (other processes' changes) if given, and returns the registry."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata-store")
         loop = asyncio.get_running_loop()
         try:
@@ -69,23 +96,35 @@ class MetadataRegistry:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(store, executor, loop, **options)
+        registry = cls(store, executor, loop, **options)
+        if feed is not None:
+            try:
+                await feed.start(registry.hub)
+            except BaseException:
+                await registry.close()
+                raise
+            registry._feed = feed
+        return registry
 
     async def close(self) -> None:
-        """Ends watches with UNAVAILABLE, then closes the store."""
+        """Ends watches with UNAVAILABLE, then closes the feed and the store."""
         if self._closed:
             return
         self._closed = True
         self.hub.close(Unavailable("the metadata service is shutting down, watch again"))
+        if self._feed is not None:
+            await self._feed.close()
         await self._loop.run_in_executor(self._executor, self._store.close)
         self._executor.shutdown(wait=True)
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
-        """Runs a store call on the worker thread. A caller cancelled while the
-        call is still queued also cancels the call (the executor drops it)."""
+        """Runs a store call on the worker thread, in the caller's context (its
+        current span). A caller cancelled while the call is still queued also
+        cancels the call (the executor drops it)."""
         if self._closed:
             raise Unavailable("the metadata service is shutting down")
-        return await self._loop.run_in_executor(self._executor, function, *args)
+        context = contextvars.copy_context()
+        return await self._loop.run_in_executor(self._executor, context.run, function, *args)
 
     def _notify(self, callback: Callable[[str], None], model_id: str) -> None:
         """Hands a hub notification from the worker thread to the loop."""
@@ -97,17 +136,27 @@ class MetadataRegistry:
     # -- models -------------------------------------------------------------
 
     async def upsert_model(self, model: Model) -> None:
+        _annotate(model_id=model.model_id)
         await self._run(self._store.upsert_model, model)
 
     async def delete_model(self, model_id: str) -> tuple[BlobRef, ...]:
         """Deletes the model; ends its watches; returns the blobs to delete."""
+        _annotate(model_id=model_id)
 
         def delete() -> tuple[BlobRef, ...]:
-            blobs = self._store.delete_model(model_id)
+            try:
+                blobs = self._store.delete_model(model_id)
+            except Unavailable:
+                # Perhaps deleted after all (connection lost at COMMIT): the
+                # woken watchers re-read and end if the model is gone.
+                self._notify(self.hub.version_committed, model_id)
+                raise
             self._notify(self.hub.model_deleted, model_id)
             return blobs
 
-        return await self._run(delete)
+        blobs = await self._run(delete)
+        _annotate(deleted_blobs=len(blobs))
+        return blobs
 
     async def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
         return await self._run(self._store.retrieve_models, model_ids, count, handle)
@@ -117,18 +166,30 @@ class MetadataRegistry:
     async def retrieve_versions(
         self, model_id: str, numbers: Sequence[int], count: int, handle: str
     ) -> VersionPage:
+        _annotate(model_id=model_id)
         return await self._run(self._store.retrieve_versions, model_id, numbers, count, handle)
 
     async def resolve_version(self, model_id: str, number: int, *, touch: bool) -> ResolvedVersion:
+        _annotate(model_id=model_id, version_number=number, touch=touch)
         return await self._run(lambda: self._store.resolve_version(model_id, number, touch=touch))
 
     async def commit_version(self, draft: VersionDraft, blob_key: str) -> Commit:
         """Commits a version and wakes its model's watchers."""
-        return await self._run(self._commit_and_notify, draft, blob_key)
+        _annotate(model_id=draft.model_id, archived=draft.archived, data_size=draft.data_size)
+        commit = await self._run(self._commit_and_notify, draft, blob_key)
+        _annotate(version_number=commit.version.number, created=commit.created, evicted=len(commit.evicted))
+        return commit
 
     def _commit_and_notify(self, draft: VersionDraft, blob_key: str) -> Commit:
         """Worker-thread half of `commit_version`."""
-        commit = self._store.commit_version(draft, blob_key)
+        try:
+            commit = self._store.commit_version(draft, blob_key)
+        except Unavailable:
+            # Perhaps committed after all (connection lost at COMMIT); other
+            # replicas hear of it from the database, this one must wake its
+            # own watchers: a needless wake-up costs one read.
+            self._notify(self.hub.version_committed, draft.model_id)
+            raise
         if commit.created:
             self._notify(self.hub.version_committed, draft.model_id)
         return commit
@@ -146,6 +207,7 @@ class MetadataRegistry:
         with NOT_FOUND when the model is deleted.
         """
         require_model_id(model_id)
+        _annotate(model_id=model_id, after_version=after_version)
         # Subscribe BEFORE reading: a commit after this point wakes us, and
         # one before it is in what we read. No wake-up can be missed.
         with self.hub.subscribe(model_id) as subscription:

@@ -14,7 +14,7 @@ from services.common.errors import Unavailable
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server, run_until_signalled
 from services.common.logging_setup import configure_logging
 from services.common.telemetry import configure_tracing, shutdown_tracing
-from services.metadata.config import MetadataConfig
+from services.metadata.config import METADATA_URL_VARIABLE, MetadataConfig
 from services.metadata.errors import StoreOpenError
 from services.metadata.registry import MetadataRegistry
 from services.metadata.servicer import MetadataServicer
@@ -27,8 +27,24 @@ SERVICE_NAME = metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_
 
 
 async def open_registry(config: MetadataConfig) -> MetadataRegistry:
-    """The registry over the configured SQLite database (created if needed)."""
-    return await MetadataRegistry.open(lambda: SqliteMetadataStore(config.database_path, config.cache_budget))
+    """The registry over the configured database: a SQLite file (created if
+    needed), or PostgreSQL (schema created or migrated) shared with other
+    replicas, whose changes a `ChangeListener` feeds to the watchers."""
+    if config.postgres_url is None:
+        path = config.database_path
+        assert path is not None
+        return await MetadataRegistry.open(lambda: SqliteMetadataStore(path, config.cache_budget))
+    # Imported here: a SQLite deployment never loads the PostgreSQL driver.
+    from services.metadata.store.postgres import ChangeListener, PostgresMetadataStore, new_origin
+
+    url, origin = config.postgres_url, new_origin()
+    try:
+        return await MetadataRegistry.open(
+            lambda: PostgresMetadataStore(url, config.cache_budget, origin=origin),
+            feed=ChangeListener(url, origin),
+        )
+    except StoreOpenError as exc:
+        raise StoreOpenError(f"{exc} (set by {METADATA_URL_VARIABLE})") from None
 
 
 async def create_server(
@@ -68,7 +84,7 @@ async def serve() -> None:
         "metadata listening on %s:%d, database %s, version cache of %d items / %d bytes",
         config.bind_host,
         port,
-        config.database_path,
+        config.database_description,
         config.version_cache_max_items,
         config.version_cache_max_bytes,
     )

@@ -83,6 +83,13 @@ class VersionHub:
         for subscription in self._subscribers.get(model_id, ()):
             subscription._wake()
 
+    def wake_all(self) -> None:
+        """Wakes every watcher of every model: changes may have been missed
+        (another replica's notifications were lost), so all re-read."""
+        for subscribers in self._subscribers.values():
+            for subscription in subscribers:
+                subscription._wake()
+
     def model_deleted(self, model_id: str) -> None:
         """Ends every current watcher of `model_id` with NOT_FOUND; watchers
         of a model re-created later under the same id are not affected."""

@@ -1,8 +1,10 @@
 """What a storage tier of the blobstore is: the contract every tier keeps.
 
-A tier stores immutable blobs under keys. The blobstore has two (memory and
-files) and picks one per call; another backend (S3, say) is added by
-implementing `BlobTier`, `BlobWriter` and `BlobReader` as documented here.
+A tier stores immutable blobs under keys. The blobstore has two, picked per
+call: memory for transient blobs, and an archive for archived ones (files
+or an S3 bucket, by configuration). A backend is added by implementing
+`BlobTier`, `BlobWriter` and `BlobReader` as documented here; tiers doing
+blocking I/O build on `blocking`.
 
 Errors are the domain errors of `services.common.errors`, raised with a
 message meant for the caller: `InvalidArgument` (bad key, size not kept),
@@ -136,6 +138,9 @@ class BlobReader(ABC):
     """
 
     size: int
+    # Whether the bytes were checked against `expected_sha256` and matched:
+    # set once the whole blob has been read (for traces).
+    verified: bool = False
 
     @abstractmethod
     def __aiter__(self) -> AsyncIterator[bytes]: ...
@@ -156,7 +161,7 @@ class BlobReader(ABC):
 
 
 class BlobTier(ABC):
-    """A place blobs are stored: memory, a directory, (later) an object store.
+    """A place blobs are stored: memory, a directory, an object store.
 
     `open` is awaited once before any other call and `close` at shutdown.
     Keys are checked with `validate_key` by the tier itself, since the tier

@@ -13,10 +13,9 @@ docker-compose), so "leftover temp files" are only those whose owner's lock
 is free: a process that died. A restarting replica never removes the temp
 files of a replica that is still uploading.
 
-All blocking I/O runs on the tier's thread pool, one hop per chunk at most;
-writes are pipelined one chunk deep (chunk n is written while chunk n+1
-arrives), and a read hashes its chunk in the same hop (hashlib releases the
-GIL on large buffers).
+All blocking I/O runs on the tier's thread pool (see `blocking`), one hop
+per chunk at most; writes are pipelined one chunk deep (chunk n is written
+while chunk n+1 arrives), and reads are those of `VerifyingReader`.
 """
 
 from __future__ import annotations
@@ -25,36 +24,32 @@ import asyncio
 import concurrent.futures
 import errno
 import fcntl
-import hashlib
 import itertools
 import logging
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import BinaryIO
+
+from opentelemetry import trace
 
 from services.blobstore.store.base import (
     KEY_PATTERN,
     BlobReader,
-    BlobTier,
     BlobWriter,
     StoredBlob,
     check_stored_size,
     not_found,
-    sha256_mismatch,
     validate_key,
 )
-from services.common.errors import AlreadyExists, DataLoss, ResourceExhausted
+from services.blobstore.store.blocking import ThreadedTier, VerifyingReader, default_io_threads
+from services.common.errors import AlreadyExists, ResourceExhausted
 
 log = logging.getLogger("registry.blobstore")
 
-T = TypeVar("T")
-
 TEMP_DIR_NAME = ".tmp"
 LOCK_SUFFIX = ".lock"
-_EMPTY_SHA256 = hashlib.sha256(b"").digest()
 # errnos meaning "this filesystem has no hard links": fall back to rename.
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
 
@@ -85,7 +80,7 @@ def _unlink_quietly(path: str) -> bool:
     return True
 
 
-class FileTier(BlobTier):
+class FileTier(ThreadedTier):
     """Blobs as files under `<archive_dir>/blobs/`.
 
     A blob is written to a temp file, flushed and fsynced, linked into place
@@ -98,27 +93,12 @@ class FileTier(BlobTier):
     name = "archive"
 
     def __init__(self, archive_dir: Path | str, *, io_threads: int | None = None) -> None:
+        super().__init__(io_threads=io_threads or default_io_threads(), thread_name_prefix="blob-io")
         self.root = os.path.join(os.fspath(archive_dir), "blobs")
         self.temp_dir = os.path.join(self.root, TEMP_DIR_NAME)
-        self._executor = ThreadPoolExecutor(
-            max_workers=io_threads or min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="blob-io"
-        )
         self._owner: str | None = None
         self._owner_lock_fd: int | None = None
         self._upload_numbers = itertools.count()
-
-    # -- thread pool ------------------------------------------------------
-
-    def _submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        return self._executor.submit(fn, *args)
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.wrap_future(self._submit(fn, *args))
-
-    async def _run_to_completion(self, fn: Callable[..., T], *args: Any) -> T:
-        """Like `_run`, but a cancellation of the caller does not stop `fn`
-        (cleanups must happen even when the client has gone)."""
-        return await asyncio.shield(asyncio.wrap_future(self._submit(fn, *args)))
 
     # -- life cycle ---------------------------------------------------------
 
@@ -154,7 +134,7 @@ class FileTier(BlobTier):
 
     async def close(self) -> None:
         await self._run(self._release_owner_lock)
-        await asyncio.to_thread(self._executor.shutdown, True)
+        await super().close()
 
     def _release_owner_lock(self) -> None:
         if self._owner_lock_fd is None:
@@ -248,7 +228,7 @@ class FileTier(BlobTier):
     ) -> BlobReader:
         validate_key(key)
         try:
-            file, size = await self._run(self._open_for_reading, self.path_of(key))
+            file, size = await self._run_owning(_close_opened, self._open_for_reading, self.path_of(key))
         except FileNotFoundError:
             raise not_found(key) from None
         try:
@@ -291,6 +271,10 @@ class FileTier(BlobTier):
                 except FileNotFoundError:
                     continue
         return blobs
+
+
+def _close_opened(opened: tuple[BinaryIO, int]) -> None:
+    opened[0].close()
 
 
 def _storage_error(key: str, exc: OSError) -> Exception:
@@ -337,10 +321,12 @@ class FileWriter(BlobWriter):
 
     async def _commit(self) -> None:
         await self._wait_last_write()
+        started = time.perf_counter()
         try:
             await self._tier._run(self._publish)
         except OSError as exc:
             raise _storage_error(self.key, exc) from exc
+        trace.get_current_span().set_attribute("fsync_ms", (time.perf_counter() - started) * 1000)
 
     def _publish(self) -> None:
         file = self._file
@@ -385,12 +371,11 @@ class FileWriter(BlobWriter):
             _unlink_quietly(self._final_path)
 
 
-class FileReader(BlobReader):
-    """Streams an open blob file, hashing it when a digest is expected.
+class FileReader(VerifyingReader):
+    """Streams an open blob file. The open file handle keeps the data
+    readable even if the blob is deleted meanwhile."""
 
-    The open file handle keeps the data readable even if the blob is
-    deleted meanwhile.
-    """
+    source_noun = "file"
 
     def __init__(
         self,
@@ -401,60 +386,11 @@ class FileReader(BlobReader):
         expected_sha256: bytes | None,
         chunk_size: int,
     ) -> None:
-        self.size = size
-        self._tier = tier
-        self._key = key
+        super().__init__(tier, key, size, expected_sha256, chunk_size)
         self._file = file
-        self._expected_sha256 = expected_sha256
-        self._hash = hashlib.sha256() if expected_sha256 is not None else None
-        self._chunk_size = chunk_size
-        # The read in flight on the thread pool, if any.
-        self._last_read: concurrent.futures.Future[bytes] | None = None
-        self._closed = False
 
-    def _read(self, size: int) -> bytes:
-        data = self._file.read(size)
-        if self._hash is not None:
-            self._hash.update(data)
-        return data
+    def _read_source(self, size: int) -> bytes:
+        return self._file.read(size)
 
-    def _read_next(self, remaining: int) -> concurrent.futures.Future[bytes] | None:
-        if remaining == 0:
-            return None
-        self._last_read = self._tier._submit(self._read, min(self._chunk_size, remaining))
-        return self._last_read
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self.size == 0 and self._expected_sha256 not in (None, _EMPTY_SHA256):
-            raise sha256_mismatch(self._key)
-        remaining = self.size
-        next_read = self._read_next(remaining)
-        while next_read is not None:
-            wanted = min(self._chunk_size, remaining)
-            data = await asyncio.wrap_future(next_read)
-            if len(data) != wanted:
-                raise DataLoss(
-                    f"stored data of blob {self._key} is corrupt: the file ended after "
-                    f"{self.size - remaining + len(data)} of {self.size} bytes"
-                )
-            remaining -= wanted
-            # Read ahead by one chunk (a fixed bound, whatever the consumer's
-            # pace): the disk read and hash overlap the sending of this chunk.
-            next_read = self._read_next(remaining)
-            # The last chunk is held back until the whole blob is verified.
-            if remaining == 0 and self._hash is not None and self._hash.digest() != self._expected_sha256:
-                raise sha256_mismatch(self._key)
-            yield data
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self._tier._run_to_completion(self._close_file, self._last_read)
-
-    def _close_file(self, last_read: concurrent.futures.Future[bytes] | None) -> None:
-        if last_read is not None:
-            # A cancelled consumer may have left a read running: let it end
-            # before closing (it started first, the pool runs tasks in order).
-            concurrent.futures.wait([last_read])
+    def _close_source(self) -> None:
         self._file.close()

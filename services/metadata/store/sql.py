@@ -2,8 +2,15 @@
 
 Subclasses supply a DB-API connection and the dialect specifics, which are
 kept to a handful of hooks: how transactions begin and end, the largest
-model position ever assigned, and placeholder style (statements here use
-`?`; `_sql` rewrites them for drivers that want something else).
+model position ever assigned, placeholder style (statements here use `?`;
+`_sql` rewrites them for drivers that want something else), and the two
+things only a database shared by several processes needs: a lock on the
+transient cache, recognising a lost race on a blob key, and announcing
+changes to the other processes.
+
+Lock order, the same in every write transaction, so that concurrent writers
+(PostgreSQL replicas) cannot deadlock: the model's row first, then the
+transient cache lock, then version rows.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+from opentelemetry import trace
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from services.metadata.errors import model_not_found, require_model_id
@@ -33,6 +42,9 @@ from services.metadata.records import (
 from services.metadata.store.base import MetadataStore
 
 Cursor = Any  # a DB-API 2.0 cursor
+
+# A no-op until tracing is configured (services.common.telemetry).
+_tracer = trace.get_tracer("registry.metadata")
 
 # Columns are stored as signed 64-bit integers in both dialects.
 _INT64_MAX = 2**63 - 1
@@ -54,6 +66,9 @@ SELECT_MODEL = "SELECT seq, next_version FROM models WHERE model_id = ?"
 SELECT_MODEL_INFO = "SELECT user_data FROM models WHERE model_id = ?"
 LIST_MODELS = "SELECT seq, model_id, user_data FROM models WHERE seq > ? ORDER BY seq"
 DELETE_MODEL = "DELETE FROM models WHERE seq = ?"
+# Takes the model's row lock without changing it (portable `SELECT ... FOR
+# UPDATE`): a deletion then waits for, or excludes, commits to the model.
+LOCK_MODEL = "UPDATE models SET next_version = next_version WHERE model_id = ? RETURNING seq"
 # Allocating the number and taking the model's row lock are one statement
 # (under PostgreSQL this serialises concurrent commits to one model).
 ALLOCATE_VERSION_NUMBER = (
@@ -150,6 +165,28 @@ class SqlMetadataStore(MetadataStore):
         """`statement` in the driver's placeholder style (written with `?`)."""
         return statement
 
+    def _lock_transient_cache(self, cursor: Cursor) -> None:
+        """Makes the caller the only transaction that evicts or deletes
+        versions until it ends, and lets it see every commit that released
+        the lock before (so cache totals read afterwards are exact).
+
+        Nothing to do where write transactions already exclude each other
+        (SQLite); PostgreSQL takes a transaction-scoped lock.
+        """
+
+    def _announce_change(self, cursor: Cursor, model_id: str) -> None:
+        """Tells other processes sharing the database, once the transaction
+        commits, that `model_id` got a version or was deleted (their
+        watchers re-read). Nothing to do where one process owns the database
+        (SQLite): the registry wakes its own watchers."""
+
+    def _is_duplicate_blob_key(self, error: Exception) -> bool:
+        """Whether `error` is the unique constraint on `versions.blob_key`:
+        a concurrent commit of the same key won the race. Never the case
+        where write transactions exclude each other (SQLite), as the lookup
+        by key then sees every earlier commit."""
+        return False
+
     # -- plumbing ---------------------------------------------------------
 
     @contextmanager
@@ -196,13 +233,20 @@ class SqlMetadataStore(MetadataStore):
     def delete_model(self, model_id: str) -> tuple[BlobRef, ...]:
         require_model_id(model_id)
         with self._transaction(write=True) as cursor:
-            seq, _ = self._model_row(cursor, model_id)
+            locked = self._execute(cursor, LOCK_MODEL, (model_id,)).fetchall()
+            if not locked:
+                raise model_not_found(model_id)
+            ((seq,),) = locked
+            # Deleting version rows while an eviction deletes some of them
+            # (in another order) could deadlock: take the cache lock first.
+            self._lock_transient_cache(cursor)
             blobs = tuple(
                 BlobRef(key=key, archived=bool(archived))
                 for key, archived in self._execute(cursor, SELECT_MODEL_BLOBS, (seq,)).fetchall()
             )
             self._execute(cursor, DELETE_MODEL_VERSIONS, (seq,))
             self._execute(cursor, DELETE_MODEL, (seq,))
+            self._announce_change(cursor, model_id)
         return blobs
 
     def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
@@ -310,6 +354,25 @@ class SqlMetadataStore(MetadataStore):
 
     def commit_version(self, draft: VersionDraft, blob_key: str) -> Commit:
         self._check_draft(draft, blob_key)
+        attributes = {"model_id": draft.model_id, "archived": draft.archived, "data_size": draft.data_size}
+        with _tracer.start_as_current_span("commit version", attributes=attributes) as span:
+            try:
+                commit = self._commit_version(draft, blob_key)
+            except Exception as error:
+                if not self._is_duplicate_blob_key(error):
+                    raise
+                # Another writer committed the same key between our lookup and
+                # our insert (a retried commit reaching two replicas). Ours was
+                # rolled back, number included; the lookup now finds theirs.
+                span.add_event("concurrent commit of the same blob_key")
+                commit = self._commit_version(draft, blob_key)
+            span.set_attributes(
+                {"version_number": commit.version.number, "created": commit.created, "evicted": len(commit.evicted)}
+            )
+        return commit
+
+    def _commit_version(self, draft: VersionDraft, blob_key: str) -> Commit:
+        """One attempt at `commit_version`, in one transaction."""
         with self._transaction(write=True) as cursor:
             existing = self._execute(cursor, SELECT_VERSION_BY_BLOB, (blob_key,)).fetchone()
             if existing is not None:
@@ -349,7 +412,8 @@ class SqlMetadataStore(MetadataStore):
                     self._next_use_stamp(cursor),
                 ),
             )
-            evicted = self._evict(cursor, keep=(seq, number))
+            evicted = self._evict(cursor, keep=(seq, number), transient=not version.archived)
+            self._announce_change(cursor, draft.model_id)
         return Commit(version=version, evicted=evicted, created=True)
 
     def _check_draft(self, draft: VersionDraft, blob_key: str) -> None:
@@ -368,25 +432,45 @@ class SqlMetadataStore(MetadataStore):
                 f"{self._budget.max_bytes} bytes (COGMENT_MODEL_REGISTRY_VERSION_CACHE_MAX_BYTES); archive it instead"
             )
 
-    def _evict(self, cursor: Cursor, *, keep: tuple[int, int]) -> tuple[BlobRef, ...]:
+    def _evict(self, cursor: Cursor, *, keep: tuple[int, int], transient: bool) -> tuple[BlobRef, ...]:
         """Deletes least-recently-used transient versions, except `keep`
-        (model_seq, number), until the cache budget holds."""
-        count, size = self._execute(cursor, TRANSIENT_TOTALS).fetchone()
-        budget = self._budget
-        if count <= budget.max_items and size <= budget.max_bytes:
+        (model_seq, number, just inserted), until the cache budget holds.
+
+        Totals are read under the cache lock: two concurrent commits that
+        each counted only their own new version would both stop one short
+        and together exceed the budget. An archived commit adds nothing to
+        the cache, so it takes the lock only if the cache is over budget
+        (the budget was lowered since the last commit).
+        """
+        if not transient and self._fits(*self._transient_totals(cursor)):
             return ()
-        victims: list[tuple[int, int, str]] = []
-        for model_seq, number, blob_key, data_size in self._execute(cursor, TRANSIENT_BY_LAST_USE):
-            if count <= budget.max_items and size <= budget.max_bytes:
-                break
-            if (model_seq, number) == keep:
-                continue
-            victims.append((model_seq, number, blob_key))
-            count -= 1
-            size -= data_size
-        for model_seq, number, _ in victims:
-            self._execute(cursor, DELETE_VERSION, (model_seq, number))
-        return tuple(BlobRef(key=blob_key, archived=False) for _, _, blob_key in victims)
+        self._lock_transient_cache(cursor)
+        count, size = self._transient_totals(cursor)
+        if self._fits(count, size):
+            return ()
+        with _tracer.start_as_current_span("evict") as span:
+            victims: list[tuple[int, int, str, int]] = []
+            for model_seq, number, blob_key, data_size in self._execute(cursor, TRANSIENT_BY_LAST_USE):
+                if self._fits(count, size):
+                    break
+                if (model_seq, number) == keep:
+                    continue
+                victims.append((model_seq, number, blob_key, data_size))
+                count -= 1
+                size -= data_size
+            for model_seq, number, _, _ in victims:
+                self._execute(cursor, DELETE_VERSION, (model_seq, number))
+            span.set_attributes({"count": len(victims), "bytes": sum(victim[3] for victim in victims)})
+        return tuple(BlobRef(key=blob_key, archived=False) for _, _, blob_key, _ in victims)
+
+    def _transient_totals(self, cursor: Cursor) -> tuple[int, int]:
+        """(count, bytes) of the transient versions."""
+        count, size = self._execute(cursor, TRANSIENT_TOTALS).fetchone()
+        return int(count), int(size)  # PostgreSQL sums BIGINTs as NUMERIC (Decimal)
+
+    def _fits(self, count: int, size: int) -> bool:
+        """Whether `count` transient versions of `size` bytes fit the budget."""
+        return count <= self._budget.max_items and size <= self._budget.max_bytes
 
     # -- watches ---------------------------------------------------------------
 

@@ -49,13 +49,33 @@ def test_a_sqlite_url_overrides_the_archive_dir(tmp_path):
 
 @pytest.mark.parametrize(
     "url",
-    ["postgresql://user:secret@db:5432/registry", "mysql://x", "/just/a/path"],
+    [
+        "postgresql://user:secret@db:5432/registry",
+        "postgres://registry@db/registry?sslmode=require&options=-csearch_path%3Dregistry",
+        "postgresql:///registry",  # local socket, user and password from PG* / ~/.pgpass
+    ],
+)
+def test_a_postgresql_url_selects_postgresql(url):
+    c = config(ARCHIVE_DIR="/ignored", METADATA_URL=url)
+    assert c.postgres_url == url and c.database_path is None
+    assert "secret" not in repr(c) and "secret" not in c.database_description
+    assert c.database_description.split("?")[0] == url.replace(":secret", "").split("?")[0]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://user:secret@x",
+        "/just/a/path",
+        "postgresql://user:secret@db:port/registry",
+        "postgresql://user:secret@db/registry?no_such_option=secret",
+    ],
 )
 def test_other_urls_fail_naming_the_variable_without_echoing_secrets(url):
     with pytest.raises(ConfigError, match="COGMENT_MODEL_REGISTRY_METADATA_URL") as error:
         config(METADATA_URL=url)
     assert "secret" not in str(error.value)
-    assert "sqlite:///absolute/path" in str(error.value)
+    assert "sqlite:///absolute/path" in str(error.value) or "port" in str(error.value)
 
 
 @pytest.mark.parametrize("url", ["sqlite://relative.db", "sqlite:///", "sqlite://host/db", "sqlite:///x.db?mode=ro"])

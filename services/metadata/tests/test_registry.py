@@ -11,18 +11,20 @@ import pytest
 from services.common.errors import NotFound, Unavailable
 from services.metadata.records import Model
 from services.metadata.registry import MetadataRegistry
+from services.metadata.store.base import MetadataStore
+from services.metadata.store.postgres import PostgresMetadataStore
 from services.metadata.store.sqlite import SqliteMetadataStore
-from services.metadata.tests.helpers import LARGE_BUDGET, draft, new_blob_key
+from services.metadata.tests.helpers import draft, new_blob_key
 
 
-class HookedStore(SqliteMetadataStore):
-    """A store that records the threads it runs on and can run a hook (on
-    the store thread) right after a watcher's read."""
+class Hooks:
+    """Mixed into a store: records the threads it runs on and can run a hook
+    (on the store thread) right after a watcher's read."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.threads: set[str] = set()
-        self.after_read: Callable[[SqliteMetadataStore], None] | None = None
+        self.after_read: Callable[[MetadataStore], None] | None = None
         self.before_commit: Callable[[], None] | None = None
 
     def _run_hook(self) -> None:
@@ -49,9 +51,25 @@ class HookedStore(SqliteMetadataStore):
         return super().commit_version(draft, blob_key)
 
 
+class HookedSqliteStore(Hooks, SqliteMetadataStore):
+    pass
+
+
+class HookedPostgresStore(Hooks, PostgresMetadataStore):
+    pass
+
+
+HookedStore = HookedSqliteStore | HookedPostgresStore
+
+
 @pytest.fixture
-async def registry(db_path):
-    registry = await MetadataRegistry.open(lambda: HookedStore(db_path, LARGE_BUDGET), watch_batch_size=2)
+async def registry(database):
+    def open_store() -> HookedStore:
+        return database.open(
+            sqlite_class=HookedSqliteStore, postgres_class=HookedPostgresStore, close_at_end=False
+        )
+
+    registry = await MetadataRegistry.open(open_store, watch_batch_size=2)
     await registry.upsert_model(Model("m"))
     yield registry
     await registry.close()
@@ -104,7 +122,7 @@ async def test_a_commit_right_after_the_first_read_is_not_missed(registry):
     await commit(registry)
     loop = asyncio.get_running_loop()
 
-    def commit_behind_the_watchers_back(store: SqliteMetadataStore) -> None:
+    def commit_behind_the_watchers_back(store: MetadataStore) -> None:
         store.commit_version(draft("m"), new_blob_key())
         loop.call_soon_threadsafe(registry.hub.version_committed, "m")
 
@@ -122,7 +140,7 @@ async def test_a_commit_right_after_a_later_read_is_not_missed(registry):
     assert await next_number(watch) == 1
     loop = asyncio.get_running_loop()
 
-    def commit_behind_the_watchers_back(store: SqliteMetadataStore) -> None:
+    def commit_behind_the_watchers_back(store: MetadataStore) -> None:
         store.commit_version(draft("m"), new_blob_key())
         loop.call_soon_threadsafe(registry.hub.version_committed, "m")
 
@@ -203,8 +221,8 @@ async def test_a_model_re_created_under_a_watcher_ends_the_watch(registry):
         await next_number(watch)
 
 
-async def test_closing_ends_watches_and_refuses_calls(db_path):
-    registry = await MetadataRegistry.open(lambda: SqliteMetadataStore(db_path, LARGE_BUDGET))
+async def test_closing_ends_watches_and_refuses_calls(database):
+    registry = await MetadataRegistry.open(lambda: database.open(close_at_end=False))
     await registry.upsert_model(Model("m"))
     watch = registry.watch_versions("m", 0)
     waiting = asyncio.ensure_future(anext(watch))
@@ -216,21 +234,18 @@ async def test_closing_ends_watches_and_refuses_calls(db_path):
         await registry.upsert_model(Model("x"))
 
 
-async def test_a_model_replaced_by_another_writer_ends_the_watch(registry, db_path):
+async def test_a_model_replaced_by_another_writer_ends_the_watch(registry, database):
     """Another process deletes and re-creates the model (this hub hears of
     neither): the watcher must notice it is a different model, not stream
     the new model's versions as if they followed the old ones."""
     await commit(registry)
     watch = registry.watch_versions("m", 0)
     assert await next_number(watch) == 1
-    other_writer = SqliteMetadataStore(db_path, LARGE_BUDGET)
-    try:
-        other_writer.delete_model("m")
-        other_writer.upsert_model(Model("m"))
-        for _ in range(3):
-            other_writer.commit_version(draft("m"), new_blob_key())
-    finally:
-        other_writer.close()
+    other_writer = database.open()
+    other_writer.delete_model("m")
+    other_writer.upsert_model(Model("m"))
+    for _ in range(3):
+        other_writer.commit_version(draft("m"), new_blob_key())
     registry.hub.version_committed("m")
     with pytest.raises(NotFound, match="model 'm' was deleted"):
         await next_number(watch)

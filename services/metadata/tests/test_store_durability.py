@@ -1,4 +1,9 @@
-"""What survives: reopening, kill -9, concurrent writers, schema versions."""
+"""What survives: reopening, kill -9, concurrent writers, schema versions.
+
+Tests taking `open_store`, `store` or `database` run on both backends; the
+others are about the SQLite file itself (PostgreSQL's own are in
+test_store_postgres.py).
+"""
 
 from __future__ import annotations
 
@@ -75,7 +80,7 @@ def test_model_positions_are_not_reused_after_reopening(open_store):
     assert reopened.retrieve_models([], 0, "1").next_handle == "3"
 
 
-def test_concurrent_commits_get_unique_gap_free_numbers(store, db_path):
+def test_concurrent_commits_get_unique_gap_free_numbers(store, database):
     """8 writers on 8 connections (as 8 processes would be) commit at once: 1..8."""
     store.upsert_model(Model("m"))
     barrier = threading.Barrier(8)
@@ -84,7 +89,7 @@ def test_concurrent_commits_get_unique_gap_free_numbers(store, db_path):
 
     def write() -> None:
         # sqlite3 connections belong to their thread: each opens its own.
-        own = SqliteMetadataStore(db_path, LARGE_BUDGET)
+        own = database.open(close_at_end=False)
         try:
             barrier.wait()
             results.append(commit(own, "m").version.number)
@@ -103,16 +108,22 @@ def test_concurrent_commits_get_unique_gap_free_numbers(store, db_path):
     assert numbers(store, "m") == list(range(1, 9))
 
 
-def test_acknowledged_commits_survive_kill_9(tmp_path, db_path):
+def test_acknowledged_commits_survive_kill_9(database):
+    opening = (
+        f"PostgresMetadataStore({database.url!r}, LARGE_BUDGET)"
+        if database.is_postgres
+        else f"SqliteMetadataStore(Path({str(database.path)!r}), LARGE_BUDGET)"
+    )
     script = textwrap.dedent(
         f"""
         import os, signal, sys
         from pathlib import Path
         from services.metadata.records import Model
+        from services.metadata.store.postgres import PostgresMetadataStore
         from services.metadata.store.sqlite import SqliteMetadataStore
         from services.metadata.tests.helpers import LARGE_BUDGET, draft
 
-        store = SqliteMetadataStore(Path({str(db_path)!r}), LARGE_BUDGET)
+        store = {opening}
         store.upsert_model(Model("m"))
         for n in range(20):
             number = store.commit_version(draft("m", archived=True), f"key-{{n}}").version.number
@@ -124,15 +135,11 @@ def test_acknowledged_commits_survive_kill_9(tmp_path, db_path):
     assert process.returncode == -9, process.stderr
     acknowledged = [int(line) for line in process.stdout.split()]
     assert acknowledged == list(range(1, 21))
-    store = SqliteMetadataStore(db_path, LARGE_BUDGET)
-    try:
-        assert numbers(store, "m") == acknowledged
-    finally:
-        store.close()
+    assert numbers(database.open(), "m") == acknowledged
 
 
-def test_a_newer_schema_is_refused(open_store, db_path):
-    open_store().close()
+def test_a_newer_schema_is_refused(db_path):
+    SqliteMetadataStore(db_path, LARGE_BUDGET).close()
     with sqlite3.connect(db_path) as connection:
         connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreOpenError, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
@@ -145,7 +152,8 @@ def test_a_file_that_is_not_a_database_is_refused_naming_it(db_path):
         SqliteMetadataStore(db_path, LARGE_BUDGET)
 
 
-def test_failed_transactions_leave_nothing_behind(store):
+def test_failed_transactions_leave_nothing_behind(db_path):
+    store = SqliteMetadataStore(db_path, LARGE_BUDGET)
     store.upsert_model(Model("m"))
     commit(store, "m", key="dup")
     # Make the insert itself fail after the number was allocated in the
@@ -156,3 +164,4 @@ def test_failed_transactions_leave_nothing_behind(store):
     store._connection.execute("DROP TRIGGER boom")
     assert not store._connection.in_transaction
     assert commit(store, "m").version.number == 2
+    store.close()

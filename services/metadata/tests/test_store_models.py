@@ -1,4 +1,4 @@
-"""Models in the SQLite store: CRUD, listing pages, handles."""
+"""Models in the store (both backends): CRUD, listing pages, handles."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Versions in the SQLite store: listing, resolution, commit."""
+"""Versions in the store (both backends): listing, resolution, commit."""
 
 from __future__ import annotations
 

@@ -1,0 +1,479 @@
+"""The PostgreSQL store: several metadata replicas sharing one database.
+
+Only what is specific to PostgreSQL lives here: connecting and reconnecting,
+the schema and its migrations, transaction statements, the model sequence,
+the transient-cache lock, and LISTEN/NOTIFY, which carries "a version was
+committed" from the replica that committed it to the watchers of every
+other replica (`ChangeListener`).
+
+How concurrent replicas stay correct (docs/design.md, sections 1-3):
+
+- Write transactions run at READ COMMITTED. A commit allocates its number
+  with `UPDATE models SET next_version = next_version + 1 ... RETURNING`:
+  the row lock makes a second commit to the same model wait until the
+  first ends, then increment the value the first committed. Numbers are
+  unique and gap-free, and a model's versions become visible in number
+  order, so a watcher reading "versions after N" never skips one.
+- Eviction reads the global cache totals under a transaction-scoped
+  advisory lock (see `_lock_transient_cache`).
+- Two replicas committing the same blob key (a retried commit) race on the
+  unique constraint; the loser retries, finds the winner's version and
+  returns it (`SqlMetadataStore.commit_version`).
+- Read transactions run at REPEATABLE READ, READ ONLY: one snapshot per
+  call, and never a serialisation failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import conninfo, errors
+
+from services.common.errors import InvalidArgument, Unavailable
+from services.metadata.config import redacted_url
+from services.metadata.errors import StoreOpenError
+from services.metadata.records import (
+    BlobRef,
+    CacheBudget,
+    Commit,
+    Model,
+    ModelPage,
+    ResolvedVersion,
+    VersionBatch,
+    VersionDraft,
+    VersionPage,
+)
+from services.metadata.store.sql import Cursor, SqlMetadataStore
+from services.metadata.watch import VersionHub
+
+log = logging.getLogger("registry.metadata")
+
+T = TypeVar("T")
+
+# Every replica's commits and deletions are announced on this channel; the
+# payload is "<origin>:<model_id>" (`_payload`).
+CHANNEL = "registry_versions"
+# NOTIFY payloads must be shorter than 8000 bytes.
+_MAX_PAYLOAD_BYTES = 7999
+
+BLOB_KEY_CONSTRAINT = "versions_blob_key_unique"
+
+# Advisory locks are keyed (namespace, hash of the schema), so registries in
+# different schemas of one database do not wait for each other.
+_MIGRATION_LOCK = "SELECT pg_advisory_xact_lock(726001, hashtext(current_schema()))"
+_CACHE_LOCK = "SELECT pg_advisory_xact_lock(726002, hashtext(current_schema()))"
+
+# Explicit levels: the concurrency argument above must not depend on the
+# server's default_transaction_isolation.
+_BEGIN_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE"
+_BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+# Connection parameters used unless the URL sets them.
+_CONNECTION_DEFAULTS = {
+    "connect_timeout": "10",
+    "application_name": "cogment-model-registry-metadata",
+    # Notice a vanished server (or a network partition) in about a minute
+    # instead of the kernel's two hours.
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+# Our transactions never wait on the client between statements: one left
+# open (a replica stopped mid-transaction) must not hold row locks that
+# other replicas wait for.
+_SESSION_SETUP = "SET idle_in_transaction_session_timeout = '60s'"
+
+# Each entry migrates the schema from version i to i + 1; append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # seq: creation order from a sequence, never reused (deleted models'
+        # positions included); the key of model pagination handles.
+        """CREATE TABLE models (
+            seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            model_id TEXT NOT NULL UNIQUE,
+            user_data TEXT NOT NULL,          -- JSON object of strings
+            next_version BIGINT NOT NULL      -- the last version number allocated (0: none yet)
+        )""",
+        f"""CREATE TABLE versions (
+            model_seq BIGINT NOT NULL REFERENCES models (seq),
+            number BIGINT NOT NULL,
+            creation_timestamp BIGINT NOT NULL,  -- ns since the Unix epoch
+            archived BOOLEAN NOT NULL,
+            data_hash TEXT NOT NULL,
+            data_size BIGINT NOT NULL,
+            user_data TEXT NOT NULL,             -- JSON object of strings
+            blob_key TEXT NOT NULL,
+            last_used BIGINT NOT NULL,           -- LRU stamp (ns), meaningful for transient versions
+            PRIMARY KEY (model_seq, number),
+            CONSTRAINT {BLOB_KEY_CONSTRAINT} UNIQUE (blob_key)
+        )""",
+        # Eviction picks the least recently used transient versions.
+        "CREATE INDEX versions_transient_lru ON versions (last_used) WHERE archived = FALSE",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def new_origin() -> str:
+    """A random id for one replica, which tags the changes it announces."""
+    return uuid.uuid4().hex
+
+
+def connection_parameters(url: str, application_name: str | None = None) -> dict[str, Any]:
+    """libpq parameters: the URL's, completed by `_CONNECTION_DEFAULTS`."""
+    defaults = dict(_CONNECTION_DEFAULTS)
+    if application_name is not None:
+        defaults["application_name"] = application_name
+    return {**defaults, **conninfo.conninfo_to_dict(url)}
+
+
+def _connect(url: str) -> psycopg.Connection:
+    # autocommit: the driver opens no transaction by itself; `_begin` does,
+    # explicitly, as for SQLite.
+    connection = psycopg.connect(**connection_parameters(url), autocommit=True)
+    try:
+        connection.execute(_SESSION_SETUP)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+@functools.lru_cache(maxsize=256)
+def _placeholders(statement: str) -> str:
+    # The shared statements use `?` and contain no `%` nor literal `?`.
+    return statement.replace("?", "%s")
+
+
+def _payload(origin: str, model_id: str) -> str:
+    """The NOTIFY payload for a change of `model_id`; an id too long to fit
+    is left out, which listeners read as "wake every watcher"."""
+    payload = f"{origin}:{model_id}"
+    if len(payload.encode()) > _MAX_PAYLOAD_BYTES:
+        return f"{origin}:"
+    return payload
+
+
+class PostgresMetadataStore(SqlMetadataStore):
+    """`MetadataStore` in a PostgreSQL database (the schema is created or
+    migrated at start); see `base` for the contract.
+
+    `url` is a libpq URL; tables live in the first schema of its
+    `search_path` (e.g. `?options=-csearch_path%3Dregistry`). `origin` tags
+    the changes this store announces (`ChangeListener` ignores its own).
+
+    Each call is retried once, on a new connection, when the connection was
+    lost before the transaction could have committed (a restarted server, a
+    terminated backend); otherwise database failures are `Unavailable`.
+    """
+
+    def __init__(self, url: str, budget: CacheBudget, *, origin: str | None = None) -> None:
+        self._url = url
+        self.description = redacted_url(url)
+        self.origin = origin or new_origin()
+        try:
+            connection = _connect(url)
+        except psycopg.Error as exc:
+            raise StoreOpenError(f"cannot connect to the metadata database {self.description}: {exc}") from None
+        try:
+            _migrate(connection, self.description)
+            (sequence,) = connection.execute("SELECT pg_get_serial_sequence('models', 'seq')").fetchone()
+        except psycopg.Error as exc:
+            connection.close()
+            raise StoreOpenError(f"cannot prepare the metadata database {self.description}: {exc}") from None
+        except BaseException:
+            connection.close()
+            raise
+        super().__init__(connection, budget)
+        # `sequence` is a name PostgreSQL quoted itself. last_value counts
+        # positions handed out, including those of deleted models.
+        self._largest_seq_statement = f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}"
+        self._closed = False
+        # What the current transaction is, for deciding whether a failure may be retried.
+        self._writing = False
+        self._committing = False
+
+    # -- dialect hooks ---------------------------------------------------
+
+    def _begin(self, cursor: Cursor, *, write: bool) -> None:
+        self._writing, self._committing = write, False
+        cursor.execute(_BEGIN_WRITE if write else _BEGIN_READ)
+
+    def _end(self, cursor: Cursor, *, commit: bool) -> None:
+        if commit:
+            self._committing = True  # stays set if COMMIT fails
+            cursor.execute("COMMIT")
+            self._committing = False
+            return
+        if self._connection.closed:
+            return  # the server rolls back the transaction of a lost connection
+        try:
+            cursor.execute("ROLLBACK")
+        except psycopg.OperationalError:
+            if not self._connection.closed:
+                raise
+
+    def _largest_model_seq(self, cursor: Cursor) -> int:
+        return cursor.execute(self._largest_seq_statement).fetchone()[0]
+
+    def _sql(self, statement: str) -> str:
+        return _placeholders(statement)
+
+    def _lock_transient_cache(self, cursor: Cursor) -> None:
+        # A transaction-scoped advisory lock rather than row locks: eviction
+        # decides from global totals (count and bytes of every transient
+        # version), which no set of row locks protects. `FOR UPDATE SKIP
+        # LOCKED` would let two replicas each skip the other's candidates
+        # while both count them, and rows inserted by commits still in
+        # flight cannot be locked at all. Under this lock each evicting
+        # transaction sees every commit that evicted before it (READ
+        # COMMITTED: each statement takes a fresh snapshot), so the committed
+        # state always fits the budget. It is held until COMMIT: commits of
+        # transient versions serialise from their eviction step onwards,
+        # short against the upload that precedes every commit.
+        cursor.execute(_CACHE_LOCK)
+
+    def _announce_change(self, cursor: Cursor, model_id: str) -> None:
+        # Delivered to listeners only if, and when, the transaction commits.
+        cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, _payload(self.origin, model_id)))
+
+    def _is_duplicate_blob_key(self, error: Exception) -> bool:
+        return isinstance(error, errors.UniqueViolation) and error.diag.constraint_name == BLOB_KEY_CONSTRAINT
+
+    # -- connection failures ---------------------------------------------
+
+    def _call(self, operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Runs one store operation (one or two transactions), retrying it
+        once on a new connection when that cannot repeat a committed write:
+        the connection was lost before COMMIT (or during a read's COMMIT),
+        or the server rolled the transaction back (deadlock, serialisation
+        failure). A write whose COMMIT got no answer may have committed:
+        that is `Unavailable`, as is any failure the retry does not cure.
+        """
+        for attempt in (1, 2):
+            self._reconnect_if_lost()
+            try:
+                return operation(*args, **kwargs)
+            except psycopg.DataError as exc:
+                # The only data PostgreSQL refuses that SQLite takes: NUL
+                # characters in text (ids, keys, hashes).
+                raise InvalidArgument(f"the request holds a value the metadata database cannot store: {exc}") from None
+            except psycopg.OperationalError as exc:
+                lost = self._connection.closed
+                if lost and self._committing and self._writing:
+                    raise Unavailable(
+                        "the connection to the metadata database was lost while committing; "
+                        f"the change may or may not have been made: {exc}"
+                    ) from exc
+                if attempt == 1 and (lost or isinstance(exc, errors.TransactionRollbackError)):
+                    log.warning("metadata database call failed (%s); retrying once", exc)
+                    continue
+                raise Unavailable(f"the metadata database {self.description} is unavailable: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _reconnect_if_lost(self) -> None:
+        if self._closed:
+            raise Unavailable("the metadata store is closed")
+        if not self._connection.closed:
+            return
+        try:
+            self._connection = _connect(self._url)
+        except psycopg.Error as exc:
+            raise Unavailable(f"cannot reach the metadata database {self.description}: {exc}") from None
+        log.info("reconnected to the metadata database %s", self.description)
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process of the current connection (for tests and logs)."""
+        return None if self._connection.closed else self._connection.info.backend_pid
+
+    # -- the contract, each call through `_call` ---------------------------
+
+    def upsert_model(self, model: Model) -> None:
+        self._call(super().upsert_model, model)
+
+    def delete_model(self, model_id: str) -> tuple[BlobRef, ...]:
+        return self._call(super().delete_model, model_id)
+
+    def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
+        return self._call(super().retrieve_models, model_ids, count, handle)
+
+    def retrieve_versions(self, model_id: str, numbers: Sequence[int], count: int, handle: str) -> VersionPage:
+        return self._call(super().retrieve_versions, model_id, numbers, count, handle)
+
+    def resolve_version(self, model_id: str, number: int, *, touch: bool) -> ResolvedVersion:
+        return self._call(super().resolve_version, model_id, number, touch=touch)
+
+    def commit_version(self, draft: VersionDraft, blob_key: str) -> Commit:
+        return self._call(super().commit_version, draft, blob_key)
+
+    def read_latest_version(self, model_id: str) -> VersionBatch:
+        return self._call(super().read_latest_version, model_id)
+
+    def read_versions_after(self, model_id: str, after_number: int, limit: int) -> VersionBatch:
+        return self._call(super().read_versions_after, model_id, after_number, limit)
+
+    def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
+        return self._call(super().find_unreferenced_blobs, keys)
+
+    def close(self) -> None:
+        self._closed = True
+        self._connection.close()
+
+
+def _migrate(connection: psycopg.Connection, description: str) -> None:
+    """Brings the schema to `SCHEMA_VERSION` in one transaction, under an
+    advisory lock: replicas starting together migrate one after the other
+    (the later ones find the work done)."""
+    with connection.transaction():
+        connection.execute(_MIGRATION_LOCK)
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = connection.execute("SELECT version FROM schema_version").fetchone()
+        current = row[0] if row is not None else 0
+        if current > SCHEMA_VERSION:
+            raise StoreOpenError(
+                f"the metadata database {description} has schema version {current}, newer than the "
+                f"{SCHEMA_VERSION} this service knows: run a newer metadata service"
+            )
+        for version in range(current, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version]:
+                connection.execute(statement)
+        if row is None:
+            connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
+        elif current != SCHEMA_VERSION:
+            connection.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
+    if current != SCHEMA_VERSION:
+        log.info("metadata database %s migrated from schema %d to %d", description, current, SCHEMA_VERSION)
+
+
+class ChangeListener:
+    """Wakes this replica's watchers when another replica commits a version
+    of their model or deletes it.
+
+    One dedicated connection per replica LISTENs on `CHANNEL`, as an async
+    psycopg connection on the event loop (where the hub lives). Changes this
+    replica announced itself are skipped: the registry woke its watchers
+    already. A deletion is a wake-up too: the woken watcher re-reads and
+    ends with NOT_FOUND itself, which, unlike ending every current watcher
+    of the id, is right even if the model was re-created meanwhile.
+
+    Notifications sent while the connection is down are lost, so after
+    reconnecting (with backoff) the listener wakes every watcher: each
+    re-reads the store and misses nothing. A connection that stays silent is
+    probed every `probe_seconds`, so a dead network does not go unnoticed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        origin: str,
+        *,
+        probe_seconds: float = 10.0,
+        retry_seconds: tuple[float, float] = (0.1, 5.0),
+    ) -> None:
+        self._url = url
+        self._origin = origin
+        self._description = redacted_url(url)
+        self._probe_seconds = probe_seconds
+        self._first_retry, self._max_retry = retry_seconds
+        self._hub: VersionHub | None = None
+        self._connection: psycopg.AsyncConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.reconnections = 0  # for tests and logs
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The server process of the listening connection, if connected."""
+        connection = self._connection
+        return None if connection is None or connection.closed else connection.info.backend_pid
+
+    async def start(self, hub: VersionHub) -> None:
+        """Returns once listening: no change committed afterwards is missed."""
+        self._hub = hub
+        try:
+            self._connection = await self._connect()
+        except psycopg.Error as exc:
+            raise StoreOpenError(
+                f"cannot listen for version notifications on {self._description}: {exc}"
+            ) from None
+        self._task = asyncio.create_task(self._run(), name="metadata-change-listener")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._drop_connection()
+
+    async def _connect(self) -> psycopg.AsyncConnection:
+        parameters = connection_parameters(self._url, "cogment-model-registry-metadata-listener")
+        connection = await psycopg.AsyncConnection.connect(**parameters, autocommit=True)
+        try:
+            await connection.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            await connection.close()
+            raise
+        return connection
+
+    async def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                await connection.close()
+            except psycopg.Error:
+                pass
+
+    async def _run(self) -> None:
+        assert self._hub is not None
+        while True:
+            try:
+                await self._listen()
+            except Exception as exc:  # noqa: BLE001 - whatever broke, listen again
+                log.warning("lost the notification connection to %s (%s); reconnecting", self._description, exc)
+            await self._drop_connection()
+            await self._reconnect()
+            self.reconnections += 1
+            # Whatever was announced while we were deaf is lost: every
+            # watcher re-reads the store instead.
+            self._hub.wake_all()
+
+    async def _listen(self) -> None:
+        connection = self._connection
+        assert connection is not None
+        while True:
+            async for notify in connection.notifies(timeout=self._probe_seconds):
+                self._dispatch(notify.payload)
+            # Notifications arriving during the probe wait in the driver's
+            # backlog for the next `notifies()`.
+            await asyncio.wait_for(connection.execute("SELECT 1"), self._probe_seconds)
+
+    async def _reconnect(self) -> None:
+        delay = self._first_retry
+        while True:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: replicas do not reconnect in step
+            try:
+                self._connection = await self._connect()
+            except psycopg.Error as exc:
+                log.warning("cannot listen on %s yet (%s)", self._description, exc)
+                delay = min(delay * 2, self._max_retry)
+                continue
+            log.info("listening for version notifications on %s again", self._description)
+            return
+
+    def _dispatch(self, payload: str) -> None:
+        assert self._hub is not None
+        origin, _, model_id = payload.partition(":")
+        if origin == self._origin:
+            return
+        if model_id:
+            self._hub.version_committed(model_id)
+        else:
+            self._hub.wake_all()
