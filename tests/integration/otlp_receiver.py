@@ -69,16 +69,23 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
         with self._lock:
             return [s for s in self._spans if s.trace_id == trace_id]
 
-    def wait_for(self, trace_id: str, services: set[str], timeout: float = 30.0, settle: float = 1.5) -> list[ReceivedSpan]:
+    def wait_for(
+        self, trace_id: str, services: set[str], root_parent: str = "", timeout: float = 30.0, settle: float = 1.5
+    ) -> list[ReceivedSpan]:
         """Spans of one trace, once every service has exported some (Envoy
-        flushes about every 5 s) and no new span arrived for `settle` s."""
+        flushes about every 5 s), the span under `root_parent` (the client's)
+        has arrived, and no new span arrived for `settle` s."""
         deadline = time.monotonic() + timeout
         count, stable_since = -1, time.monotonic()
         while time.monotonic() < deadline:
             spans = self.trace(trace_id)
             if len(spans) != count:
                 count, stable_since = len(spans), time.monotonic()
-            elif services <= {s.service for s in spans} and time.monotonic() - stable_since >= settle:
+            elif (
+                services <= {s.service for s in spans}
+                and (not root_parent or any(s.parent_span_id == root_parent for s in spans))
+                and time.monotonic() - stable_since >= settle
+            ):
                 return spans
             time.sleep(0.2)
         return self.trace(trace_id)

@@ -34,7 +34,8 @@ def test_transient_blobs_spread_and_are_read_from_their_replica(registry, stack,
     before = blobstore_log_counts(stack)
     versions, deadline = [], time.monotonic() + 20
     while True:
-        versions += [create_version(registry, model_id, f"payload {len(versions)}".encode()) for _ in range(6)]
+        for _ in range(6):
+            versions.append(create_version(registry, model_id, f"payload {len(versions)}".encode()))
         after = blobstore_log_counts(stack)
         if sum(1 for name in after if after[name] > before[name]) >= 2:
             break

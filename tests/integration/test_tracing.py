@@ -78,7 +78,7 @@ def test_create_and_read_each_produce_one_trace(traced_stack, receiver, capsys):
 
     trace_id, span_id, metadata = traceparent()
     info = registry.CreateVersion(version_chunks(model, data, archived=True), metadata=metadata).version_info
-    spans = receiver.wait_for(trace_id, ALL_SERVICES)
+    spans = receiver.wait_for(trace_id, ALL_SERVICES, root_parent=span_id)
     assert_one_connected_trace(spans, span_id)
     names = {(s.service, s.name) for s in spans}
     assert ("frontend", "/cogmentAPI.ModelRegistrySP/CreateVersion") in names
@@ -92,7 +92,7 @@ def test_create_and_read_each_produce_one_trace(traced_stack, receiver, capsys):
         api.RetrieveVersionDataRequest(model_id=model, version_number=info.version_number), metadata=metadata
     ))
     assert b"".join(c.data_chunk for c in chunks) == data
-    spans = receiver.wait_for(trace_id, ALL_SERVICES)
+    spans = receiver.wait_for(trace_id, ALL_SERVICES, root_parent=span_id)
     assert_one_connected_trace(spans, span_id)
     assert ("blobstore", "/registry.BlobStore/GetBlob") in {(s.service, s.name) for s in spans}
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import blobstore_pb2, blobstore_pb2_grpc
 
@@ -73,6 +75,37 @@ class Blobstore:
 
     async def status(self, service: str = "registry.BlobStore") -> int:
         return (await self.health.Check(health_pb2.HealthCheckRequest(service=service))).status
+
+
+async def expect_status(code: grpc.StatusCode, awaitable) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await awaitable
+    assert error.value.code() == code, error.value.details()
+    return error.value.details()
+
+
+async def stalled_upload(messages, stalled: asyncio.Event) -> AsyncIterator[blobstore_pb2.PutBlobRequest]:
+    """Sends `messages`, then hangs like a client that stopped sending."""
+    for message in messages:
+        yield message
+    stalled.set()
+    await asyncio.Event().wait()
+
+
+async def eventually(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition never met"
+        await asyncio.sleep(0.01)
+
+
+async def is_missing(blobstore: Blobstore, key: str, archived: bool) -> bool:
+    try:
+        await blobstore.get(key, archived=archived)
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        return True
+    return False
 
 
 def put_requests(

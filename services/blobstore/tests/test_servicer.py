@@ -7,7 +7,6 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -21,45 +20,18 @@ from services.blobstore.tests.helpers import (
     MIB,
     Blobstore,
     blob_files,
+    eventually,
+    expect_status,
+    is_missing,
     make_config,
     put_requests,
+    stalled_upload,
     start_blobstore,
     temp_files,
     wait_serving,
 )
 
 BOTH_TIERS = pytest.mark.parametrize("archived", [False, True], ids=["memory", "archive"])
-
-
-async def expect_status(code: grpc.StatusCode, awaitable) -> str:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await awaitable
-    assert error.value.code() == code, error.value.details()
-    return error.value.details()
-
-
-async def stalled_upload(messages, stalled: asyncio.Event) -> AsyncIterator[blobstore_pb2.PutBlobRequest]:
-    """Sends `messages`, then hangs like a client that stopped sending."""
-    for message in messages:
-        yield message
-    stalled.set()
-    await asyncio.Event().wait()
-
-
-async def eventually(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition never met"
-        await asyncio.sleep(0.01)
-
-
-async def is_missing(blobstore: Blobstore, key: str, archived: bool) -> bool:
-    try:
-        await blobstore.get(key, archived=archived)
-    except grpc.aio.AioRpcError as error:
-        assert error.code() == grpc.StatusCode.NOT_FOUND
-        return True
-    return False
 
 
 @BOTH_TIERS
