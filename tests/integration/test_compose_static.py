@@ -46,7 +46,9 @@ def test_committed_envoy_config_is_the_rendered_one():
 
 
 def test_services_and_published_ports(compose, envoy):
-    assert set(compose["services"]) == {"envoy", *SERVICES, "jaeger"}
+    assert set(compose["services"]) == {"envoy", *SERVICES, "jaeger", "postgres", "minio", "minio-bucket"}
+    for name in ("postgres", "minio", "minio-bucket"):
+        assert compose["services"][name]["profiles"] == ["production"]
     published = {name: svc.get("ports", []) for name, svc in compose["services"].items() if svc.get("ports")}
     assert set(published) == {"envoy", "jaeger"}, "only Envoy and the Jaeger UI may be published"
     (envoy_port,) = published["envoy"]
@@ -87,8 +89,8 @@ def test_every_variable_is_read_by_the_service(compose, service):
     env = compose["services"][service]["environment"]
     sources = "".join(p.read_text() for p in [*(ROOT / "services" / service).glob("*.py"), *(ROOT / "services" / "common").glob("*.py")])
     for name in env:
-        if name.startswith("OTEL_"):
-            continue  # standard OpenTelemetry variables, read by the SDK
+        if name.startswith(("OTEL_", "AWS_")):
+            continue  # standard OpenTelemetry / AWS SDK variables, read by those libraries
         assert name.startswith(PREFIX), name
         suffix = name[len(PREFIX):]
         assert re.search(rf'"{suffix}"|"{name}"', sources), f"{service} does not read {name}"
@@ -104,3 +106,17 @@ def test_stateful_services_keep_data_on_the_volume(compose):
 def test_compose_topology_uses_dns_for_scaling():
     topology = compose_topology()
     assert topology.dns_upstreams, "STRICT_DNS clusters let `--scale` add replicas without config edits"
+
+
+def test_production_env_matches_the_profile(compose):
+    values = dict(
+        line.split("=", 1) for line in (ROOT / "production.env").read_text().splitlines() if line and not line.startswith("#")
+    )
+    assert values[PREFIX + "METADATA_URL"].startswith("postgresql://") and "@postgres:" in values[PREFIX + "METADATA_URL"]
+    bucket = values[PREFIX + "ARCHIVE_URL"].removeprefix("s3://").split("/")[0]
+    assert f"store/{bucket}" in compose["services"]["minio-bucket"]["command"][0]
+    assert values["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    for name in (PREFIX + "METADATA_URL",):
+        assert name in compose["services"]["metadata"]["environment"]
+    for name in (PREFIX + "ARCHIVE_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert name in compose["services"]["blobstore"]["environment"]

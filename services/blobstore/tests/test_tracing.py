@@ -1,0 +1,145 @@
+"""The blobstore's own spans ("write blob", "read blob"), recorded in memory,
+for each archive tier and the memory tier."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from registry import blobstore_pb2
+
+from services.blobstore.blobs import BlobService
+from services.blobstore.store import BlobTier, FileTier, MemoryTier
+from services.blobstore.tests.archives import S3Server
+from services.blobstore.tests.helpers import MIB, put_requests
+from services.common.errors import DataLoss
+
+DATA = os.urandom(3 * MIB + 1)
+SHA = hashlib.sha256(DATA).digest()
+
+
+@dataclass
+class Traced:
+    blobs: BlobService
+    exporter: InMemorySpanExporter
+    replace: object  # (key, data) -> None: rewrites an archived blob behind the tier's back
+    commit_attribute: str
+
+    def spans(self, name: str) -> list[ReadableSpan]:
+        return [span for span in self.exporter.get_finished_spans() if span.name == name]
+
+
+async def open_service(archive: BlobTier, exporter: InMemorySpanExporter) -> BlobService:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    blobs = BlobService(
+        MemoryTier(16 * MIB),
+        archive,
+        default_chunk_size=MIB,
+        max_message_bytes=16 * MIB,
+        tracer=provider.get_tracer("registry.blobstore"),
+    )
+    await blobs.open()
+    return blobs
+
+
+@pytest.fixture(params=["file", "s3"])
+async def traced(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Traced]:
+    exporter = InMemorySpanExporter()
+    if request.param == "file":
+        tier = FileTier(tmp_path)
+        blobs = await open_service(tier, exporter)
+
+        def replace(key: str, data: bytes) -> None:
+            Path(tier.path_of(key)).write_bytes(data)
+
+        yield Traced(blobs, exporter, replace, "fsync_ms")
+    else:
+        from services.blobstore.store.s3 import S3Tier
+
+        server: S3Server = request.getfixturevalue("s3_server")
+        bucket = request.getfixturevalue("s3_bucket")
+        tier = S3Tier(bucket, part_size=5 * MIB)
+        blobs = await open_service(tier, exporter)
+
+        def replace(key: str, data: bytes) -> None:
+            server.client.put_object(Bucket=bucket, Key=tier.object_key(key), Body=data)
+
+        yield Traced(blobs, exporter, replace, "complete_ms")
+    await blobs.close()
+
+
+async def messages(key: str, data: bytes, *, archived: bool) -> AsyncIterator[blobstore_pb2.PutBlobRequest]:
+    for message in put_requests(key, data, archived=archived, chunk_size=MIB):
+        yield message
+
+
+async def read(blobs: BlobService, key: str, *, archived: bool, **fields) -> list[bytes]:
+    request = blobstore_pb2.GetBlobRequest(key=key, archived=archived, chunk_size=MIB, **fields)
+    return [chunk async for chunk in blobs.get(request)]
+
+
+async def test_write_and_verified_read_of_an_archived_blob(traced: Traced):
+    await traced.blobs.put(messages("traced", DATA, archived=True))
+    (write,) = traced.spans("write blob")
+    attributes = dict(write.attributes)
+    assert {k: attributes[k] for k in ("blob_key", "archived", "size", "bytes", "chunks")} == {
+        "blob_key": "traced",
+        "archived": True,
+        "size": len(DATA),
+        "bytes": len(DATA),
+        "chunks": 4,
+    }
+    assert attributes[traced.commit_attribute] >= 0 and attributes["commit_ms"] >= attributes[traced.commit_attribute]
+    assert write.status.status_code == StatusCode.UNSET
+
+    assert b"".join(await read(traced.blobs, "traced", archived=True, expected_size=len(DATA), expected_sha256=SHA)) == DATA
+    (span,) = traced.spans("read blob")
+    assert dict(span.attributes) == {
+        "blob_key": "traced",
+        "archived": True,
+        "size": len(DATA),
+        "bytes": len(DATA),
+        "chunks": 4,
+        "verified": True,
+    }
+    assert span.status.status_code == StatusCode.UNSET
+
+
+async def test_data_loss_marks_the_read_span(traced: Traced):
+    await traced.blobs.put(messages("rotten", DATA, archived=True))
+    traced.replace("rotten", bytes(len(DATA)))
+    with pytest.raises(DataLoss):
+        await read(traced.blobs, "rotten", archived=True, expected_size=len(DATA), expected_sha256=SHA)
+    traced.replace("rotten", DATA[:-1])
+    with pytest.raises(DataLoss):
+        await read(traced.blobs, "rotten", archived=True, expected_size=len(DATA), expected_sha256=SHA)
+    mismatch, truncated = traced.spans("read blob")
+    assert mismatch.status.status_code == StatusCode.ERROR
+    assert mismatch.status.description == "DATA_LOSS: stored data of blob rotten is corrupt: sha256 mismatch"
+    assert (mismatch.attributes["verified"], mismatch.attributes["chunks"]) == (False, 3)
+    assert truncated.status.status_code == StatusCode.ERROR
+    assert truncated.status.description.startswith("DATA_LOSS: ") and "bytes stored" in truncated.status.description
+    assert (truncated.attributes["verified"], truncated.attributes["chunks"]) == (False, 0)
+
+
+async def test_failed_write_and_unverified_reads(traced: Traced):
+    await traced.blobs.put(messages("once", b"abc", archived=True))
+    with pytest.raises(Exception, match="already exists"):
+        await traced.blobs.put(messages("once", b"abc", archived=True))
+    failed = traced.spans("write blob")[-1]
+    assert failed.status.status_code == StatusCode.ERROR
+    assert failed.status.description == "ALREADY_EXISTS: blob once already exists"
+    # Without a digest, or from memory: served, not verified.
+    await read(traced.blobs, "once", archived=True)
+    await traced.blobs.put(messages("once", b"abc", archived=False))
+    await read(traced.blobs, "once", archived=False, expected_sha256=hashlib.sha256(b"abc").digest(), expected_size=3)
+    assert [span.attributes["verified"] for span in traced.spans("read blob")] == [False, False]
