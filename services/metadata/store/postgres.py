@@ -443,7 +443,7 @@ class ChangeListener:
             self.reconnections += 1
             # Whatever was announced while we were deaf is lost: every
             # watcher re-reads the store instead.
-            self._hub.wake_all()
+            pass  # MUTANT
 
     async def _listen(self) -> None:
         connection = self._connection
@@ -476,4 +476,4 @@ class ChangeListener:
         if model_id:
             self._hub.version_committed(model_id)
         else:
-            self._hub.wake_all()
+            pass  # MUTANT
