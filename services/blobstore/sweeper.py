@@ -4,8 +4,9 @@ A blob is stored before its version is committed (see docs/design.md), so a
 frontend that dies in between leaves a blob no version references; so does
 one that dies before deleting the blobs a commit evicted. Every interval the
 sweeper asks metadata which of the blobs older than a grace period are
-unreferenced, and deletes those. It also removes temp files of uploads whose
-process died (another replica sharing the archive directory).
+unreferenced, and deletes those. It also removes what uploads whose process
+died left behind: temp files (of another replica sharing the archive
+directory) or multipart uploads idle for the grace period (S3).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Sweeper:
     """Periodically deletes blobs that are old enough and unreferenced.
 
     Without a `find_unreferenced` lookup (no metadata address configured) it
-    only removes abandoned temp files. A failed sweep is logged and tried
+    only removes abandoned uploads. A failed sweep is logged and tried
     again at the next interval; it never stops the service.
     """
 

@@ -3,7 +3,10 @@ pagination, the transient LRU and version notifications.
 
 It implements `registry.MetadataService` (proto/registry/metadata.proto) for
 the frontend. State lives in an embedded SQLite database (WAL,
-`synchronous=FULL`) reached through `store.MetadataStore`; `registry` runs
-every store call on one dedicated thread and owns the watch hub; `servicer`
-only converts between protobuf and the domain (`convert`).
+`synchronous=FULL`; one replica), or in PostgreSQL shared by several
+replicas (COGMENT_MODEL_REGISTRY_METADATA_URL), reached through
+`store.MetadataStore`; `registry` runs every store call on one dedicated
+thread and owns the watch hub, which LISTEN/NOTIFY keeps informed of other
+replicas' commits; `servicer` only converts between protobuf and the domain
+(`convert`).
 """

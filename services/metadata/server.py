@@ -44,7 +44,7 @@ async def open_registry(config: MetadataConfig) -> MetadataRegistry:
             feed=ChangeListener(url, origin),
         )
     except StoreOpenError as exc:
-        raise StoreOpenError(f"{exc} (set by {METADATA_URL_VARIABLE})") from None
+        raise StoreOpenError(f"{METADATA_URL_VARIABLE}: {exc}") from None
 
 
 async def create_server(

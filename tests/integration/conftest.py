@@ -82,20 +82,50 @@ SHAPE = os.environ.get("REGISTRY_TEST_SHAPE", "single")
 REPLICATED = SHAPE == "replicated"
 
 
+POSTGRES_URL = os.environ.get("REGISTRY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+_schemas: list[str] = []
+
+
+def fresh_postgres_schema() -> str:
+    """A metadata URL on a new, empty schema of the test database (dropped at exit)."""
+    import psycopg
+
+    schema = f"it_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(f"CREATE SCHEMA {schema}")
+    _schemas.append(schema)
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+
+
+def drop_postgres_schemas() -> None:
+    if not _schemas:
+        return
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        for schema in _schemas:
+            connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    _schemas.clear()
+
+
 def shape_env() -> dict[str, str]:
     """Launcher settings of the shape under test."""
     if not REPLICATED:
         return {"BLOBSTORE_REPLICAS": "1", "FRONTEND_REPLICAS": "1", "METADATA_REPLICAS": "1"}
-    return {"BLOBSTORE_REPLICAS": "3", "FRONTEND_REPLICAS": "2", "METADATA_REPLICAS": "1"}
+    return {
+        "BLOBSTORE_REPLICAS": "3",
+        "FRONTEND_REPLICAS": "2",
+        "METADATA_REPLICAS": "2",
+        "COGMENT_MODEL_REGISTRY_METADATA_URL": fresh_postgres_schema(),
+    }
 
 
 def stack_env(port: int, archive_dir: Path, run_dir: Path, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("COGMENT_MODEL_REGISTRY_", "OTEL_")) and not k.endswith("_REPLICAS")
+        if not k.startswith(("COGMENT_MODEL_REGISTRY_", "OTEL_", "AWS_")) and not k.endswith("_REPLICAS")
     }
-    env.update(shape_env())
     env.update(
         {
             "COGMENT_MODEL_REGISTRY_PORT": str(port),
@@ -108,6 +138,7 @@ def stack_env(port: int, archive_dir: Path, run_dir: Path, **extra: str) -> dict
             "COGMENT_MODEL_REGISTRY_SHUTDOWN_GRACE_SECONDS": "3",
         }
     )
+    env.update(shape_env())
     env.update(extra)
     return env
 
@@ -125,6 +156,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for channel in running.channels:
             channel.close()
         running.down()
+        drop_postgres_schemas()
 
 
 @pytest.fixture(scope="session")

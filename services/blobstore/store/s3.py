@@ -127,11 +127,11 @@ def _explain_bucket_error(exc: BotoCoreError | ClientError) -> str:
     if isinstance(exc, ClientError):
         status = _http_status(exc)
         if status == 404:
-            return "no such bucket"
+            return "HTTP 404: no such bucket, or AWS_ENDPOINT_URL is not an S3 endpoint"
         if status == 403:
-            return "access denied: check the credentials and the bucket's policy"
+            return "HTTP 403: access denied, check the credentials and the bucket's policy"
         if status == 301:
-            return "the bucket is in another region: set AWS_DEFAULT_REGION"
+            return "HTTP 301: the bucket is in another region, set AWS_DEFAULT_REGION"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -185,7 +185,7 @@ class S3Tier(ThreadedTier):
     async def _call(self, doing: str, fn: Callable[..., T], *args: Any) -> T:
         return await self._storage_call(doing, self._run(fn, *args))
 
-    # -- life cycle ---------------------------------------------------------
+    # -- layout ---------------------------------------------------------------
 
     def object_key(self, key: str) -> str:
         return f"{self._key_prefix}{key[:2]}/{key}"
@@ -199,51 +199,62 @@ class S3Tier(ThreadedTier):
             return None
         return match[2]
 
+    # -- life cycle ---------------------------------------------------------
+
     async def open(self) -> None:
         """Returns once the bucket is reachable (retrying with backoff, and
         logging why, until it is): the blobstore is NOT_SERVING until then."""
         if self._client is None:
             # Loads botocore's service models: off the event loop. A bad
             # setting (AWS_ENDPOINT_URL...) raises here, and is not retried.
-            self._client = await self._run(self._make_client)
+            self._client, probe = await self._run(self._make_clients)
+        else:
+            probe = self._client
         delay, max_delay = self._bucket_retry_seconds
         failures = 0
-        while True:
-            try:
-                await self._run(lambda: self._client.head_bucket(Bucket=self.bucket))
-                break
-            except (BotoCoreError, ClientError) as exc:
-                failures += 1
-                log.warning(
-                    "archive bucket %s not reachable (%s): retrying in %.1fs",
-                    self.location,
-                    _explain_bucket_error(exc),
-                    delay,
-                )
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, max_delay)
+        try:
+            while True:
+                try:
+                    await self._run(lambda: probe.head_bucket(Bucket=self.bucket))
+                    break
+                except (BotoCoreError, ClientError) as exc:
+                    failures += 1
+                    log.warning(
+                        "archive bucket %s not reachable (%s): retrying in %.1fs",
+                        self.location,
+                        _explain_bucket_error(exc),
+                        delay,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, max_delay)
+        finally:
+            if probe is not self._client:
+                probe.close()
         if failures:
             log.info("archive bucket %s reachable after %d failed attempts", self.location, failures)
         try:
             removed = await self.remove_abandoned_uploads()
-        except (BotoCoreError, ClientError) as exc:
+        except Exception as exc:  # noqa: BLE001 - not needed to serve
             log.warning("could not look for abandoned uploads in %s (the sweeper will): %s", self.location, exc)
         else:
             if removed:
                 log.info("aborted %d multipart uploads abandoned in %s", removed, self.location)
 
-    def _make_client(self) -> Any:
-        client = boto3.session.Session().client(
-            "s3",
-            config=Config(
-                max_pool_connections=self.io_threads,
-                connect_timeout=10,
-                user_agent_extra="cogment-model-registry",
-            ),
+    def _make_clients(self) -> tuple[Any, Any]:
+        """The tier's client, and one for probing the bucket: single attempts,
+        short timeouts, so that `open` logs every failure and a shutdown
+        meanwhile is not held up by botocore's retries."""
+        session = boto3.session.Session()
+        config = Config(
+            max_pool_connections=self.io_threads,
+            connect_timeout=10,
+            user_agent_extra="cogment-model-registry",
         )
+        client = session.client("s3", config=config)
         if client.meta.config.request_checksum_calculation == "when_supported":
             self._checksum_algorithm = "CRC32"  # botocore's default, as s3transfer does
-        return client
+        probe_config = config.merge(Config(connect_timeout=5, read_timeout=10, retries={"total_max_attempts": 1}))
+        return client, session.client("s3", config=probe_config)
 
     async def close(self) -> None:
         await super().close()
@@ -362,11 +373,14 @@ class S3Tier(ThreadedTier):
                 request({"IfNoneMatch": "*"})
                 return
             except ClientError as exc:
-                if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                code = _code(exc)
+                if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchUpload"):
                     if self._written_by(object_key, token):
                         return  # botocore retried our request after it had succeeded
+                    if code == "NoSuchUpload":
+                        raise
                     raise AlreadyExists(f"blob {key} already exists") from None
-                if _code(exc) != "NotImplemented" and _http_status(exc) != 501:
+                if code != "NotImplemented" and _http_status(exc) != 501:
                     raise
                 self._conditional_writes = False
                 log.warning(
@@ -405,7 +419,8 @@ class S3Tier(ThreadedTier):
 
     def _list(self) -> list[StoredBlob]:
         blobs = []
-        for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key_prefix):
+        objects = self._client.get_paginator("list_objects_v2")
+        for page in objects.paginate(Bucket=self.bucket, Prefix=self._key_prefix):
             for item in page.get("Contents", ()):
                 key = self._blob_key(item["Key"])
                 if key is not None:

@@ -38,8 +38,9 @@ async def test_round_trip_of_a_blob_of_several_parts(archive: Archive):
     data = os.urandom(20 * MIB + 7)
     await store(archive.tier, "several-parts", [data[i : i + MIB] for i in range(0, len(data), MIB)])
     assert archive.stored() == ["several-parts"] and archive.pending() == 0
+    digest = hashlib.sha256(data).digest()
     chunks = await read_all(
-        archive.tier, "several-parts", chunk_size=3 * MIB, expected_size=len(data), expected_sha256=hashlib.sha256(data).digest()
+        archive.tier, "several-parts", chunk_size=3 * MIB, expected_size=len(data), expected_sha256=digest
     )
     assert [len(c) for c in chunks] == [3 * MIB] * 6 + [2 * MIB + 7]
     assert b"".join(chunks) == data

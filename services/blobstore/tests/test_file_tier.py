@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.blobstore.store import FileTier
-from services.blobstore.tests.helpers import blob_files, read_all, store, temp_files
+from services.blobstore.tests.helpers import blob_files, read_all, temp_files
 from services.common.errors import NotFound, ResourceExhausted
 
 DATA = bytes(range(256)) * 40  # 10240 bytes

@@ -16,13 +16,13 @@ import pytest
 
 pytest.importorskip("boto3")
 
-from botocore.exceptions import ClientError  # noqa: E402
+from botocore.exceptions import ClientError, FlexibleChecksumError, ReadTimeoutError  # noqa: E402
 
-from services.blobstore.store.s3 import MAX_OBJECT_SIZE, MAX_PARTS, PARTS_IN_FLIGHT, S3Tier  # noqa: E402
+from services.blobstore.store.s3 import MAX_OBJECT_SIZE, MAX_PARTS, PARTS_IN_FLIGHT, S3Reader, S3Tier  # noqa: E402
 from services.blobstore.sweeper import Sweeper  # noqa: E402
 from services.blobstore.tests.archives import S3Archive, S3Server  # noqa: E402
 from services.blobstore.tests.helpers import MIB, read_all, store  # noqa: E402
-from services.common.errors import AlreadyExists, ResourceExhausted  # noqa: E402
+from services.common.errors import AlreadyExists, DataLoss, ResourceExhausted, Unavailable  # noqa: E402
 
 HOUR = 3600.0
 
@@ -69,7 +69,8 @@ class CallSpy:
 
 
 def client_error(code: str, status: int, operation: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, operation)
+    reply = {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(reply, operation)
 
 
 async def test_endpoint_and_credentials_come_from_the_standard_variables(s3_archive: S3Archive):
@@ -130,7 +131,8 @@ async def test_a_large_blob_is_a_multipart_upload_of_8_mib_parts(default_parts: 
     assert default_parts.pending() == 0
     head = client.head_object(Bucket=tier.bucket, Key=tier.object_key("large"))
     assert head["ETag"].strip('"').endswith("-3") and head["ContentLength"] == len(data)
-    chunks = await read_all(tier, "large", chunk_size=5 * MIB, expected_size=len(data), expected_sha256=hashlib.sha256(data).digest())
+    digest = hashlib.sha256(data).digest()
+    chunks = await read_all(tier, "large", chunk_size=5 * MIB, expected_size=len(data), expected_sha256=digest)
     assert [len(c) for c in chunks] == [5 * MIB] * 4
     assert b"".join(chunks) == data
 
@@ -276,7 +278,7 @@ async def test_open_waits_for_the_bucket(s3_server: S3Server, monkeypatch, caplo
         with caplog.at_level(logging.WARNING, "registry.blobstore"):
             await asyncio.sleep(0.5)
         assert not opening.done()
-        assert f"archive bucket s3://{bucket} not reachable (no such bucket): retrying" in caplog.text
+        assert f"archive bucket s3://{bucket} not reachable (HTTP 404: no such bucket" in caplog.text
         s3_server.create_bucket(bucket)
         await asyncio.wait_for(opening, 5)
     finally:
@@ -303,3 +305,40 @@ async def test_sizes_beyond_s3_limits(s3_archive: S3Archive):
     part_size = s3_archive.tier.part_size_for(MAX_OBJECT_SIZE)
     assert part_size * MAX_PARTS >= MAX_OBJECT_SIZE
     assert s3_archive.tier.part_size_for(s3_archive.tier.part_size) is None
+
+
+class FailingBody:
+    """A GetObject body that serves `data`, then fails as told."""
+
+    def __init__(self, data: bytes, error: Exception) -> None:
+        self.data, self.error, self.closed = data, error, False
+
+    def read(self, amount: int) -> bytes:
+        if not self.data:
+            raise self.error
+        chunk, self.data = self.data[:amount], self.data[amount:]
+        return chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "message"),
+    [
+        # botocore checks the store's own checksum once the body ends.
+        (FlexibleChecksumError(error_msg="crc32 mismatch"), DataLoss, "blob k is corrupt: crc32 mismatch"),
+        (ReadTimeoutError(endpoint_url="http://s3"), Unavailable, "reading blob k failed: Read timeout"),
+    ],
+)
+async def test_failures_at_the_end_of_a_body(s3_archive: S3Archive, error, expected, message):
+    data = b"x" * 10
+    body = FailingBody(data, error)
+    reader = S3Reader(s3_archive.tier, "k", body, len(data), hashlib.sha256(data).digest(), chunk_size=4)
+    received = []
+    async with reader:
+        with pytest.raises(expected, match=message):
+            async for chunk in reader:
+                received.append(chunk)
+    assert received == [b"xxxx", b"xxxx"]  # never the last chunk
+    assert body.closed and not reader.verified

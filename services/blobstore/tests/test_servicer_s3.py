@@ -54,7 +54,9 @@ async def test_round_trip_corruption_and_delete(s3_blobstore: Blobstore, s3_serv
     head = s3_server.client.head_object(Bucket=s3_bucket, Key=object_name("archived"))
     assert head["ContentLength"] == len(data) and head["ETag"].strip('"').endswith("-3")
     assert not os.path.exists(s3_blobstore.archive_dir / "blobs" / "ar")  # not in the archive directory
-    chunks = await s3_blobstore.get("archived", archived=True, expected_size=len(data), expected_sha256=digest, chunk_size=MIB)
+    chunks = await s3_blobstore.get(
+        "archived", archived=True, expected_size=len(data), expected_sha256=digest, chunk_size=MIB
+    )
     assert len(chunks) == 21 and b"".join(chunks) == data
 
     # Rot of the same size: only the digest tells, and never with the last chunk.
@@ -70,7 +72,8 @@ async def test_round_trip_corruption_and_delete(s3_blobstore: Blobstore, s3_serv
         async for reply in s3_blobstore.stub.GetBlob(request):
             received.append(reply.data_chunk)
 
-    assert await expect_status(grpc.StatusCode.DATA_LOSS, consume()) == "stored data of blob archived is corrupt: sha256 mismatch"
+    details = await expect_status(grpc.StatusCode.DATA_LOSS, consume())
+    assert details == "stored data of blob archived is corrupt: sha256 mismatch"
     assert len(received) == 20
 
     # Truncated: DATA_LOSS before any byte.

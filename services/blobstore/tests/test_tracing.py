@@ -101,7 +101,8 @@ async def test_write_and_verified_read_of_an_archived_blob(traced: Traced):
     assert attributes[traced.commit_attribute] >= 0 and attributes["commit_ms"] >= attributes[traced.commit_attribute]
     assert write.status.status_code == StatusCode.UNSET
 
-    assert b"".join(await read(traced.blobs, "traced", archived=True, expected_size=len(DATA), expected_sha256=SHA)) == DATA
+    chunks = await read(traced.blobs, "traced", archived=True, expected_size=len(DATA), expected_sha256=SHA)
+    assert b"".join(chunks) == DATA
     (span,) = traced.spans("read blob")
     assert dict(span.attributes) == {
         "blob_key": "traced",

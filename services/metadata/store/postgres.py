@@ -153,6 +153,12 @@ def _placeholders(statement: str) -> str:
     return statement.replace("?", "%s")
 
 
+def _reason(error: BaseException) -> str:
+    """The first line of a driver error (libpq adds hints and SQL excerpts)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _payload(origin: str, model_id: str) -> str:
     """The NOTIFY payload for a change of `model_id`; an id too long to fit
     is left out, which listeners read as "wake every watcher"."""
@@ -182,13 +188,17 @@ class PostgresMetadataStore(SqlMetadataStore):
         try:
             connection = _connect(url)
         except psycopg.Error as exc:
-            raise StoreOpenError(f"cannot connect to the metadata database {self.description}: {exc}") from None
+            raise StoreOpenError(
+                f"cannot connect to the metadata database {self.description}: {_reason(exc)}"
+            ) from None
         try:
             _migrate(connection, self.description)
             (sequence,) = connection.execute("SELECT pg_get_serial_sequence('models', 'seq')").fetchone()
         except psycopg.Error as exc:
             connection.close()
-            raise StoreOpenError(f"cannot prepare the metadata database {self.description}: {exc}") from None
+            raise StoreOpenError(
+                f"cannot prepare the metadata database {self.description}: {_reason(exc)}"
+            ) from None
         except BaseException:
             connection.close()
             raise
@@ -265,18 +275,20 @@ class PostgresMetadataStore(SqlMetadataStore):
             except psycopg.DataError as exc:
                 # The only data PostgreSQL refuses that SQLite takes: NUL
                 # characters in text (ids, keys, hashes).
-                raise InvalidArgument(f"the request holds a value the metadata database cannot store: {exc}") from None
+                raise InvalidArgument(
+                    f"the request holds a value the metadata database cannot store: {_reason(exc)}"
+                ) from None
             except psycopg.OperationalError as exc:
                 lost = self._connection.closed
                 if lost and self._committing and self._writing:
                     raise Unavailable(
                         "the connection to the metadata database was lost while committing; "
-                        f"the change may or may not have been made: {exc}"
+                        f"the change may or may not have been made: {_reason(exc)}"
                     ) from exc
                 if attempt == 1 and (lost or isinstance(exc, errors.TransactionRollbackError)):
-                    log.warning("metadata database call failed (%s); retrying once", exc)
+                    log.warning("metadata database call failed (%s); retrying once", _reason(exc))
                     continue
-                raise Unavailable(f"the metadata database {self.description} is unavailable: {exc}") from exc
+                raise Unavailable(f"the metadata database {self.description} is unavailable: {_reason(exc)}") from exc
         raise AssertionError("unreachable")
 
     def _reconnect_if_lost(self) -> None:
@@ -287,7 +299,7 @@ class PostgresMetadataStore(SqlMetadataStore):
         try:
             self._connection = _connect(self._url)
         except psycopg.Error as exc:
-            raise Unavailable(f"cannot reach the metadata database {self.description}: {exc}") from None
+            raise Unavailable(f"cannot reach the metadata database {self.description}: {_reason(exc)}") from None
         log.info("reconnected to the metadata database %s", self.description)
 
     @property
@@ -402,7 +414,7 @@ class ChangeListener:
             self._connection = await self._connect()
         except psycopg.Error as exc:
             raise StoreOpenError(
-                f"cannot listen for version notifications on {self._description}: {exc}"
+                f"cannot listen for version notifications on {self._description}: {_reason(exc)}"
             ) from None
         self._task = asyncio.create_task(self._run(), name="metadata-change-listener")
 
@@ -437,13 +449,15 @@ class ChangeListener:
             try:
                 await self._listen()
             except Exception as exc:  # noqa: BLE001 - whatever broke, listen again
-                log.warning("lost the notification connection to %s (%s); reconnecting", self._description, exc)
+                log.warning(
+                    "lost the notification connection to %s (%s); reconnecting", self._description, _reason(exc)
+                )
             await self._drop_connection()
             await self._reconnect()
             self.reconnections += 1
             # Whatever was announced while we were deaf is lost: every
             # watcher re-reads the store instead.
-            pass  # MUTANT
+            self._hub.wake_all()
 
     async def _listen(self) -> None:
         connection = self._connection
@@ -462,7 +476,7 @@ class ChangeListener:
             try:
                 self._connection = await self._connect()
             except psycopg.Error as exc:
-                log.warning("cannot listen on %s yet (%s)", self._description, exc)
+                log.warning("cannot listen on %s yet (%s)", self._description, _reason(exc))
                 delay = min(delay * 2, self._max_retry)
                 continue
             log.info("listening for version notifications on %s again", self._description)
@@ -476,4 +490,4 @@ class ChangeListener:
         if model_id:
             self._hub.version_committed(model_id)
         else:
-            pass  # MUTANT
+            self._hub.wake_all()

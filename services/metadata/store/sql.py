@@ -149,8 +149,11 @@ class SqlMetadataStore(MetadataStore):
 
     @abstractmethod
     def _begin(self, cursor: Cursor, *, write: bool) -> None:
-        """Starts a transaction; a write transaction must exclude other writers
-        from the start (so read-then-write inside it cannot race)."""
+        """Starts a transaction. What a write transaction reads then writes
+        must not race with other writers: SQLite excludes them from the
+        start; PostgreSQL relies on the row locks its writing statements take
+        (ALLOCATE_VERSION_NUMBER, LOCK_MODEL), `_lock_transient_cache`, and
+        the unique key on blob keys (`_is_duplicate_blob_key`)."""
 
     @abstractmethod
     def _end(self, cursor: Cursor, *, commit: bool) -> None:

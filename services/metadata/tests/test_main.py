@@ -81,9 +81,13 @@ def processes() -> Iterator[list[subprocess.Popen]]:
         process.communicate()
 
 
-def test_acknowledged_versions_survive_kill_9_and_numbering_continues(tmp_path, processes):
+def database_env(database) -> dict[str, str]:
+    return {"METADATA_URL": database.url} if database.is_postgres else {}
+
+
+def test_acknowledged_versions_survive_kill_9_and_numbering_continues(tmp_path, processes, database):
     port = free_port()
-    env = service_env(tmp_path, port)
+    env = service_env(tmp_path, port, **database_env(database))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = metadata_pb2_grpc.MetadataServiceStub(channel)
         first = start(env)
@@ -111,7 +115,40 @@ def test_acknowledged_versions_survive_kill_9_and_numbering_continues(tmp_path, 
 
         second.send_signal(signal.SIGTERM)
         assert second.wait(15) == 0
-    assert (tmp_path / "metadata.sqlite3").is_file()
+    assert (tmp_path / "metadata.sqlite3").is_file() != database.is_postgres
+
+
+@pytest.mark.postgres
+def test_two_replica_processes_share_numbers_and_wake_each_others_watchers(tmp_path, processes, postgres_url):
+    ports = [free_port(), free_port()]
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for port in ports]
+    try:
+        for port, channel in zip(ports, channels):
+            process = start(service_env(tmp_path, port, METADATA_URL=postgres_url))
+            processes.append(process)
+        for process, channel in zip(processes, channels):
+            wait_serving(channel, process)
+        one, two = (metadata_pb2_grpc.MetadataServiceStub(channel) for channel in channels)
+        one.UpsertModel(api.ModelInfo(model_id="m"), timeout=5)
+        watch = one.WatchVersions(pb.WatchVersionsRequest(model_id="m"), timeout=10)
+        committed = []
+        for n in range(1, 7):
+            stub = (one, two)[n % 2]
+            request = pb.CommitVersionRequest(
+                version_info=api.ModelVersionInfo(model_id="m", data_hash="h", data_size=1), blob_key=f"key-{n}"
+            )
+            committed.append(stub.CommitVersion(request, timeout=5).version_info.version_number)
+        assert committed == [1, 2, 3, 4, 5, 6]
+        received = []
+        for info in watch:
+            received.append(info.version_number)
+            if info.version_number == 6:
+                break
+        assert received == list(range(received[0], 7))
+        watch.cancel()
+    finally:
+        for channel in channels:
+            channel.close()
 
 
 def test_sigterm_stops_promptly_even_with_a_watch_open(tmp_path, processes):
@@ -134,7 +171,11 @@ def test_sigterm_stops_promptly_even_with_a_watch_open(tmp_path, processes):
 
 @pytest.mark.parametrize(
     "variable,value",
-    [("METADATA_URL", "postgresql://registry:secret@db/registry"), ("VERSION_CACHE_MAX_ITEMS", "0")],
+    [
+        ("METADATA_URL", "postgresql://registry:secret@db:port/registry"),
+        ("METADATA_URL", "postgresql://registry:secret@127.0.0.1:1/registry"),  # nobody listens
+        ("VERSION_CACHE_MAX_ITEMS", "0"),
+    ],
 )
 def test_a_bad_setting_stops_the_start_naming_the_variable(tmp_path, processes, variable, value):
     process = start(service_env(tmp_path, free_port(), **{variable: value}))

@@ -68,3 +68,11 @@ async def test_close_ends_present_and_future_subscribers():
     with hub.subscribe("b") as future:
         with pytest.raises(Unavailable):
             await future.wait()
+
+
+async def test_wake_all_wakes_every_subscriber_of_every_model():
+    hub = VersionHub()
+    with hub.subscribe("a") as a, hub.subscribe("b") as b, hub.subscribe("b") as b2:
+        hub.wake_all()
+        for subscription in (a, b, b2):
+            await asyncio.wait_for(subscription.wait(), 1)
