@@ -261,6 +261,10 @@ class ModelRegistry:
                 yield chunk
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
+                if not info.archived:
+                    # The data is gone (eviction race, or the replica holding it
+                    # restarted): make the info go too, so both answer NOT_FOUND.
+                    self._spawn(self._forget_lost_version(resolved.blob_key))
                 raise self._missing_data(info) from None
             raise upstream_error(BLOBSTORE, exc) from None
         if sent == 0:
@@ -322,6 +326,13 @@ class ModelRegistry:
             if isinstance(result, BaseException):
                 # The blobstore's sweeper removes what could not be deleted now.
                 log.warning("could not delete blob %s (left to the sweeper): %s", ref.key, result)
+
+    async def _forget_lost_version(self, blob_key: str) -> None:
+        try:
+            if await self._metadata.forget_lost_version(blob_key):
+                log.warning("forgot a transient version whose data was lost (blob %s)", blob_key)
+        except RegistryError as exc:
+            log.warning("could not forget the version of lost blob %s: %s", blob_key, exc)
 
     def _spawn(self, coroutine) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -66,6 +66,11 @@ class MetadataClient:
         request = metadata_pb2.CommitVersionRequest(version_info=info, blob_key=blob_key)
         return await call_idempotent(METADATA, lambda: self._stub.CommitVersion(request, timeout=self._timeout))
 
+    async def forget_lost_version(self, blob_key: str) -> bool:
+        request = metadata_pb2.ForgetLostVersionRequest(blob_key=blob_key)
+        reply = await call_idempotent(METADATA, lambda: self._stub.ForgetLostVersion(request, timeout=self._timeout))
+        return reply.forgotten
+
     def watch_versions(self, model_id: str, after_version: int) -> grpc.aio.UnaryStreamCall:
         """A bounded-lifetime watch: the caller renews it when it ends."""
         return self._stub.WatchVersions(

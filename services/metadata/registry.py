@@ -197,6 +197,9 @@ class MetadataRegistry:
     async def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
         return await self._run(self._store.find_unreferenced_blobs, keys)
 
+    async def forget_lost_version(self, blob_key: str) -> bool:
+        return await self._run(self._store.forget_lost_version, blob_key)
+
     # -- watches ---------------------------------------------------------------
 
     async def watch_versions(self, model_id: str, after_version: int) -> AsyncIterator[Version]:

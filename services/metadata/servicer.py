@@ -13,6 +13,7 @@ import grpc
 from cogmentAPI import model_registry_pb2 as api
 from registry import metadata_pb2, metadata_pb2_grpc
 
+from services.common.errors import InvalidArgument
 from services.metadata import convert
 from services.metadata.registry import MetadataRegistry
 
@@ -89,3 +90,12 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
         """Those of the given blob keys that no version references."""
         keys = await self._registry.find_unreferenced_blobs(list(request.keys))
         return metadata_pb2.FindUnreferencedBlobsReply(keys=keys)
+
+    async def ForgetLostVersion(
+        self, request: metadata_pb2.ForgetLostVersionRequest, context: grpc.aio.ServicerContext
+    ) -> metadata_pb2.ForgetLostVersionReply:
+        """Removes the transient version whose data the blobstore lost."""
+        if not request.blob_key:
+            raise InvalidArgument("blob_key must not be empty")
+        forgotten = await self._registry.forget_lost_version(request.blob_key)
+        return metadata_pb2.ForgetLostVersionReply(forgotten=forgotten)

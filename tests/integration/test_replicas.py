@@ -47,23 +47,34 @@ def test_transient_blobs_spread_and_are_read_from_their_replica(registry, stack,
 
 def test_losing_a_blobstore_replica(registry, stack, model_id):
     archived = [create_version(registry, model_id, f"archived {i}".encode(), archived=True) for i in range(6)]
+    before = blobstore_log_counts(stack)
     transient = [create_version(registry, model_id, f"transient {i}".encode()) for i in range(6)]
-    victim = processes(stack, "blobstore")[0]
+    after = blobstore_log_counts(stack)
+    # Kill a replica that holds some of the transient versions.
+    (victim,) = [p for p in processes(stack, "blobstore") if after[p["name"]] > before[p["name"]]][:1]
     os.kill(victim["pid"], signal.SIGKILL)
     try:
         # Archived data stays readable through the others, at once.
         for info in archived:
             assert read_data(registry, model_id, info.version_number) == f"archived {info.version_number - 1}".encode()
         # Transient versions answer their data or NOT_FOUND: never a hang or INTERNAL.
-        lost = 0
+        lost = []
         for info in transient:
             started = time.monotonic()
             try:
                 read_data(registry, model_id, info.version_number)
             except grpc.RpcError as error:
                 assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
-                lost += 1
+                lost.append(info.version_number)
             assert time.monotonic() - started < 5
+        assert lost, "the killed replica held transient versions"
+        # Metadata stays consistent: the infos of lost versions go too.
+        deadline = time.monotonic() + 5
+        listed = {v.version_number for v in registry.RetrieveVersionInfos(api.RetrieveVersionInfosRequest(model_id=model_id)).version_infos}
+        while set(lost) & listed:
+            assert time.monotonic() < deadline, f"lost versions {lost} still listed: {sorted(listed)}"
+            time.sleep(0.2)
+            listed = {v.version_number for v in registry.RetrieveVersionInfos(api.RetrieveVersionInfosRequest(model_id=model_id)).version_infos}
         # New uploads succeed, numbering continues.
         for i in range(4):
             info = create_version(registry, model_id, b"after the loss")

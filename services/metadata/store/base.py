@@ -111,5 +111,10 @@ class MetadataStore(ABC):
         version references."""
 
     @abstractmethod
+    def forget_lost_version(self, blob_key: str) -> bool:
+        """Deletes the transient version stored under `blob_key` (its data
+        is gone); True if one was deleted. Archived versions are kept."""
+
+    @abstractmethod
     def close(self) -> None:
         """Releases the database; the store is unusable afterwards."""

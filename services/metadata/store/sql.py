@@ -97,6 +97,7 @@ TOUCH_VERSION = "UPDATE versions SET last_used = ? WHERE model_seq = ? AND numbe
 SELECT_MODEL_BLOBS = "SELECT blob_key, archived FROM versions WHERE model_seq = ? ORDER BY number"
 DELETE_MODEL_VERSIONS = "DELETE FROM versions WHERE model_seq = ?"
 DELETE_VERSION = "DELETE FROM versions WHERE model_seq = ? AND number = ?"
+FORGET_LOST_VERSION = "DELETE FROM versions WHERE blob_key = ? AND archived = FALSE"
 
 # The transient LRU; `archived = FALSE` matches the partial index's predicate.
 LATEST_TRANSIENT_USE = "SELECT COALESCE(MAX(last_used), 0) FROM versions WHERE archived = FALSE"
@@ -503,6 +504,11 @@ class SqlMetadataStore(MetadataStore):
                 statement = f"SELECT blob_key FROM versions WHERE blob_key IN ({', '.join('?' * len(chunk))})"
                 referenced.update(key for (key,) in self._execute(cursor, statement, chunk))
         return tuple(key for key in unique if key not in referenced)
+
+    def forget_lost_version(self, blob_key: str) -> bool:
+        with self._transaction(write=True) as cursor:
+            deleted = self._execute(cursor, FORGET_LOST_VERSION, (blob_key,)).rowcount
+        return deleted > 0
 
     def close(self) -> None:
         self._connection.close()

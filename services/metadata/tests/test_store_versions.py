@@ -217,3 +217,18 @@ def test_find_unreferenced_blobs(store, model):
     assert store.find_unreferenced_blobs([]) == ()
     many = [f"k{i}" for i in range(1200)] + ["used-1"]
     assert store.find_unreferenced_blobs(many) == tuple(many[:-1])
+
+
+def test_forget_lost_version_removes_only_that_transient_version(store, model):
+    commit(store, model, key="lost")
+    commit(store, model, key="kept-archived", archived=True)
+    commit(store, model, key="kept")
+    assert store.forget_lost_version("lost") is True
+    assert numbers(store, model) == [2, 3]
+    # Archived data is never forgotten this way; unknown keys are not an error.
+    assert store.forget_lost_version("kept-archived") is False
+    assert store.forget_lost_version("lost") is False
+    assert store.forget_lost_version("never-seen") is False
+    assert numbers(store, model) == [2, 3]
+    # The number is not reused.
+    assert commit(store, model, key="next").version.number == 4
