@@ -3,6 +3,7 @@ their failures into errors this service can pass on."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,6 +19,8 @@ from tenacity import (
 from services.common.errors import RegistryError, UpstreamError
 
 T = TypeVar("T")
+
+_FIRST_RETRY_DELAY_SECONDS = 0.05
 
 # Statuses a caller can act on: passed through to our own client unchanged.
 _PASS_THROUGH = {
@@ -78,9 +81,17 @@ async def call_idempotent(
     """Runs an idempotent unary call, retrying UNAVAILABLE with exponential
     backoff; any failure left is raised as a `RegistryError`."""
     try:
+        # Fast path: most calls succeed at once, and tenacity's machinery
+        # costs about as much as a small call's own Python work.
+        return await call()
+    except grpc.aio.AioRpcError as exc:
+        if not _is_transient(exc):
+            raise upstream_error(service, exc) from None
+    await asyncio.sleep(_FIRST_RETRY_DELAY_SECONDS)
+    try:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(attempts) | stop_after_delay(max_seconds),
+            stop=stop_after_attempt(attempts - 1) | stop_after_delay(max_seconds),
             wait=wait_exponential(multiplier=0.05, max=1.0),
             reraise=True,
         ):
