@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -38,27 +39,17 @@ def _trace_suffix() -> str:
     return ""
 
 
-class _Outcome:
-    """Mutable status of one request, filled in while it runs."""
-
-    __slots__ = ("code",)
-
-    def __init__(self) -> None:
-        self.code = grpc.StatusCode.OK
-
-
-async def _fail(context: grpc.aio.ServicerContext, outcome: _Outcome, exc: BaseException) -> None:
+async def _fail(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """Aborts the call with the status `exc` stands for (always raises)."""
     # gRPC's semantic conventions leave client errors (INVALID_ARGUMENT…)
     # unmarked on server spans; operators want every failed call to stand out.
     span = trace.get_current_span()
     if isinstance(exc, RegistryError):
-        outcome.code = exc.code
         span.set_status(Status(StatusCode.ERROR, f"{exc.code.name}: {exc.message}"))
         await context.abort(exc.code, exc.message)
     span.record_exception(exc)
     span.set_status(Status(StatusCode.ERROR, f"INTERNAL: {exc}"))
     logging.getLogger("registry.errors").exception("unexpected error")
-    outcome.code = grpc.StatusCode.INTERNAL
     await context.abort(
         grpc.StatusCode.INTERNAL,
         f"internal error: {type(exc).__name__}: {exc}{_trace_suffix()}",
@@ -91,50 +82,43 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         level = logging.DEBUG if method.startswith(_HEALTH_PREFIX) else logging.INFO
 
-        def finish(outcome: _Outcome, started: float) -> None:
-            if log.isEnabledFor(level):
-                log.log(
-                    level,
-                    "rpc=%s status=%s duration_ms=%.1f",
-                    method,
-                    outcome.code.name,
-                    (time.perf_counter() - started) * 1000,
-                )
+        @contextlib.asynccontextmanager
+        async def handled(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            """Maps what the handler raises to a status and logs the request once."""
+            started, code = time.perf_counter(), grpc.StatusCode.OK
+            try:
+                yield
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = _abort_code(context, code)
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status
+                code = exc.code if isinstance(exc, RegistryError) else grpc.StatusCode.INTERNAL
+                await _fail(context, exc)
+            finally:
+                if log.isEnabledFor(level):
+                    log.log(
+                        level,
+                        "rpc=%s status=%s duration_ms=%.1f",
+                        method,
+                        code.name,
+                        (time.perf_counter() - started) * 1000,
+                    )
 
         def wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started, outcome = time.perf_counter(), _Outcome()
-                try:
+                async with handled(context):
                     return await behavior(request, context)
-                except asyncio.CancelledError:
-                    outcome.code = grpc.StatusCode.CANCELLED
-                    raise
-                except grpc.aio.AbortError:
-                    outcome.code = _abort_code(context, outcome.code)
-                    raise
-                except Exception as exc:  # noqa: BLE001 - mapped to a status
-                    await _fail(context, outcome, exc)
-                finally:
-                    finish(outcome, started)
 
             return wrapped
 
         def wrap_stream_response(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
             async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                started, outcome = time.perf_counter(), _Outcome()
-                try:
+                async with handled(context):
                     async for item in behavior(request, context):
                         yield item
-                except asyncio.CancelledError:
-                    outcome.code = grpc.StatusCode.CANCELLED
-                    raise
-                except grpc.aio.AbortError:
-                    outcome.code = _abort_code(context, outcome.code)
-                    raise
-                except Exception as exc:  # noqa: BLE001 - mapped to a status
-                    await _fail(context, outcome, exc)
-                finally:
-                    finish(outcome, started)
 
             return wrapped
 
