@@ -108,8 +108,46 @@ def drop_postgres_schemas() -> None:
     _schemas.clear()
 
 
+class S3Server:
+    """A real S3-compatible server (moto's) on loopback, for the whole session."""
+
+    BUCKET = "registry-tests"
+    _server = None
+
+    @classmethod
+    def env(cls) -> dict[str, str]:
+        if cls._server is None:
+            import boto3
+            from moto.server import ThreadedMotoServer
+
+            cls._server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+            cls._server.start()
+            cls._endpoint = f"http://127.0.0.1:{cls._server._port}"
+            boto3.client("s3", endpoint_url=cls._endpoint, **cls._credentials()).create_bucket(Bucket=cls.BUCKET)
+        return {
+            "AWS_ENDPOINT_URL": cls._endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            # A prefix per stack: stacks share the bucket, never their blobs.
+            "COGMENT_MODEL_REGISTRY_ARCHIVE_URL": f"s3://{cls.BUCKET}/{uuid.uuid4().hex[:12]}",
+        }
+
+    @staticmethod
+    def _credentials() -> dict[str, str]:
+        return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls._server is not None:
+            cls._server.stop()
+            cls._server = None
+
+
 def shape_env() -> dict[str, str]:
-    """Launcher settings of the shape under test."""
+    """Launcher settings of the shape under test: one process each on SQLite
+    and the local archive dir, or the production shape (3 blobstores,
+    2 frontends, 2 metadata on PostgreSQL, archive on S3)."""
     if not REPLICATED:
         return {"BLOBSTORE_REPLICAS": "1", "FRONTEND_REPLICAS": "1", "METADATA_REPLICAS": "1"}
     return {
@@ -117,6 +155,7 @@ def shape_env() -> dict[str, str]:
         "FRONTEND_REPLICAS": "2",
         "METADATA_REPLICAS": "2",
         "COGMENT_MODEL_REGISTRY_METADATA_URL": fresh_postgres_schema(),
+        **S3Server.env(),
     }
 
 
@@ -157,6 +196,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             channel.close()
         running.down()
         drop_postgres_schemas()
+        S3Server.stop()
 
 
 @pytest.fixture(scope="session")
