@@ -84,3 +84,41 @@ def test_losing_a_blobstore_replica(registry, stack, model_id):
         # Bring the stack back to full strength for the tests that follow.
         stack.down()
         stack.up()
+
+
+def envoy_health(stack) -> dict[str, str]:
+    """host -> health flags of the blobstore cluster, from Envoy's admin page."""
+    import urllib.request
+
+    state = json.loads((stack.run_dir / "state.json").read_text())
+    text = urllib.request.urlopen(f"http://127.0.0.1:{state['admin_port']}/clusters", timeout=2).read().decode()
+    return {
+        line.split("::")[1]: line.rsplit("::", 1)[1]
+        for line in text.splitlines()
+        if line.startswith("blobstore::") and "::health_flags::" in line
+    }
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_a_frozen_replica_leaves_rotation_and_comes_back(registry, stack, model_id):
+    (victim, *_) = processes(stack, "blobstore")
+    os.kill(victim["pid"], signal.SIGSTOP)
+    try:
+        wait_until(lambda: sum(flags != "healthy" for flags in envoy_health(stack).values()) == 1, 15,
+                   "Envoy did not take the frozen replica out of rotation")
+        # Out of rotation: uploads and archived reads keep working on the others.
+        for i in range(4):
+            info = create_version(registry, model_id, f"while frozen {i}".encode(), archived=True)
+            assert read_data(registry, model_id, info.version_number) == f"while frozen {i}".encode()
+    finally:
+        os.kill(victim["pid"], signal.SIGCONT)
+    wait_until(lambda: all(flags == "healthy" for flags in envoy_health(stack).values()), 15,
+               "the replica did not come back into rotation")
+    info = create_version(registry, model_id, b"after thaw", archived=True)
+    assert read_data(registry, model_id, info.version_number) == b"after thaw"
