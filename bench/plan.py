@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
+TRACING_SIZE = 64 * MIB
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Plan:
     throughput_seconds: float  # duration of a requests/s run
     subscribers: int  # VersionUpdate subscribers
     fanout_versions: int  # versions created per fan-out run
+    tracing_size: int  # archived transfers of the tracing on vs off scenario
 
     @classmethod
     def full(cls, sizes: list[int], runs: int) -> Plan:
@@ -33,14 +35,16 @@ class Plan:
             throughput_seconds=5.0,
             subscribers=100,
             fanout_versions=20,
+            tracing_size=TRACING_SIZE,
         )
 
     @classmethod
     def smoke(cls) -> Plan:
         """Tiny sizes, one run, fewer subscribers: checks that every scenario
         works, in well under a minute."""
+        sizes = [64 * 1024, MIB]
         return cls(
-            sizes=[64 * 1024, MIB],
+            sizes=sizes,
             runs=1,
             concurrent_size=MIB,
             uploaders=4,
@@ -49,8 +53,9 @@ class Plan:
             throughput_seconds=0.5,
             subscribers=20,
             fanout_versions=3,
+            tracing_size=max(size for size in sizes if size <= TRACING_SIZE),
         )
 
     @property
     def largest_transfer(self) -> int:
-        return max([*self.sizes, self.concurrent_size])
+        return max([*self.sizes, self.concurrent_size, self.tracing_size])

@@ -126,6 +126,10 @@ def _number(value: float | None, unit: str) -> str:
         return "-"
     if unit == "ms":
         return f"{value:.2f} ms"
+    if unit == "%":
+        return f"{value:.1f} %"
+    if unit == "spans":
+        return f"{value:,.0f} spans"
     return f"{value:,.0f} {unit}" if value >= 100 else f"{value:.1f} {unit}"
 
 

@@ -3,7 +3,8 @@
 - `RegistryStack`: the real stack, through `make up`'s code path
   (`python -m services.launcher up` / `down`), with its own port, archive
   dir and run dir; the PIDs of its processes come from the run dir's
-  `state.json`.
+  `state.json`. Tracing is off unless a collector is given (the tracing
+  on vs off scenario starts a second stack that way).
 - `IdealServer`: `python -m bench.ideal` (see `bench/ideal.py`).
 
 Both are context managers that stop what they started, even on failure.
@@ -66,7 +67,9 @@ def stack_settings(largest_transfer: int) -> dict[str, str]:
 class RegistryStack:
     """The whole registry (Envoy, frontend, metadata, blobstore) on a free port."""
 
-    def __init__(self, work_dir: Path, settings: dict[str, str]) -> None:
+    def __init__(self, work_dir: Path, settings: dict[str, str], *, tracing_endpoint: str | None = None) -> None:
+        """`tracing_endpoint` (an OTLP/gRPC collector URL) turns tracing on in
+        every process, as `OTEL_EXPORTER_OTLP_ENDPOINT` does for `make up`."""
         self.port = free_port()
         self.archive_dir = work_dir / "archive"
         self.run_dir = work_dir / "run"
@@ -78,6 +81,8 @@ class RegistryStack:
             "COGMENT_MODEL_REGISTRY_RUN_DIR": str(self.run_dir),
             **settings,
         }
+        if tracing_endpoint is not None:
+            self.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = tracing_endpoint
 
     @property
     def address(self) -> str:
