@@ -1,9 +1,10 @@
 """`python -m bench` (what `make bench` runs): the registry against the ideal.
 
 Starts the ideal registry and the stack (through `make up`'s code path, on
-free ports, in a temporary directory), runs every scenario, prints a table
-and writes every figure to a JSON file. The stack is stopped at the end,
-even on failure. See bench/README.md.
+free ports, in a temporary directory), runs every scenario, then tracing on
+vs off against a second, traced stack; prints a table and writes every
+figure to a JSON file. The stacks are stopped at the end, even on failure.
+See bench/README.md.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bench.ideal import SENT_CHUNK_SIZE
 from bench.plan import Plan
 from bench.report import Figure, format_size, machine_description, render_cpu, render_table, write_results
 from bench.servers import IdealServer, RegistryStack, ServerError, stack_settings
+from bench.tracing import TraceSink, spans_figure, tracing_overhead
 from bench.transfers import (
     IdealSide,
     StackSide,
@@ -104,13 +106,39 @@ def run_scenarios(plan: Plan, stack: RegistryStack, ideal: IdealServer) -> list[
     return figures + transfers + concurrent + rss_growth_figures(transfers, sorted(stack_pids))
 
 
+def run_tracing_scenario(plan: Plan, stack: RegistryStack, work_dir: Path, settings: dict[str, str]) -> list[Figure]:
+    """Tracing on vs off: a second stack, tracing to an in-process OTLP sink,
+    against `stack` (tracing off), runs alternating between the two."""
+    size = format_size(plan.tracing_size)
+    print(f"tracing on vs off, archived {size} (second stack, spans to a local sink)…", flush=True)
+    with TraceSink() as sink:
+        with RegistryStack(work_dir / "traced", settings, tracing_endpoint=sink.endpoint) as traced:
+            off = StackSide(stack.address, stack.process_pids())
+            on = StackSide(traced.address, traced.process_pids())
+            try:
+                figures = tracing_overhead(off, on, plan.tracing_size, plan)
+            finally:
+                off.close()
+                on.close()
+            # Envoy and every kind of service (frontend-0 -> frontend) must trace.
+            sink.wait_for_spans({name.rsplit("-", 1)[0] for name in traced.process_pids()})
+        # Stopping the traced stack flushed its services' last spans.
+        figures.append(spans_figure(sink))
+    _print_progress(figures)
+    return figures
+
+
 def _cpu_worth_showing(figure: Figure, largest_single_size: int) -> bool:
-    """CPU use is printed for the req/s runs, the concurrent transfers and
-    the largest single transfers (all of it is in the JSON)."""
+    """CPU use is printed for the req/s runs, the concurrent transfers, the
+    largest single transfers and tracing on vs off (all of it is in the JSON)."""
     if "cpu_percent" not in figure.details:
         return False
     size = figure.details.get("size_bytes")
-    return size is None or size == largest_single_size or figure.key.startswith("concurrent_")
+    return (
+        size is None
+        or size == largest_single_size
+        or figure.key.startswith(("concurrent_", "tracing."))
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,12 +153,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting the ideal registry and the stack (logs in {work_dir})…", flush=True)
         with IdealServer(work_dir / "ideal.log") as ideal, RegistryStack(work_dir, settings) as stack:
             figures = run_scenarios(plan, stack, ideal)
+            figures += run_tracing_scenario(plan, stack, work_dir, settings)
         succeeded = True
     except (ServerError, BenchmarkError, grpc.RpcError) as exc:
         print(f"error: {exc}\n(logs kept in {work_dir})", file=sys.stderr)
         return 1
     finally:
         shutil.rmtree(work_dir / "archive", ignore_errors=True)
+        shutil.rmtree(work_dir / "traced" / "archive", ignore_errors=True)
         if succeeded:
             shutil.rmtree(work_dir, ignore_errors=True)
 

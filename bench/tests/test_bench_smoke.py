@@ -11,6 +11,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMOKE_SIZES = ("64KiB", "1MiB")
+TRACING_SIZE = "1MiB"  # the largest smoke size up to 64 MiB
 STACK_PROCESSES = ("envoy", "frontend-0", "metadata-0", "blobstore-0")
 COMPARED_WITH_IDEAL = [
     *(f"{direction}.{mode}.{size}" for size in SMOKE_SIZES for mode in ("archived", "transient") for direction in ("upload", "download")),
@@ -19,6 +20,14 @@ COMPARED_WITH_IDEAL = [
 STACK_ONLY = [
     *(f"{call}.{figure}" for call in ("RetrieveVersionInfos", "RetrieveModels") for figure in ("p50_1_client", "p99_1_client", "rate_16_clients")),
     "version_update.fanout_p99",
+    # Tracing on vs off: MiB/s of each, on / off in %, and the spans the
+    # sink received (> 0: the traced stack really traced).
+    *(
+        f"tracing.{direction}.archived.{TRACING_SIZE}.{figure}"
+        for direction in ("upload", "download")
+        for figure in ("off", "on", "on_off_percent")
+    ),
+    "tracing.spans",
 ]
 # Zero is a real outcome here: a subscriber can get the version before the
 # uploader gets its reply, and a process may not grow at all.
@@ -47,3 +56,5 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     for key in MAY_BE_ZERO:
         assert figures[key]["stack"] >= 0, figures[key]
     assert all(figure["target_met"] is not None for figure in figures.values() if figure["target"])
+    assert figures["tracing.spans"]["target_met"], figures["tracing.spans"]
+    assert set(figures["tracing.spans"]["details"]["by_service"]) >= {"envoy", "frontend", "metadata", "blobstore"}
