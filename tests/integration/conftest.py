@@ -174,7 +174,7 @@ def stack_env(port: int, archive_dir: Path, run_dir: Path, **extra: str) -> dict
             "COGMENT_MODEL_REGISTRY_VERSION_CACHE_MAX_ITEMS": str(CACHE_MAX_ITEMS),
             "COGMENT_MODEL_REGISTRY_SENT_MODEL_VERSION_DATA_CHUNK_SIZE": str(SENT_CHUNK_SIZE),
             "COGMENT_MODEL_REGISTRY_GRPC_REFLECTION": "1",
-            "COGMENT_MODEL_REGISTRY_SHUTDOWN_GRACE_SECONDS": "3",
+            "COGMENT_MODEL_REGISTRY_SHUTDOWN_GRACE_SECONDS": "10",
         }
     )
     env.update(shape_env())

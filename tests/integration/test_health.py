@@ -63,3 +63,56 @@ def is_running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return "\nState:\tZ" not in status
+
+
+def test_sigterm_drains_in_flight_streams(own_stack):
+    """A frontend told to stop leaves rotation at once but finishes the
+    download it is serving (within the grace period)."""
+    import os as _os
+    import threading
+    import urllib.request
+
+    from cogmentAPI import model_registry_pb2 as api
+    from cogmentAPI import model_registry_pb2_grpc as api_grpc
+
+    from conftest import create_version
+
+    registry = api_grpc.ModelRegistrySPStub(own_stack.channel())
+    registry.CreateOrUpdateModel(api.CreateOrUpdateModelRequest(model_info=api.ModelInfo(model_id="drained")))
+    data = _os.urandom(16 * 1024 * 1024)
+    info = create_version(registry, "drained", data, archived=True)
+    state = json.loads((own_stack.run_dir / "state.json").read_text())
+    frontends = [p for p in state["processes"] if p["kind"] == "frontend"]
+
+    received: list[bytes] = []
+    first_chunk, done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def slow_download() -> None:
+        try:
+            request = api.RetrieveVersionDataRequest(model_id="drained", version_number=info.version_number)
+            for chunk in registry.RetrieveVersionData(request):
+                received.append(chunk.data_chunk)
+                first_chunk.set()
+                time.sleep(0.1)  # a slow reader: the stream outlives the SIGTERM
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=slow_download, daemon=True).start()
+    assert first_chunk.wait(10)
+    for frontend in frontends:
+        os.kill(frontend["pid"], signal.SIGTERM)
+
+    def frontend_flags() -> list[str]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{state['admin_port']}/clusters", timeout=2).read().decode()
+        return [l.rsplit("::", 1)[1] for l in text.splitlines() if l.startswith("frontend::") and "::health_flags::" in l]
+
+    deadline = time.monotonic() + 5
+    while all(flags == "healthy" for flags in frontend_flags()):
+        assert time.monotonic() < deadline, "a draining frontend must leave rotation at once"
+        time.sleep(0.1)
+    assert done.wait(30)
+    assert not errors, errors
+    assert b"".join(received) == data
