@@ -64,6 +64,41 @@ def _abort_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> 
     return code if isinstance(code, grpc.StatusCode) else default
 
 
+class InFlightCalls:
+    """Calls not yet finished on the wire.
+
+    A handler returns once its last message is queued, which can be long
+    before a slow client has read it (flow control holds it in gRPC's
+    buffers); a call is finished when gRPC reports it done. Shutdown waits
+    for these, not for handlers, so draining never cuts a stream short.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def started(self, context: grpc.aio.ServicerContext) -> None:
+        self.count += 1
+        self._idle.clear()
+        context.add_done_callback(self._finished)
+
+    def _finished(self, _context: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+IN_FLIGHT = InFlightCalls()
+
+
 class RequestInterceptor(grpc.aio.ServerInterceptor):
     """Logs every request once and maps `RegistryError` to its status code.
 
@@ -86,6 +121,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         async def handled(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
             """Maps what the handler raises to a status and logs the request once."""
             started, code = time.perf_counter(), grpc.StatusCode.OK
+            IN_FLIGHT.started(context)
             try:
                 yield
             except asyncio.CancelledError:
@@ -203,7 +239,11 @@ async def run_until_signalled(
     await health_servicer.enter_graceful_shutdown()
     if on_draining is not None:
         on_draining()
-    await server.stop(grace_seconds)
+    deadline = loop.time() + grace_seconds
+    # Health checks are calls too: only Envoy's probes arrive now, and they are short.
+    if not await IN_FLIGHT.wait_idle(grace_seconds):
+        logging.getLogger("registry").warning("%d calls still in flight after the grace period", IN_FLIGHT.count)
+    await server.stop(max(0.0, deadline - loop.time()))
     if on_stop is not None:
         await on_stop()
     logging.getLogger("registry").info("stopped")
