@@ -28,6 +28,7 @@ from services.common.errors import (
     NotFound,
     RegistryError,
     ResourceExhausted,
+    Unavailable,
 )
 from services.common.grpc_client import upstream_error
 from services.frontend.config import FrontendConfig
@@ -123,6 +124,9 @@ class ModelRegistry:
         self._blobs = blobs
         # Deletions of evicted blobs run after the reply; keep them referenced.
         self._background: set[asyncio.Task[None]] = set()
+        # Internal watches of VersionUpdate subscribers, ended when draining.
+        self._watches: set[grpc.aio.UnaryStreamCall] = set()
+        self._draining = False
 
     # -- models ---------------------------------------------------------
 
@@ -293,7 +297,10 @@ class ModelRegistry:
         backoff = 0.05
         renewable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
         while True:
+            if self._draining:
+                raise self._shutting_down()
             call = self._metadata.watch_versions(model_id, last_sent)
+            self._watches.add(call)
             try:
                 async for info in call:
                     if info.version_number <= last_sent:
@@ -301,17 +308,35 @@ class ModelRegistry:
                     last_sent = info.version_number
                     backoff = 0.05
                     yield info
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if self._draining and current is not None and not current.cancelling():
+                    raise self._shutting_down() from None  # we ended the watch, not the client
+                raise
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in renewable:
                     raise upstream_error(METADATA, exc) from None
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     continue  # a planned renewal: resume at once
             finally:
+                self._watches.discard(call)
                 call.cancel()
             # The watch broke (metadata restarting, replica gone): resume
             # from the last version sent, backing off while it stays down.
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    def stop_following(self) -> None:
+        """Ends every VersionUpdate stream with UNAVAILABLE (the frontend is
+        draining): subscribers reconnect at once, to another replica, instead
+        of being cut when the grace period ends."""
+        self._draining = True
+        for call in list(self._watches):
+            call.cancel()
+
+    @staticmethod
+    def _shutting_down() -> RegistryError:
+        return Unavailable("this frontend is shutting down: subscribe again to continue")
 
     # -- housekeeping ---------------------------------------------------
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
 
 from cogment import model_registry_pb2_grpc as legacy_grpc
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
@@ -57,8 +61,19 @@ class StackHealth:
             await asyncio.gather(self._task, return_exceptions=True)
 
 
-async def create_server(config: FrontendConfig):  # type: ignore[no-untyped-def]
-    """Builds the frontend: returns (server, health_servicer, port, on_stop)."""
+@dataclass(frozen=True)
+class Frontend:
+    """A built frontend server and the hooks its shutdown runs."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    on_draining: Callable[[], None]
+    on_stop: Callable[[], Awaitable[None]]
+
+
+async def create_server(config: FrontendConfig) -> Frontend:
+    """Builds the frontend (not started)."""
     server, health_servicer = create_aio_server(config.max_message_bytes)
     channel = internal_channel(config.internal_address, config.max_message_bytes)
     registry = ModelRegistry(config, MetadataClient(channel, config), BlobStoreClient(channel, config))
@@ -85,19 +100,25 @@ async def create_server(config: FrontendConfig):  # type: ignore[no-untyped-def]
         await registry.drain_background()
         await channel.close()
 
-    return server, health_servicer, port, on_stop
+    return Frontend(server, health_servicer, port, registry.stop_following, on_stop)
 
 
 async def serve() -> None:
     configure_logging("frontend")
     configure_tracing("frontend")
     config = FrontendConfig.from_env()
-    server, health_servicer, port, on_stop = await create_server(config)
-    await server.start()
-    log.info("frontend listening on %s:%d, internal services at %s", config.bind_host, port, config.internal_address)
+    frontend = await create_server(config)
+    await frontend.server.start()
+    log.info(
+        "frontend listening on %s:%d, internal services at %s", config.bind_host, frontend.port, config.internal_address
+    )
     try:
         await run_until_signalled(
-            server, health_servicer, grace_seconds=config.shutdown_grace_seconds, on_stop=on_stop
+            frontend.server,
+            frontend.health,
+            grace_seconds=config.shutdown_grace_seconds,
+            on_draining=frontend.on_draining,
+            on_stop=frontend.on_stop,
         )
     finally:
         shutdown_tracing()

@@ -116,3 +116,24 @@ def test_sigterm_drains_in_flight_streams(own_stack):
     assert done.wait(30)
     assert not errors, errors
     assert b"".join(received) == data
+
+
+def test_draining_ends_version_updates_at_once(own_stack):
+    """Subscriptions never end by themselves: a draining frontend ends them
+    with UNAVAILABLE right away (clients resubscribe elsewhere) instead of
+    holding its shutdown for the whole grace period."""
+    from cogmentAPI import model_registry_pb2 as api
+    from cogmentAPI import model_registry_pb2_grpc as api_grpc
+
+    registry = api_grpc.ModelRegistrySPStub(own_stack.channel())
+    registry.CreateOrUpdateModel(api.CreateOrUpdateModelRequest(model_info=api.ModelInfo(model_id="followed")))
+    call = registry.VersionUpdate(api.VersionUpdateRequest(model_id="followed"))
+    time.sleep(1.0)  # the subscription reaches metadata
+    state = json.loads((own_stack.run_dir / "state.json").read_text())
+    started = time.monotonic()
+    for frontend in [p for p in state["processes"] if p["kind"] == "frontend"]:
+        os.kill(frontend["pid"], signal.SIGTERM)
+    with pytest.raises(grpc.RpcError) as error:
+        next(iter(call))
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE, error.value.details()
+    assert time.monotonic() - started < 5, "the subscription waited for the grace period"
