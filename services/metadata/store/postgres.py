@@ -50,7 +50,7 @@ from services.metadata.records import (
     VersionDraft,
     VersionPage,
 )
-from services.metadata.store.sql import Cursor, SqlMetadataStore
+from services.metadata.store.sql import Cursor, SqlMetadataStore, apply_migrations
 from services.metadata.watch import VersionHub
 
 log = logging.getLogger("registry.metadata")
@@ -342,28 +342,12 @@ class PostgresMetadataStore(SqlMetadataStore):
 
 
 def _migrate(connection: psycopg.Connection, description: str) -> None:
-    """Brings the schema to `SCHEMA_VERSION` in one transaction, under an
-    advisory lock: replicas starting together migrate one after the other
-    (the later ones find the work done)."""
+    """Brings the schema up to date in one transaction, under an advisory
+    lock: replicas starting together migrate one after the other (the later
+    ones find the work done)."""
     with connection.transaction():
         connection.execute(_MIGRATION_LOCK)
-        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = connection.execute("SELECT version FROM schema_version").fetchone()
-        current = row[0] if row is not None else 0
-        if current > SCHEMA_VERSION:
-            raise StoreOpenError(
-                f"the metadata database {description} has schema version {current}, newer than the "
-                f"{SCHEMA_VERSION} this service knows: run a newer metadata service"
-            )
-        for version in range(current, SCHEMA_VERSION):
-            for statement in MIGRATIONS[version]:
-                connection.execute(statement)
-        if row is None:
-            connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
-        elif current != SCHEMA_VERSION:
-            connection.execute("UPDATE schema_version SET version = %s", (SCHEMA_VERSION,))
-    if current != SCHEMA_VERSION:
-        log.info("metadata database %s migrated from schema %d to %d", description, current, SCHEMA_VERSION)
+        apply_migrations(connection.execute, MIGRATIONS, description, "%s")
 
 
 class ChangeListener:

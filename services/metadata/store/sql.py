@@ -16,16 +16,17 @@ transient cache lock, then version rows.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
-from services.metadata.errors import model_not_found, require_model_id
+from services.metadata.errors import StoreOpenError, model_not_found, require_model_id
 from services.metadata.paging import parse_handle
 from services.metadata.records import (
     BlobRef,
@@ -40,6 +41,8 @@ from services.metadata.records import (
     VersionPage,
 )
 from services.metadata.store.base import MetadataStore
+
+log = logging.getLogger("registry.metadata")
 
 Cursor = Any  # a DB-API 2.0 cursor
 
@@ -106,6 +109,38 @@ TRANSIENT_BY_LAST_USE = (
     "SELECT model_seq, number, blob_key, data_size FROM versions WHERE archived = FALSE "
     "ORDER BY last_used, model_seq, number"
 )
+
+
+def apply_migrations(
+    execute: Callable[[str, Sequence[Any]], Any],
+    migrations: Sequence[Sequence[str]],
+    description: str,
+    placeholder: str,
+) -> None:
+    """Brings the schema to `len(migrations)`, inside the caller's
+    transaction (each backend brings its own, and its own locking).
+
+    `migrations[i]` migrates from version i to i + 1; a database newer than
+    the code is refused rather than guessed at.
+    """
+    target = len(migrations)
+    execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", ())
+    row = execute("SELECT version FROM schema_version", ()).fetchone()
+    current = row[0] if row is not None else 0
+    if current > target:
+        raise StoreOpenError(
+            f"the metadata database {description} has schema version {current}, newer than the "
+            f"{target} this service knows: run a newer metadata service"
+        )
+    for version in range(current, target):
+        for statement in migrations[version]:
+            execute(statement, ())
+    if row is None:
+        execute(f"INSERT INTO schema_version (version) VALUES ({placeholder})", (target,))
+    elif current != target:
+        execute(f"UPDATE schema_version SET version = {placeholder}", (target,))
+    if current != target:
+        log.info("metadata database %s migrated from schema %d to %d", description, current, target)
 
 
 def _dump_user_data(user_data: Mapping[str, str]) -> str:

@@ -6,15 +6,13 @@ schema and its migrations, transaction statements and `sqlite_sequence`.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from pathlib import Path
 
 from services.metadata.errors import StoreOpenError
 from services.metadata.records import CacheBudget
-from services.metadata.store.sql import Cursor, SqlMetadataStore
+from services.metadata.store.sql import Cursor, SqlMetadataStore, apply_migrations
 
-log = logging.getLogger("registry.metadata")
 
 # How long a write waits for another connection's write transaction (only
 # other processes can hold one: this service writes from a single thread).
@@ -105,25 +103,11 @@ def _configure(connection: sqlite3.Connection, path: Path) -> None:
 
 
 def _migrate(connection: sqlite3.Connection, path: Path) -> None:
-    """Brings the schema to `SCHEMA_VERSION`, in one transaction."""
+    """Brings the schema up to date, in one transaction."""
     try:
         connection.execute("BEGIN IMMEDIATE")
         try:
-            connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = connection.execute("SELECT version FROM schema_version").fetchone()
-            current = row[0] if row is not None else 0
-            if current > SCHEMA_VERSION:
-                raise StoreOpenError(
-                    f"the metadata database {path} has schema version {current}, newer than the "
-                    f"{SCHEMA_VERSION} this service knows: run a newer metadata service"
-                )
-            for version in range(current, SCHEMA_VERSION):
-                for statement in MIGRATIONS[version]:
-                    connection.execute(statement)
-            if row is None:
-                connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif current != SCHEMA_VERSION:
-                connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+            apply_migrations(connection.execute, MIGRATIONS, str(path), "?")
         except BaseException:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
@@ -131,5 +115,3 @@ def _migrate(connection: sqlite3.Connection, path: Path) -> None:
         connection.execute("COMMIT")
     except sqlite3.Error as exc:
         raise StoreOpenError(f"cannot prepare the metadata database {path}: {exc}") from exc
-    if current != SCHEMA_VERSION:
-        log.info("metadata database %s migrated from schema %d to %d", path, current, SCHEMA_VERSION)
