@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from types import TracebackType
 import grpc
 
 from bench.ideal import SENT_CHUNK_SIZE
+from services.common.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024**3
@@ -33,11 +33,6 @@ LAUNCHER_TIMEOUT_SECONDS = 180
 class ServerError(RuntimeError):
     """A server under test could not be started or stopped."""
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _python_env() -> dict[str, str]:

@@ -11,7 +11,6 @@ dropping a subscription or sending corrupt bytes).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,14 +26,10 @@ import pytest
 
 from model_registry_client import RegistryClient
 from model_registry_client._proto import pb, pb_grpc
+from services.common.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import config as c
+from services.common.ports import free_ports
 from services.launcher.envoy_config import render_envoy_yaml
 from services.launcher.topology import Endpoint, StackTopology
 
@@ -71,20 +71,6 @@ class LaunchSettings:
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0),
             public_host=c.env_str(p + "PUBLIC_HOST", "0.0.0.0"),
         )
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel considers free now (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((LOOPBACK, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _otlp_endpoint() -> Endpoint | None:
@@ -140,7 +126,7 @@ class LocalStack:
     def plan(self) -> tuple[StackTopology, list[dict]]:
         s = self.settings
         n_f, n_m, n_b = s.frontend_replicas, s.metadata_replicas, s.blobstore_replicas
-        ports = _free_ports(2 + n_f + n_m + n_b)
+        ports = free_ports(2 + n_f + n_m + n_b)
         internal_port, admin_port = ports[0], ports[1]
         f_ports = ports[2 : 2 + n_f]
         m_ports = ports[2 + n_f : 2 + n_f + n_m]

@@ -5,7 +5,6 @@ archive dir; every call goes through Envoy's public port."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -17,6 +16,7 @@ import grpc
 import pytest
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
+from services.common.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,11 +25,6 @@ CACHE_MAX_ITEMS = 10
 SENT_CHUNK_SIZE = 1024 * 1024
 MESSAGE_LIMIT = 32 * 1024 * 1024
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

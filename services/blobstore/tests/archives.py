@@ -22,6 +22,7 @@ import pytest
 
 from services.blobstore.store import BlobTier, FileTier
 from services.blobstore.tests.helpers import blob_files, temp_files
+from services.common.ports import free_port
 
 # Nothing of the developer's AWS setup may leak into the tests.
 AWS_ENV = {
@@ -34,11 +35,6 @@ AWS_ENV = {
 }
 AWS_UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ENDPOINT_URL_S3")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class S3Server:

@@ -13,7 +13,6 @@ from services.metadata.errors import StoreOpenError
 from services.metadata.records import CacheBudget
 from services.metadata.store.sql import Cursor, SqlMetadataStore, apply_migrations
 
-
 # How long a write waits for another connection's write transaction (only
 # other processes can hold one: this service writes from a single thread).
 BUSY_TIMEOUT_SECONDS = 10.0

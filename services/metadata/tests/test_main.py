@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,10 @@ from registry import metadata_pb2 as pb
 from registry import metadata_pb2_grpc
 
 from services.common.config import PREFIX
+from services.common.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_env(archive_dir: Path, port: int, **extra: str) -> dict[str, str]:
