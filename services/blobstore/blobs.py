@@ -124,9 +124,9 @@ class BlobService:
         try:
             async for request in stream:
                 kind = request.WhichOneof("msg")
-                if kind == "data_chunk":
+                if kind == "body":
                     chunks += 1
-                    await writer.write(request.data_chunk)
+                    await writer.write(request.body.data_chunk)
                 elif kind == "finish":
                     started = time.perf_counter()
                     await writer.commit()

@@ -224,7 +224,7 @@ class ModelRegistry:
                 data = message.body.data_chunk
                 if not check.add(data):
                     return
-                yield blobstore_pb2.PutBlobRequest(data_chunk=data)
+                yield blobstore_pb2.PutBlobRequest(body=message.body)
             # Without `finish` the blobstore discards the upload.
             if check.finish():
                 yield blobstore_pb2.PutBlobRequest(finish=blobstore_pb2.PutBlobRequest.Finish())

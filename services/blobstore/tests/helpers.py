@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from cogmentAPI import model_registry_pb2 as api
 from registry import blobstore_pb2, blobstore_pb2_grpc
 
 from services.blobstore.config import BlobstoreConfig
@@ -116,7 +117,7 @@ def put_requests(
     )
     messages = [blobstore_pb2.PutBlobRequest(header=header)]
     messages += [
-        blobstore_pb2.PutBlobRequest(data_chunk=data[i : i + chunk_size]) for i in range(0, len(data), chunk_size)
+        blobstore_pb2.PutBlobRequest(body=api.CreateVersionRequestChunk.Body(data_chunk=data[i : i + chunk_size])) for i in range(0, len(data), chunk_size)
     ]
     if finish:
         messages.append(blobstore_pb2.PutBlobRequest(finish=blobstore_pb2.PutBlobRequest.Finish()))
