@@ -19,7 +19,8 @@ from opentelemetry.trace import Span, Status, StatusCode
 from registry import blobstore_pb2
 
 from services.blobstore.store.base import BlobReader, BlobTier
-from services.common.errors import Aborted, InvalidArgument, RegistryError, Unavailable
+from services.common.blob_keys import holder_of, new_replica_id
+from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, RegistryError, Unavailable
 
 _tracer = trace.get_tracer("registry.blobstore")
 
@@ -44,7 +45,12 @@ class BlobService:
         default_chunk_size: int,
         max_message_bytes: int,
         tracer: trace.Tracer = _tracer,
+        replica_id: str | None = None,
     ) -> None:
+        # Transient keys name the replica that holds them (see
+        # services/common/blob_keys.py); new at every start, as the memory is.
+        self.replica_id = replica_id or new_replica_id()
+        self.draining = False
         self.memory = memory
         self.archive = archive
         self.default_chunk_size = default_chunk_size
@@ -59,6 +65,11 @@ class BlobService:
 
     def tier(self, archived: bool) -> BlobTier:
         return self.archive if archived else self.memory
+
+    @property
+    def serving(self) -> bool:
+        """Storage prepared and not shutting down: new calls are welcome."""
+        return self._ready.done() and not self._ready.cancelled() and self._ready.exception() is None and not self.draining
 
     # -- life cycle ---------------------------------------------------------
 
@@ -101,6 +112,13 @@ class BlobService:
         if first.WhichOneof("msg") != "header":
             raise InvalidArgument("the first message of PutBlob must be a header")
         header = first.header
+        if not header.archived:
+            holder = holder_of(header.key)
+            if holder is not None and holder != self.replica_id:
+                # Stored here, it could never be found: readers go where the key points.
+                raise FailedPrecondition(
+                    f"transient blob key {header.key} names replica {holder}, but this is replica {self.replica_id}"
+                )
         with self._tracer.start_as_current_span(
             "write blob",
             attributes={"blob_key": header.key, "archived": header.archived, "size": header.size},

@@ -41,6 +41,10 @@ class BlobstoreApp:
     ready: asyncio.Task[None]
     on_stop: Callable[[], Awaitable[None]]
 
+    def on_draining(self) -> None:
+        # Frontends learn it from DescribeReplica and stop picking this replica.
+        self.blobs.draining = True
+
 
 def archive_tier(config: BlobstoreConfig) -> BlobTier:
     """The tier of archived blobs: an S3 bucket if configured, else files."""
@@ -132,6 +136,7 @@ async def serve() -> None:
                 app.server,
                 app.health_servicer,
                 grace_seconds=config.shutdown_grace_seconds,
+                on_draining=app.on_draining,
                 on_stop=app.on_stop,
             )
         )

@@ -16,7 +16,7 @@ from services.blobstore.blobs import BlobService
 
 
 class BlobStoreServicer(blobstore_pb2_grpc.BlobStoreServicer):
-    """The internal blob API the frontend calls (through Envoy)."""
+    """The internal blob API the frontend calls (directly, replica by replica)."""
 
     def __init__(self, blobs: BlobService) -> None:
         self._blobs = blobs
@@ -37,6 +37,13 @@ class BlobStoreServicer(blobstore_pb2_grpc.BlobStoreServicer):
         async with aclosing(self._blobs.get(request)) as chunks:
             async for chunk in chunks:
                 yield api.RetrieveVersionDataReplyChunk(data_chunk=chunk)
+
+    async def DescribeReplica(
+        self, request: blobstore_pb2.DescribeReplicaRequest, context: grpc.aio.ServicerContext
+    ) -> blobstore_pb2.DescribeReplicaReply:
+        """This replica's id (named by the keys of the transient blobs it
+        holds) and whether it takes new calls."""
+        return blobstore_pb2.DescribeReplicaReply(replica_id=self._blobs.replica_id, serving=self._blobs.serving)
 
     async def DeleteBlob(
         self, request: blobstore_pb2.DeleteBlobRequest, context: grpc.aio.ServicerContext

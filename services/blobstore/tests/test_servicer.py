@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2
 from registry import blobstore_pb2, metadata_pb2, metadata_pb2_grpc
 
 from services.blobstore.store import FileTier
+from services.common.blob_keys import holder_of, new_archived_key, new_transient_key
 from services.blobstore.store.filesystem import FileReader
 from services.blobstore.tests.helpers import (
     MIB,
@@ -382,3 +383,26 @@ async def test_a_slow_reader_holds_the_server_back(blobstore: Blobstore, monkeyp
     await asyncio.sleep(0.5)  # the client stops reading
     assert reads < 24, f"{reads} of 64 chunks read for a client that took one"
     call.cancel()
+
+
+async def test_describe_replica_names_the_holder_of_transient_keys(blobstore: Blobstore):
+    first = await blobstore.stub.DescribeReplica(blobstore_pb2.DescribeReplicaRequest())
+    assert first.serving
+    assert holder_of(new_transient_key(first.replica_id)) == first.replica_id
+    # Stable for the life of the process.
+    assert (await blobstore.stub.DescribeReplica(blobstore_pb2.DescribeReplicaRequest())).replica_id == first.replica_id
+
+    own_key = new_transient_key(first.replica_id)
+    assert await blobstore.put(own_key, b"mine", archived=False) == 4
+    assert await blobstore.get(own_key, archived=False) == [b"mine"]
+
+
+async def test_a_transient_key_of_another_replica_is_refused(blobstore: Blobstore):
+    own = (await blobstore.stub.DescribeReplica(blobstore_pb2.DescribeReplicaRequest())).replica_id
+    other = "0" * 16 if own != "0" * 16 else "1" * 16
+    key = new_transient_key(other)
+    details = await expect_status(grpc.StatusCode.FAILED_PRECONDITION, blobstore.put(key, b"lost", archived=False))
+    assert other in details and own in details
+    assert await is_missing(blobstore, key, archived=False)
+    # Archived keys name no replica: any replica stores them.
+    assert await blobstore.put(new_archived_key(), b"shared", archived=True) == 6
