@@ -18,11 +18,16 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 from registry import blobstore_pb2
 
-from services.blobstore.store.base import BlobReader, BlobTier
+from services.blobstore.store.base import BlobReader, BlobTier, Chunk
 from services.common.blob_keys import holder_of, new_replica_id
 from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, RegistryError, Unavailable
 
 _tracer = trace.get_tracer("registry.blobstore")
+
+# A PutBlob message as `BlobService.put` takes it: a parsed request, or, for
+# a body, just its data (the servicer extracts it from the received bytes
+# without parsing them: see services.common.wire).
+PutMessage = blobstore_pb2.PutBlobRequest | Chunk
 
 _SHA256_BYTES = 32
 # Room left in a gRPC message for the framing around a data chunk.
@@ -99,7 +104,7 @@ class BlobService:
 
     # -- operations ---------------------------------------------------------
 
-    async def put(self, requests: AsyncIterable[blobstore_pb2.PutBlobRequest]) -> int:
+    async def put(self, requests: AsyncIterable[PutMessage]) -> int:
         """Stores the blob a PutBlob stream carries; returns its size once it
         is durable (file tier) or complete (memory tier). Any other ending
         (error, missing `finish`, cancellation) leaves nothing stored."""
@@ -109,7 +114,7 @@ class BlobService:
             first = await anext(stream)
         except StopAsyncIteration:
             raise InvalidArgument("PutBlob received no message: the first message must be a header") from None
-        if first.WhichOneof("msg") != "header":
+        if not isinstance(first, blobstore_pb2.PutBlobRequest) or first.WhichOneof("msg") != "header":
             raise InvalidArgument("the first message of PutBlob must be a header")
         header = first.header
         if not header.archived:
@@ -134,13 +139,18 @@ class BlobService:
     async def _store(
         self,
         header: blobstore_pb2.PutBlobRequest.Header,
-        stream: AsyncIterator[blobstore_pb2.PutBlobRequest],
+        stream: AsyncIterator[PutMessage],
         span: Span,
     ) -> int:
         chunks = 0
         writer = await self.tier(header.archived).open_writer(header.key, header.size)
         try:
             async for request in stream:
+                if not isinstance(request, blobstore_pb2.PutBlobRequest):
+                    # The data of a body, already extracted (the hot path).
+                    chunks += 1
+                    await writer.write(request)
+                    continue
                 kind = request.WhichOneof("msg")
                 if kind == "body":
                     chunks += 1
@@ -162,9 +172,10 @@ class BlobService:
             # upload, even on cancellation.
             await writer.abort()
 
-    async def get(self, request: blobstore_pb2.GetBlobRequest) -> AsyncIterator[bytes]:
-        """The chunks of a blob (none for a zero-byte blob). Size problems
-        raise before the first chunk, a digest mismatch instead of the last."""
+    async def get(self, request: blobstore_pb2.GetBlobRequest) -> AsyncIterator[Chunk]:
+        """The chunks of a blob (none for a zero-byte blob), as bytes or
+        read-only views of bytes (see `Chunk`). Size problems raise before
+        the first chunk, a digest mismatch instead of the last."""
         await self._wait_ready()
         expected_sha256 = request.expected_sha256 or None
         if expected_sha256 is not None and len(expected_sha256) != _SHA256_BYTES:

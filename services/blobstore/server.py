@@ -9,11 +9,10 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health
-from registry import blobstore_pb2_grpc
 
 from services.blobstore.blobs import BlobService
 from services.blobstore.config import BlobstoreConfig
-from services.blobstore.servicer import BlobStoreServicer
+from services.blobstore.servicer import SERVICE_NAME, BlobStoreServicer, add_to_server
 from services.blobstore.store import BlobTier, FileTier, MemoryTier
 from services.blobstore.sweeper import Sweeper, metadata_lookup
 from services.common.config import ConfigError
@@ -24,7 +23,6 @@ from services.common.telemetry import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("registry.blobstore")
 
-SERVICE_NAME = "registry.BlobStore"
 HEALTH_SERVICES = ("", SERVICE_NAME)
 
 
@@ -71,7 +69,7 @@ async def build_app(config: BlobstoreConfig) -> BlobstoreApp:
         default_chunk_size=config.sent_chunk_size,
         max_message_bytes=config.max_message_bytes,
     )
-    blobstore_pb2_grpc.add_BlobStoreServicer_to_server(BlobStoreServicer(blobs), server)
+    add_to_server(BlobStoreServicer(blobs), server)
     port = bind(server, config.bind_host, config.port)
     for service in HEALTH_SERVICES:
         await health_servicer.set(service, NOT_SERVING)

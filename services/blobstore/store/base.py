@@ -22,6 +22,12 @@ from types import TracebackType
 
 from services.common.errors import DataLoss, InvalidArgument, NotFound
 
+# Blob data as it goes in and out of a tier: bytes, or a read-only view of
+# bytes (a received message's data is a view of it, see
+# services.common.wire; the memory tier re-chunks by slicing views). Either
+# is immutable, so a tier may keep it and a reader may hand it out as is.
+Chunk = bytes | memoryview
+
 # Keys become file names: this alphabet rules out path traversal and hidden
 # files (so `.tmp` can never be a key's directory).
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -76,7 +82,7 @@ class BlobWriter(ABC):
       must still call `abort`; it is idempotent, safe after a failed `write`
       or `commit`, and leaves nothing behind (no bytes held, no temp file).
     - `write` may keep a reference to `chunk` (no copy is made): callers pass
-      immutable `bytes`.
+      an immutable `Chunk`.
     """
 
     def __init__(self, key: str, size: int) -> None:
@@ -86,7 +92,7 @@ class BlobWriter(ABC):
         # Set once `commit` succeeded or `abort` ran: later aborts do nothing.
         self._ended = False
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Chunk) -> None:
         """Adds the next chunk; raises InvalidArgument at once if the blob
         would grow beyond its announced size."""
         self.received += len(chunk)
@@ -114,7 +120,7 @@ class BlobWriter(ABC):
         await self._abort()
 
     @abstractmethod
-    async def _write(self, chunk: bytes) -> None: ...
+    async def _write(self, chunk: Chunk) -> None: ...
 
     @abstractmethod
     async def _commit(self) -> None:
@@ -143,7 +149,7 @@ class BlobReader(ABC):
     verified: bool = False
 
     @abstractmethod
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    def __aiter__(self) -> AsyncIterator[Chunk]: ...
 
     async def close(self) -> None:
         """Releases what the reader holds (file handle...); idempotent."""

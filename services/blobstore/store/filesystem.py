@@ -38,6 +38,7 @@ from services.blobstore.store.base import (
     KEY_PATTERN,
     BlobReader,
     BlobWriter,
+    Chunk,
     StoredBlob,
     check_stored_size,
     not_found,
@@ -311,7 +312,7 @@ class FileWriter(BlobWriter):
         except OSError as exc:
             raise _storage_error(self.key, exc) from exc
 
-    async def _write(self, chunk: bytes) -> None:
+    async def _write(self, chunk: Chunk) -> None:
         if not chunk:
             return
         # Pipelined: wait for the previous chunk, then hand this one to a

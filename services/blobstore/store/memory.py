@@ -1,5 +1,6 @@
-"""The memory tier: transient blobs kept as the chunks they arrived in,
-within a hard byte budget reserved when an upload starts."""
+"""The memory tier: transient blobs kept as the chunks they arrived in
+(views into the received messages: never copied), within a hard byte budget
+reserved when an upload starts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from services.blobstore.store.base import (
     BlobReader,
     BlobTier,
     BlobWriter,
+    Chunk,
     StoredBlob,
     check_stored_size,
     not_found,
@@ -22,8 +24,9 @@ from services.common.errors import AlreadyExists, ResourceExhausted
 
 @dataclass(frozen=True)
 class _MemoryBlob:
-    # Never mutated once stored: readers iterate it without a copy or a lock.
-    chunks: tuple[bytes, ...]
+    # Never mutated once stored (nor are the bytes under the chunks): readers
+    # iterate it without a copy or a lock.
+    chunks: tuple[Chunk, ...]
     size: int
     stored_at: float
 
@@ -71,7 +74,7 @@ class MemoryTier(BlobTier):
     def _release_reservation(self, size: int) -> None:
         self._reserved_bytes -= size
 
-    def _store(self, key: str, chunks: list[bytes], size: int) -> None:
+    def _store(self, key: str, chunks: list[Chunk], size: int) -> None:
         if key in self._blobs:
             raise AlreadyExists(f"blob {key} already exists")
         self._blobs[key] = _MemoryBlob(tuple(chunks), size, self._clock())
@@ -110,14 +113,16 @@ class MemoryTier(BlobTier):
 
 class MemoryWriter(BlobWriter):
     """An upload into the memory tier: the received chunks, kept as they are
-    (no concatenation: that would need the blob twice in memory)."""
+    (no concatenation: that would need the blob twice in memory). A chunk
+    that is a view keeps the message it came in alive: a few bytes of
+    framing more than the data, never counted against the budget."""
 
     def __init__(self, tier: MemoryTier, key: str, size: int) -> None:
         super().__init__(key, size)
         self._tier = tier
-        self._chunks: list[bytes] = []
+        self._chunks: list[Chunk] = []
 
-    async def _write(self, chunk: bytes) -> None:
+    async def _write(self, chunk: Chunk) -> None:
         if chunk:
             self._chunks.append(chunk)
 
@@ -134,20 +139,22 @@ class MemoryReader(BlobReader):
     """Streams a memory blob from its own reference to the chunks, so a
     delete meanwhile does not disturb it."""
 
-    def __init__(self, chunks: tuple[bytes, ...], size: int, chunk_size: int) -> None:
+    def __init__(self, chunks: tuple[Chunk, ...], size: int, chunk_size: int) -> None:
         self.size = size
         self._chunks = chunks
         self._chunk_size = chunk_size
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[Chunk]:
         limit = self._chunk_size
         for chunk in self._chunks:
             if len(chunk) <= limit:
                 yield chunk
                 continue
-            # Stored chunks are the uploader's; the reader's limit may be smaller.
-            for offset in range(0, len(chunk), limit):
-                yield chunk[offset : offset + limit]
+            # Stored chunks are the uploader's; the reader's limit may be
+            # smaller. Slices of a view share its memory: no copy.
+            view = memoryview(chunk)
+            for offset in range(0, len(view), limit):
+                yield view[offset : offset + limit]
 
     async def close(self) -> None:
         self._chunks = ()

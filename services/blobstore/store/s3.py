@@ -57,6 +57,7 @@ from opentelemetry import trace
 from services.blobstore.store.base import (
     BlobReader,
     BlobWriter,
+    Chunk,
     StoredBlob,
     check_stored_size,
     not_found,
@@ -133,6 +134,14 @@ def _explain_bucket_error(exc: BotoCoreError | ClientError) -> str:
         if status == 301:
             return "HTTP 301: the bucket is in another region, set AWS_DEFAULT_REGION"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _request_body(chunks: list[Chunk]) -> bytes:
+    """One request's body from received chunks: botocore takes bytes, not
+    views, so a lone view is copied like a join would."""
+    if len(chunks) == 1 and isinstance(chunks[0], bytes):
+        return chunks[0]
+    return b"".join(chunks)
 
 
 def _close_body(opened: tuple[Any, int]) -> None:
@@ -333,8 +342,8 @@ class S3Tier(ThreadedTier):
         )
         return reply["UploadId"]
 
-    def _upload_part(self, object_key: str, upload_id: str, number: int, chunks: list[bytes]) -> dict[str, Any]:
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    def _upload_part(self, object_key: str, upload_id: str, number: int, chunks: list[Chunk]) -> dict[str, Any]:
+        body = _request_body(chunks)
         algorithm = self._checksum_algorithm
         extra = {"ChecksumAlgorithm": algorithm} if algorithm else {}
         reply = self._client.upload_part(
@@ -345,8 +354,8 @@ class S3Tier(ThreadedTier):
             part[f"Checksum{algorithm}"] = reply[f"Checksum{algorithm}"]
         return part
 
-    def _put_object(self, key: str, object_key: str, token: str, chunks: list[bytes]) -> None:
-        body = b"".join(chunks)
+    def _put_object(self, key: str, object_key: str, token: str, chunks: list[Chunk]) -> None:
+        body = _request_body(chunks)
         self._publish(
             key,
             object_key,
@@ -466,7 +475,7 @@ class S3Writer(BlobWriter):
         self._token = uuid.uuid4().hex
         self._part_size = tier.part_size_for(size)
         # Received chunks not sent yet (a part in the making).
-        self._buffer: list[bytes] = []
+        self._buffer: list[Chunk] = []
         self._buffered = 0
         # The multipart upload's creation, then its parts in flight (oldest
         # first) and those stored (in order).
@@ -480,7 +489,7 @@ class S3Writer(BlobWriter):
     def _doing(self) -> str:
         return f"storing blob {self.key}"
 
-    async def _write(self, chunk: bytes) -> None:
+    async def _write(self, chunk: Chunk) -> None:
         if not chunk:
             return
         self._buffer.append(chunk)
@@ -566,11 +575,17 @@ class S3Reader(VerifyingReader):
     def _read_source(self, size: int) -> bytes:
         try:
             data = self._body.read(size)
-            while 0 < len(data) < size:
-                more = self._body.read(size - len(data))
-                if not more:
-                    break
-                data += more
+            if 0 < len(data) < size:
+                # A short read (rare: urllib3 reads until `size` or the end):
+                # gather the rest and join once, not by repeated concatenation.
+                pieces, received = [data], len(data)
+                while received < size:
+                    more = self._body.read(size - received)
+                    if not more:
+                        break
+                    pieces.append(more)
+                    received += len(more)
+                data = b"".join(pieces)
             self._received += len(data)
             if self._received == self.size:
                 # Reading past the end lets botocore check the length and

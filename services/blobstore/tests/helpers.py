@@ -65,6 +65,8 @@ class Blobstore:
     health: health_pb2_grpc.HealthStub
     archive_dir: Path
     config: BlobstoreConfig
+    # For calls in raw bytes (what the frontend forwards), see `raw_put` / `raw_get`.
+    channel: grpc.aio.Channel
 
     async def put(self, key: str, data: bytes, *, archived: bool, chunk_size: int = MIB) -> int:
         reply = await self.stub.PutBlob(put_requests(key, data, archived=archived, chunk_size=chunk_size))
@@ -73,6 +75,24 @@ class Blobstore:
     async def get(self, key: str, *, archived: bool, **fields) -> list[bytes]:
         request = blobstore_pb2.GetBlobRequest(key=key, archived=archived, **fields)
         return [reply.data_chunk async for reply in self.stub.GetBlob(request)]
+
+    async def raw_put(self, messages: Iterable[bytes]) -> int:
+        """PutBlob with the given encoded messages, sent as they are."""
+        put = self.channel.stream_unary(
+            "/registry.BlobStore/PutBlob",
+            request_serializer=None,
+            response_deserializer=blobstore_pb2.PutBlobReply.FromString,
+        )
+        return (await put(iter(messages))).size
+
+    async def raw_get(self, key: str, *, archived: bool, **fields) -> list[bytes]:
+        """GetBlob's replies as the bytes received (not parsed)."""
+        get = self.channel.unary_stream(
+            "/registry.BlobStore/GetBlob",
+            request_serializer=blobstore_pb2.GetBlobRequest.SerializeToString,
+            response_deserializer=None,
+        )
+        return [raw async for raw in get(blobstore_pb2.GetBlobRequest(key=key, archived=archived, **fields))]
 
     async def status(self, service: str = "registry.BlobStore") -> int:
         return (await self.health.Check(health_pb2.HealthCheckRequest(service=service))).status
@@ -151,7 +171,11 @@ async def start_blobstore(config: BlobstoreConfig, *, wait: bool = True):
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
     blobstore = Blobstore(
-        blobstore_pb2_grpc.BlobStoreStub(channel), health_pb2_grpc.HealthStub(channel), config.archive_dir, config
+        blobstore_pb2_grpc.BlobStoreStub(channel),
+        health_pb2_grpc.HealthStub(channel),
+        config.archive_dir,
+        config,
+        channel,
     )
     if wait:
         await wait_serving(blobstore.health)

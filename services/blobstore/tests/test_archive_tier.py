@@ -46,6 +46,22 @@ async def test_round_trip_of_a_blob_of_several_parts(archive: Archive):
     assert b"".join(chunks) == data
 
 
+@pytest.mark.parametrize(
+    "size, chunk_size",
+    [(1000, MIB), (6 * MIB, 6 * MIB), (12 * MIB + 3, MIB)],
+    ids=["one-request", "one-view-per-part", "several-views-per-part"],
+)
+async def test_views_are_stored_like_bytes(archive: Archive, size: int, chunk_size: int):
+    """The servicer passes the data of received messages as views into them
+    (see services.common.wire)."""
+    data = os.urandom(size)
+    received = b"framing" + data
+    view = memoryview(received)[len(b"framing") :]
+    await store(archive.tier, "views", [view[i : i + chunk_size] for i in range(0, size, chunk_size)])
+    chunks = await read_all(archive.tier, "views", expected_size=size, expected_sha256=hashlib.sha256(data).digest())
+    assert b"".join(chunks) == data
+
+
 async def test_abort_leaves_nothing(archive: Archive):
     writer = await archive.tier.open_writer("aborted", len(DATA))
     await writer.write(DATA[:100])

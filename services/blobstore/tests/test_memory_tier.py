@@ -110,6 +110,21 @@ async def test_chunks_are_kept_as_received_and_rechunked_on_read(memory_tier: Me
     assert [len(c) for c in await read_all(memory_tier, "chunks", chunk_size=100)] == [10, 3, 8]
 
 
+async def test_received_views_are_kept_and_rechunked_without_copies(memory_tier: MemoryTier):
+    # What the servicer passes: views of the received messages' data.
+    messages = [b"\x12\x0c\x0a\x0a" + b"a" * 10, b"\x12\x05\x0a\x03" + b"bbb"]
+    views = [memoryview(messages[0])[4:], memoryview(messages[1])[4:]]
+    await store(memory_tier, "views", views)
+    assert all(stored is sent for stored, sent in zip(memory_tier._blobs["views"].chunks, views))
+    read = await read_all(memory_tier, "views", chunk_size=4)
+    assert [bytes(c) for c in read] == [b"aaaa", b"aaaa", b"aa", b"bbb"]
+    # Slices of the stored views: they share the received messages' memory.
+    assert [c.obj for c in read] == [messages[0]] * 3 + [messages[1]]
+    # Stored bytes are re-chunked as views too, not copied slice by slice.
+    await store(memory_tier, "bytes", [b"c" * 10])
+    assert all(isinstance(c, memoryview) for c in await read_all(memory_tier, "bytes", chunk_size=4))
+
+
 async def test_zero_byte_blob(memory_tier: MemoryTier):
     await store(memory_tier, "empty", [])
     assert await read_all(memory_tier, "empty", expected_size=0) == []

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from cogmentAPI import model_registry_pb2 as api
 from registry import blobstore_pb2, metadata_pb2, metadata_pb2_grpc
 
 from services.blobstore.store import FileTier
@@ -75,6 +76,48 @@ async def test_first_message_must_be_a_header(blobstore: Blobstore, archived: bo
     assert "header" in details
     details = await expect_status(grpc.StatusCode.INVALID_ARGUMENT, blobstore.stub.PutBlob(iter([])))
     assert "no message" in details
+
+
+@BOTH_TIERS
+async def test_unusual_body_encodings_take_the_slow_path(blobstore: Blobstore, archived: bool):
+    """Canonical bodies are read without protobuf; any other valid encoding
+    (another runtime's, a hand-written client's) still stores the right bytes."""
+    header = put_requests("unusual", b"x" * 12, archived=archived)[0]
+    raw = [
+        header.SerializeToString(),
+        b"\x12\x05\x0a\x03abc",  # canonical
+        b"\x12\x00",  # empty body (proto3 leaves empty data out)
+        b"\x12\x02\x0a\x00",  # explicitly empty data
+        b"\x12\x07\x18\x01\x0a\x03def",  # an unknown field first
+        b"\x12\x0a\x0a\x03xxx\x0a\x03ghi",  # data_chunk twice: the last counts
+        b"\x12\x85\x00\x0a\x03jkl",  # a non-minimal length
+        blobstore_pb2.PutBlobRequest(finish=blobstore_pb2.PutBlobRequest.Finish()).SerializeToString(),
+    ]
+    assert await blobstore.raw_put(raw) == 12
+    assert b"".join(await blobstore.get("unusual", archived=archived)) == b"abcdefghijkl"
+
+
+@BOTH_TIERS
+async def test_a_message_that_is_not_protobuf_is_invalid(blobstore: Blobstore, archived: bool):
+    header = put_requests("garbled", b"abc", archived=archived)[0].SerializeToString()
+    truncated_body = b"\x12\x05\x0a\x03ab"
+    details = await expect_status(grpc.StatusCode.INVALID_ARGUMENT, blobstore.raw_put([header, truncated_body]))
+    assert "not a valid PutBlobRequest" in details
+    assert await is_missing(blobstore, "garbled", archived)
+    assert temp_files(blobstore.archive_dir) == []
+
+
+@BOTH_TIERS
+async def test_get_blob_replies_are_the_protobuf_encoding(blobstore: Blobstore, archived: bool):
+    """Replies are encoded by hand; the frontend forwards them as they are."""
+    data = os.urandom(2 * MIB + 5)
+    await blobstore.put("encoded", data, archived=archived, chunk_size=MIB)
+    # Half the stored chunks: the memory tier re-chunks (by slicing views).
+    replies = await blobstore.raw_get("encoded", archived=archived, chunk_size=MIB // 2)
+    assert replies == [
+        api.RetrieveVersionDataReplyChunk(data_chunk=data[i : i + MIB // 2]).SerializeToString()
+        for i in range(0, len(data), MIB // 2)
+    ]
 
 
 @BOTH_TIERS

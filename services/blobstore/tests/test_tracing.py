@@ -9,18 +9,22 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import StatusCode
-from registry import blobstore_pb2
+from opentelemetry.trace import SpanKind, StatusCode
+from registry import blobstore_pb2, blobstore_pb2_grpc
 
-from services.blobstore.blobs import BlobService
+from services.blobstore.blobs import BlobService, PutMessage
+from services.blobstore.servicer import BlobStoreServicer, add_to_server, decode_put_messages
 from services.blobstore.store import BlobTier, FileTier, MemoryTier
 from services.blobstore.tests.archives import S3Server
 from services.blobstore.tests.helpers import MIB, put_requests
 from services.common.errors import DataLoss
+from services.common.grpc_server import RequestInterceptor, server_options
 
 DATA = os.urandom(3 * MIB + 1)
 SHA = hashlib.sha256(DATA).digest()
@@ -77,8 +81,15 @@ async def traced(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     await blobs.close()
 
 
-async def messages(key: str, data: bytes, *, archived: bool) -> AsyncIterator[blobstore_pb2.PutBlobRequest]:
-    for message in put_requests(key, data, archived=archived, chunk_size=MIB):
+async def messages(key: str, data: bytes, *, archived: bool) -> AsyncIterator[PutMessage]:
+    """A PutBlob stream as the servicer hands it over: decoded from the wire
+    (the data of bodies as views)."""
+
+    async def received() -> AsyncIterator[bytes]:
+        for message in put_requests(key, data, archived=archived, chunk_size=MIB):
+            yield message.SerializeToString()
+
+    async for message in decode_put_messages(received()):
         yield message
 
 
@@ -144,3 +155,62 @@ async def test_failed_write_and_unverified_reads(traced: Traced):
     await traced.blobs.put(messages("once", b"abc", archived=False))
     await read(traced.blobs, "once", archived=False, expected_sha256=hashlib.sha256(b"abc").digest(), expected_size=3)
     assert [span.attributes["verified"] for span in traced.spans("read blob")] == [False, False]
+
+
+async def test_the_raw_bytes_handlers_run_inside_the_interceptors(tmp_path: Path):
+    """PutBlob and GetBlob take and return raw bytes: OpenTelemetry's server
+    interceptor and ours (in the order `configure_tracing` installs them)
+    still wrap them, with the blobstore's spans inside the call's, and
+    errors still become their status."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    blobs = BlobService(
+        MemoryTier(16 * MIB),
+        FileTier(tmp_path),
+        default_chunk_size=MIB,
+        max_message_bytes=16 * MIB,
+        tracer=provider.get_tracer("registry.blobstore"),
+    )
+    await blobs.open()
+    server = grpc.aio.server(
+        interceptors=[aio_server_interceptor(tracer_provider=provider), RequestInterceptor()],
+        options=server_options(16 * MIB),
+    )
+    add_to_server(BlobStoreServicer(blobs), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=server_options(16 * MIB)) as channel:
+            stub = blobstore_pb2_grpc.BlobStoreStub(channel)
+            await stub.PutBlob(iter(put_requests("wrapped", DATA, archived=True)))
+            request = blobstore_pb2.GetBlobRequest(
+                key="wrapped", archived=True, expected_size=len(DATA), expected_sha256=SHA, chunk_size=MIB
+            )
+            assert b"".join([reply.data_chunk async for reply in stub.GetBlob(request)]) == DATA
+            with pytest.raises(grpc.aio.AioRpcError) as exists:
+                await stub.PutBlob(iter(put_requests("wrapped", DATA, archived=True)))
+            assert exists.value.code() == grpc.StatusCode.ALREADY_EXISTS
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                async for _ in stub.GetBlob(blobstore_pb2.GetBlobRequest(key="missing", archived=True)):
+                    pass
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await server.stop(0)
+        await blobs.close()
+
+    spans = exporter.get_finished_spans()
+    calls = [span for span in spans if span.kind == SpanKind.SERVER]
+    assert [span.name for span in calls] == [
+        "/registry.BlobStore/PutBlob",
+        "/registry.BlobStore/GetBlob",
+        "/registry.BlobStore/PutBlob",
+        "/registry.BlobStore/GetBlob",
+    ]
+    own = [span for span in spans if span.name in ("write blob", "read blob")]
+    # Each of the blobstore's spans is a child of its call's span.
+    assert [span.parent.span_id for span in own] == [call.context.span_id for call in calls]
+    assert own[0].attributes["chunks"] == 4 and own[1].attributes["verified"] is True
+    assert [call.status.status_code for call in calls] == [StatusCode.UNSET] * 2 + [StatusCode.ERROR] * 2
+    assert calls[2].status.description == "ALREADY_EXISTS: blob wrapped already exists"
+    assert calls[3].status.description == "NOT_FOUND: blob missing not found"
