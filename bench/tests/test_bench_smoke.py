@@ -19,7 +19,6 @@ COMPARED_WITH_IDEAL = [
 ]
 STACK_ONLY = [
     *(f"{call}.{figure}" for call in ("RetrieveVersionInfos", "RetrieveModels") for figure in ("p50_1_client", "p99_1_client", "rate_16_clients")),
-    "version_update.fanout_p99",
     # Tracing on vs off: MiB/s of each, on / off in %, and the spans the
     # sink received (> 0: the traced stack really traced).
     *(
@@ -31,7 +30,9 @@ STACK_ONLY = [
 ]
 # Zero is a real outcome here: a subscriber can get the version before the
 # uploader gets its reply, and a process may not grow at all.
-MAY_BE_ZERO = ["version_update.fanout_p50", *(f"rss_growth.{process}" for process in STACK_PROCESSES)]
+# Fan-out latencies are 0 when every subscriber had the version before the
+# uploader had its reply (the commit notifies before it replies).
+MAY_BE_ZERO = ["version_update.fanout_p50", "version_update.fanout_p99", *(f"rss_growth.{process}" for process in STACK_PROCESSES)]
 
 
 def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:

@@ -68,6 +68,21 @@ def env_float(name: str, default: float, env: Mapping[str, str] | None = None) -
         raise ConfigError(f"{name}={value!r} is not a number") from None
 
 
+def env_addresses(name: str, default: tuple[str, ...], env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """A comma-separated list of `host:port` addresses."""
+    value = _raw(name, env)
+    if value is None:
+        return default
+    addresses = tuple(part.strip() for part in value.split(",") if part.strip())
+    for address in addresses:
+        host, separator, port = address.rpartition(":")
+        if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{name}: {address!r} is not host:port (expected e.g. blobstore:9030,10.0.0.7:9030)")
+    if not addresses:
+        raise ConfigError(f"{name}={value!r} lists no address")
+    return addresses
+
+
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
 

@@ -12,8 +12,10 @@ from services.common import config as c
 class FrontendConfig:
     bind_host: str
     port: int
-    # Where the internal services are reached: Envoy's internal listener.
+    # Where metadata is reached: Envoy's internal listener.
     internal_address: str
+    # The blobstore replicas, called directly; a name may resolve to several.
+    blobstore_addresses: tuple[str, ...]
     sent_chunk_size: int
     version_cache_max_bytes: int
     grpc_reflection: bool
@@ -40,6 +42,9 @@ class FrontendConfig:
             port=c.env_int(p + "FRONTEND_PORT", c.DEFAULT_FRONTEND_PORT, env, minimum=0),
             internal_address=c.env_str(
                 p + "INTERNAL_ADDRESS", f"127.0.0.1:{c.DEFAULT_ENVOY_INTERNAL_PORT}", env
+            ),
+            blobstore_addresses=c.env_addresses(
+                p + "BLOBSTORE_ADDRESSES", (f"127.0.0.1:{c.DEFAULT_BLOBSTORE_PORT}",), env
             ),
             sent_chunk_size=c.env_int(
                 p + "SENT_MODEL_VERSION_DATA_CHUNK_SIZE", c.DEFAULT_SENT_CHUNK_SIZE, env, minimum=1

@@ -14,10 +14,10 @@ import base64
 import binascii
 import hashlib
 import logging
-import uuid
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
+from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from cogmentAPI import model_registry_pb2 as api
 from registry import blobstore_pb2, metadata_pb2
@@ -32,12 +32,17 @@ from services.common.errors import (
 )
 from services.common.grpc_client import upstream_error
 from services.frontend.config import FrontendConfig
-from services.frontend.upstream import BLOBSTORE, METADATA, BlobStoreClient, MetadataClient
+from services.common.wire import upload_body_data
+from services.frontend.blob_replicas import Replica
+from services.frontend.upstream import BLOBSTORE, METADATA, BlobMissing, BlobStoreClient, MetadataClient
 
 log = logging.getLogger("registry.frontend")
 tracer = trace.get_tracer("registry.frontend")
 
 _SHA256_BYTES = 32
+_FINISH = blobstore_pb2.PutBlobRequest(finish=blobstore_pb2.PutBlobRequest.Finish()).SerializeToString()
+# RetrieveVersionDataReplyChunk with no data: nothing on the wire.
+_EMPTY_DATA_CHUNK = b""
 
 # Answers of CommitVersion that prove nothing was committed.
 _COMMIT_REFUSED = frozenset(
@@ -64,6 +69,13 @@ def decode_data_hash(data_hash: str) -> bytes:
     return digest
 
 
+def _decode_chunk(raw: bytes, position: int) -> api.CreateVersionRequestChunk:
+    try:
+        return api.CreateVersionRequestChunk.FromString(raw)
+    except DecodeError:
+        raise InvalidArgument(f"message {position} of CreateVersion is not a CreateVersionRequestChunk") from None
+
+
 def encode_data_hash(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
@@ -83,7 +95,7 @@ class UploadCheck:
         self._hash = hashlib.sha256()
         self.error: RegistryError | None = None
 
-    def add(self, data: bytes) -> bool:
+    def add(self, data: bytes | memoryview) -> bool:
         """Accounts for one chunk; False (with `error` set) when it must stop."""
         self.received += len(data)
         self.chunks += 1
@@ -151,12 +163,17 @@ class ModelRegistry:
 
     # -- versions -------------------------------------------------------
 
-    async def create_version(self, requests: AsyncIterator[api.CreateVersionRequestChunk]) -> api.ModelVersionInfo:
+    async def create_version(self, requests: AsyncIterator[bytes]) -> api.ModelVersionInfo:
         """Stores the streamed data, then commits the version; nothing is
-        left behind when anything fails on the way."""
+        left behind when anything fails on the way.
+
+        `requests` are the client's CreateVersionRequestChunk messages still
+        encoded: the header is decoded, the bodies are hashed in place and
+        forwarded to the blobstore as they came (see BlobStoreClient).
+        """
         stream = requests.__aiter__()
         try:
-            first = await stream.__anext__()
+            first = _decode_chunk(await stream.__anext__(), 1)
         except StopAsyncIteration:
             raise InvalidArgument("empty stream: the first message must be a header with version_info") from None
         if first.WhichOneof("msg") != "header":
@@ -178,11 +195,13 @@ class ModelRegistry:
         # Fail fast on an unknown model, before any byte is moved.
         await self._metadata.retrieve_models(api.RetrieveModelsRequest(model_ids=[info.model_id]))
 
-        key = uuid.uuid4().hex
+        key, replica = await self._blobs.place(info.archived)
         check = UploadCheck(info.data_size, expected_digest)
-        with tracer.start_as_current_span("upload and hash", attributes={"blob_key": key}) as span:
+        with tracer.start_as_current_span(
+            "upload and hash", attributes={"blob_key": key, "blobstore": replica.address}
+        ) as span:
             try:
-                await self._store_blob(key, info.archived, stream, check)
+                await self._store_blob(replica, key, info.archived, stream, check)
             finally:
                 span.set_attributes({"bytes": check.received, "chunks": check.chunks})
 
@@ -206,31 +225,41 @@ class ModelRegistry:
 
     async def _store_blob(
         self,
+        replica: Replica,
         key: str,
         archived: bool,
-        stream: AsyncIterator[api.CreateVersionRequestChunk],
+        stream: AsyncIterator[bytes],
         check: UploadCheck,
     ) -> None:
-        async def blob_requests() -> AsyncIterator[blobstore_pb2.PutBlobRequest]:
-            yield blobstore_pb2.PutBlobRequest(
-                header=blobstore_pb2.PutBlobRequest.Header(key=key, size=check.expected_size, archived=archived)
-            )
-            async for message in stream:
-                if message.WhichOneof("msg") != "body":
-                    check.error = InvalidArgument(
-                        f"message {check.chunks + 2} of CreateVersion is not a body: only the first message is a header"
-                    )
-                    return
-                data = message.body.data_chunk
+        async def blob_requests() -> AsyncIterator[bytes]:
+            header = blobstore_pb2.PutBlobRequest.Header(key=key, size=check.expected_size, archived=archived)
+            yield blobstore_pb2.PutBlobRequest(header=header).SerializeToString()
+            async for raw in stream:
+                data = upload_body_data(raw)
+                if data is None:
+                    # Not the usual encoding: decode it, and re-encode what we forward.
+                    try:
+                        message = _decode_chunk(raw, check.chunks + 2)
+                    except InvalidArgument as exc:
+                        check.error = exc
+                        return
+                    if message.WhichOneof("msg") != "body":
+                        check.error = InvalidArgument(
+                            f"message {check.chunks + 2} of CreateVersion is not a body: only the first message is a header"
+                        )
+                        return
+                    data = message.body.data_chunk
+                    raw = blobstore_pb2.PutBlobRequest(body=message.body).SerializeToString()
                 if not check.add(data):
                     return
-                yield blobstore_pb2.PutBlobRequest(body=message.body)
+                # The client's body message is a PutBlobRequest body as is.
+                yield raw
             # Without `finish` the blobstore discards the upload.
             if check.finish():
-                yield blobstore_pb2.PutBlobRequest(finish=blobstore_pb2.PutBlobRequest.Finish())
+                yield _FINISH
 
         try:
-            await self._blobs.put(key, check.expected_size, blob_requests())
+            await self._blobs.put(replica, key, check.expected_size, blob_requests())
         except grpc.aio.AioRpcError as exc:
             if check.error is not None:
                 raise check.error from None
@@ -238,8 +267,9 @@ class ModelRegistry:
         if check.error is not None:  # pragma: no cover - the blobstore must have refused
             raise check.error
 
-    async def read_version_data(self, model_id: str, version_number: int) -> AsyncIterator[api.RetrieveVersionDataReplyChunk]:
-        """The chunks of one version's data, each at most the configured size."""
+    async def read_version_data(self, model_id: str, version_number: int) -> AsyncIterator[bytes]:
+        """The encoded RetrieveVersionDataReplyChunk messages of one
+        version's data, each chunk at most the configured size."""
         if not model_id:
             raise InvalidArgument("model_id must not be empty")
         resolved = await self._metadata.resolve_version(model_id, version_number, touch=True)
@@ -252,7 +282,7 @@ class ModelRegistry:
                 "data_size": info.data_size,
             }
         )
-        call = self._blobs.get(
+        chunks = self._blobs.get(
             resolved.blob_key,
             archived=info.archived,
             expected_size=info.data_size,
@@ -260,20 +290,22 @@ class ModelRegistry:
         )
         sent = 0
         try:
-            async for chunk in call:
+            async for chunk in chunks:
                 sent += 1
                 yield chunk
+        except BlobMissing:
+            if not info.archived:
+                # The data is gone (eviction race, or the replica holding it
+                # restarted or left): make the info go too, so both answer NOT_FOUND.
+                self._spawn(self._forget_lost_version(resolved.blob_key))
+            raise self._missing_data(info) from None
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                if not info.archived:
-                    # The data is gone (eviction race, or the replica holding it
-                    # restarted): make the info go too, so both answer NOT_FOUND.
-                    self._spawn(self._forget_lost_version(resolved.blob_key))
-                raise self._missing_data(info) from None
             raise upstream_error(BLOBSTORE, exc) from None
+        finally:
+            await chunks.aclose()
         if sent == 0:
             # A zero-byte version: one empty chunk, for clients that expect a message.
-            yield api.RetrieveVersionDataReplyChunk()
+            yield _EMPTY_DATA_CHUNK
 
     @staticmethod
     def _missing_data(info: api.ModelVersionInfo) -> RegistryError:

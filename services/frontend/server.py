@@ -20,8 +20,9 @@ from services.common.telemetry import configure_tracing, shutdown_tracing
 from services.frontend.config import FrontendConfig
 from services.frontend.reflection import enable_reflection
 from services.frontend.registry import ModelRegistry
-from services.frontend.servicer import ModelRegistryServicer
-from services.frontend.upstream import BLOBSTORE, METADATA, BlobStoreClient, MetadataClient, UpstreamHealth
+from services.frontend.blob_replicas import BlobReplicas
+from services.frontend.servicer import ModelRegistryServicer, add_to_server
+from services.frontend.upstream import METADATA, BlobStoreClient, MetadataClient, UpstreamHealth
 
 log = logging.getLogger("registry.frontend")
 
@@ -33,20 +34,21 @@ LIVENESS_SERVICE = "registry.Frontend"
 
 class StackHealth:
     """Publishes the health of the whole stack under "" and the public
-    service names: SERVING only while metadata and blobstore both have a
-    healthy replica (as seen through Envoy)."""
+    service names: SERVING only while metadata has a healthy replica (as seen
+    through Envoy) and a blobstore replica serves (as this frontend sees it)."""
 
-    def __init__(self, servicer: health.aio.HealthServicer, upstream: UpstreamHealth, interval: float) -> None:
+    def __init__(
+        self, servicer: health.aio.HealthServicer, upstream: UpstreamHealth, blobstores: BlobReplicas, interval: float
+    ) -> None:
         self._servicer = servicer
         self._upstream = upstream
+        self._blobstores = blobstores
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
 
     async def _poll(self) -> None:
         while True:
-            serving = all(
-                await asyncio.gather(self._upstream.is_serving(METADATA), self._upstream.is_serving(BLOBSTORE))
-            )
+            serving = await self._upstream.is_serving(METADATA) and bool(self._blobstores.serving())
             status = SERVING if serving else NOT_SERVING
             for service in ("", *PUBLIC_SERVICES):
                 await self._servicer.set(service, status)
@@ -76,28 +78,46 @@ async def create_server(config: FrontendConfig) -> Frontend:
     """Builds the frontend (not started)."""
     server, health_servicer = create_aio_server(config.max_message_bytes)
     channel = internal_channel(config.internal_address, config.max_message_bytes)
-    registry = ModelRegistry(config, MetadataClient(channel, config), BlobStoreClient(channel, config))
+    blobstores = BlobReplicas(
+        config.blobstore_addresses,
+        max_message_bytes=config.max_message_bytes,
+        refresh_interval_seconds=config.upstream_health_interval_seconds,
+        describe_timeout_seconds=min(config.upstream_health_interval_seconds, 1.0),
+    )
+    registry = ModelRegistry(config, MetadataClient(channel, config), BlobStoreClient(blobstores, config))
     servicer = ModelRegistryServicer(registry)
-    api_grpc.add_ModelRegistrySPServicer_to_server(servicer, server)
-    legacy_grpc.add_ModelRegistrySPServicer_to_server(servicer, server)
+    add_to_server(servicer, server, "cogmentAPI.ModelRegistrySP", api_grpc.add_ModelRegistrySPServicer_to_server)
+    add_to_server(servicer, server, "cogment.ModelRegistrySP", legacy_grpc.add_ModelRegistrySPServicer_to_server)
     if config.grpc_reflection:
         enable_reflection(server, PUBLIC_SERVICES)
     port = bind(server, config.bind_host, config.port)
 
     for service in ("", *PUBLIC_SERVICES):
         await health_servicer.set(service, NOT_SERVING)
-    await health_servicer.set(LIVENESS_SERVICE, SERVING)
+    # Live (in Envoy's rotation) only once it knows the blobstore replicas:
+    # without them it would take every transient version for lost.
+    await health_servicer.set(LIVENESS_SERVICE, NOT_SERVING)
     stack_health = StackHealth(
         health_servicer,
         UpstreamHealth(channel, timeout=max(config.upstream_health_interval_seconds, 1.0)),
+        blobstores,
         config.upstream_health_interval_seconds,
     )
 
-    stack_health.start()
+    async def become_live() -> None:
+        blobstores.start()
+        await blobstores.wait_refreshed()
+        await health_servicer.set(LIVENESS_SERVICE, SERVING)
+        stack_health.start()
+
+    live = asyncio.get_running_loop().create_task(become_live(), name="frontend start-up")
 
     async def on_stop() -> None:
+        live.cancel()
+        await asyncio.gather(live, return_exceptions=True)
         await stack_health.stop()
         await registry.drain_background()
+        await blobstores.close()
         await channel.close()
 
     return Frontend(server, health_servicer, port, registry.stop_following, on_stop)
@@ -110,7 +130,11 @@ async def serve() -> None:
     frontend = await create_server(config)
     await frontend.server.start()
     log.info(
-        "frontend listening on %s:%d, internal services at %s", config.bind_host, frontend.port, config.internal_address
+        "frontend listening on %s:%d, metadata at %s, blobstores at %s",
+        config.bind_host,
+        frontend.port,
+        config.internal_address,
+        ",".join(config.blobstore_addresses),
     )
     try:
         await run_until_signalled(

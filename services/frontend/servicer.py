@@ -12,6 +12,7 @@ import grpc
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
+from services.common.passthrough import add_servicer
 from services.frontend.registry import ModelRegistry
 
 
@@ -42,9 +43,10 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         return await self._registry.retrieve_models(request)
 
     async def CreateVersion(
-        self, request_iterator: AsyncIterator[api.CreateVersionRequestChunk], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> api.CreateVersionReply:
-        """Creates a version from a header and data chunks."""
+        """Creates a version from a header and data chunks (received encoded:
+        see `add_to_server`)."""
         info = await self._registry.create_version(request_iterator)
         return api.CreateVersionReply(version_info=info)
 
@@ -56,8 +58,9 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
 
     async def RetrieveVersionData(
         self, request: api.RetrieveVersionDataRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[api.RetrieveVersionDataReplyChunk]:
-        """Streams a version's data in chunks of at most the configured size."""
+    ) -> AsyncIterator[bytes]:
+        """Streams a version's data in chunks of at most the configured size
+        (sent as encoded by the blobstore: see `add_to_server`)."""
         async for chunk in self._registry.read_version_data(request.model_id, request.version_number):
             yield chunk
 
@@ -67,3 +70,14 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         """Sends the latest version at once, then every new version, in order."""
         async for info in self._registry.follow_versions(request.model_id):
             yield api.VersionUpdateReply(version_info=info)
+
+
+def add_to_server(servicer: ModelRegistryServicer, server: grpc.aio.Server, service: str, add_generated) -> None:  # type: ignore[no-untyped-def]
+    """Registers `servicer` under `service` (the public name or its 1.x
+    alias) with the generated handlers, except on the data path:
+    CreateVersion receives its messages encoded and RetrieveVersionData
+    sends them encoded, so chunks pass through without being decoded and
+    re-encoded."""
+    add_servicer(
+        server, servicer, service, add_generated, raw_requests=["CreateVersion"], raw_responses=["RetrieveVersionData"]
+    )

@@ -2,9 +2,9 @@
 
 Every call has a deadline; idempotent unary calls are retried on UNAVAILABLE;
 failures surface as `RegistryError`s carrying the status to give our client.
-All calls go through Envoy's internal listener, which picks the replica:
-blob calls carry `x-blob-key` so every call about one blob reaches the
-replica that holds it.
+Metadata calls go through Envoy's internal listener, which picks the
+replica; blob calls go straight to the blobstore replica that holds (or
+will hold) the blob.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 import grpc
 from cogmentAPI import model_registry_pb2 as api
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from registry import blobstore_pb2, blobstore_pb2_grpc, metadata_pb2, metadata_pb2_grpc
+from registry import blobstore_pb2, metadata_pb2, metadata_pb2_grpc
 
+from services.common.blob_keys import new_archived_key, new_transient_key
 from services.common.grpc_client import call_idempotent, upstream_error
+from services.frontend.blob_replicas import BlobReplicas, Replica
 from services.frontend.config import FrontendConfig
 
-BLOB_KEY_HEADER = "x-blob-key"
 # Lets Envoy route health checks (all on one path) to the right cluster.
 UPSTREAM_HEADER = "x-registry-upstream"
 
@@ -79,29 +80,61 @@ class MetadataClient:
         )
 
 
-class BlobStoreClient:
-    """The calls the frontend makes to `registry.BlobStore`."""
+class BlobMissing(Exception):
+    """The blob a version points to is not where its key says (a transient
+    blob whose replica restarted or left, or a blob deleted meanwhile)."""
 
-    def __init__(self, channel: grpc.aio.Channel, config: FrontendConfig) -> None:
-        self._stub = blobstore_pb2_grpc.BlobStoreStub(channel)
+
+class BlobStoreClient:
+    """The calls the frontend makes to `registry.BlobStore`, directly to the
+    replica each blob belongs to (see blob_replicas.py).
+
+    The data path carries protobuf messages as raw bytes: a client's upload
+    body is forwarded as the PutBlob message it already is, and GetBlob's
+    replies are forwarded to the client as the RetrieveVersionData replies
+    they already are, so the frontend never re-encodes a chunk.
+    """
+
+    _PUT = "/registry.BlobStore/PutBlob"
+    _GET = "/registry.BlobStore/GetBlob"
+
+    def __init__(self, replicas: BlobReplicas, config: FrontendConfig) -> None:
+        self._replicas = replicas
         self._config = config
 
-    async def put(
-        self, key: str, size: int, requests: AsyncIterator[blobstore_pb2.PutBlobRequest]
-    ) -> blobstore_pb2.PutBlobReply:
-        """Streams `requests` (header, chunks, finish) into the blobstore.
-        Raises grpc.aio.AioRpcError: the caller knows why an upload stopped."""
-        # A request iterator, not call.write(): the OpenTelemetry aio
-        # interceptor breaks write()/done_writing() streams.
-        return await self._stub.PutBlob(
-            requests,
-            timeout=self._config.blob_stream_timeout(size),
-            metadata=((BLOB_KEY_HEADER, key),),
-        )
+    async def place(self, archived: bool) -> tuple[str, Replica]:
+        """A key for a new blob and the replica to store it: the least busy
+        serving one (the only one that can hold a transient blob's bytes)."""
+        replica = await self._replicas.choose()
+        key = new_archived_key() if archived else new_transient_key(replica.replica_id)
+        return key, replica
 
-    def get(
+    async def put(self, replica: Replica, key: str, size: int, requests: AsyncIterator[bytes]) -> blobstore_pb2.PutBlobReply:
+        """Streams `requests` (encoded header, chunks, finish) into `replica`.
+        Raises grpc.aio.AioRpcError: the caller knows why an upload stopped."""
+        put = replica.channel.stream_unary(
+            self._PUT, request_serializer=None, response_deserializer=blobstore_pb2.PutBlobReply.FromString
+        )
+        with self._replicas.call(replica):
+            try:
+                # A request iterator, not call.write(): the OpenTelemetry aio
+                # interceptor breaks write()/done_writing() streams.
+                return await put(requests, timeout=self._config.blob_stream_timeout(size))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._replicas.report_unreachable(replica)
+                raise
+
+    async def get(
         self, key: str, *, archived: bool, expected_size: int, expected_sha256: bytes
-    ) -> grpc.aio.UnaryStreamCall:
+    ) -> AsyncIterator[bytes]:
+        """The encoded RetrieveVersionDataReplyChunk messages of a blob.
+
+        Raises BlobMissing when the blob is not there (checked before the
+        first chunk), grpc.aio.AioRpcError for other failures. An archived
+        read that finds its replica unreachable before the first chunk moves
+        on to another replica.
+        """
         request = blobstore_pb2.GetBlobRequest(
             key=key,
             archived=archived,
@@ -109,22 +142,51 @@ class BlobStoreClient:
             expected_sha256=expected_sha256,
             chunk_size=self._config.sent_chunk_size,
         )
-        return self._stub.GetBlob(
-            request,
-            timeout=self._config.blob_stream_timeout(expected_size),
-            metadata=((BLOB_KEY_HEADER, key),),
-        )
+        tried: set[str] = set()
+        while True:
+            if archived:
+                replica = await self._replicas.choose(exclude=frozenset(tried))
+            else:
+                holder = await self._replicas.find_holder(key)
+                if holder is None:
+                    raise BlobMissing(key)
+                replica = holder
+            tried.add(replica.address)
+            get = replica.channel.unary_stream(
+                self._GET, request_serializer=blobstore_pb2.GetBlobRequest.SerializeToString, response_deserializer=None
+            )
+            started = False
+            with self._replicas.call(replica):
+                try:
+                    async for chunk in get(request, timeout=self._config.blob_stream_timeout(expected_size)):
+                        started = True
+                        yield chunk
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.NOT_FOUND:
+                        raise BlobMissing(key) from None
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or started:
+                        raise
+                    self._replicas.report_unreachable(replica)
+                    if not archived:
+                        raise BlobMissing(key) from None
 
     async def delete(self, key: str, *, archived: bool) -> None:
+        """Deletes a blob where it lives; a transient blob whose replica is
+        gone needs nothing (its memory went with it)."""
+        if archived:
+            replica = await self._replicas.choose()
+        else:
+            holder = await self._replicas.find_holder(key)
+            if holder is None:
+                return
+            replica = holder
         request = blobstore_pb2.DeleteBlobRequest(key=key, archived=archived)
-        await call_idempotent(
-            BLOBSTORE,
-            lambda: self._stub.DeleteBlob(
-                request,
-                timeout=self._config.internal_call_timeout_seconds,
-                metadata=((BLOB_KEY_HEADER, key),),
-            ),
-        )
+        with self._replicas.call(replica):
+            await call_idempotent(
+                BLOBSTORE,
+                lambda: replica.stub.DeleteBlob(request, timeout=self._config.internal_call_timeout_seconds),
+            )
 
 
 class UpstreamHealth:

@@ -2,9 +2,11 @@
 
 Two listeners:
 - public (COGMENT_MODEL_REGISTRY_PORT): every gRPC call goes to a frontend;
-- internal: the frontends' way to metadata and blobstore. Blob calls are
-  routed by consistent hashing (Maglev) on the `x-blob-key` header, so every
-  call about one transient blob reaches the replica that holds it.
+- internal: the frontends' (and the blobstores' sweepers') way to metadata,
+  and the stack's health as a whole. Blob bytes do not pass here: frontends
+  call the blobstore replicas directly (one proxy hop less per byte), but
+  the blobstore cluster is still health-checked, so Envoy's admin page shows
+  every replica of every service.
 Every cluster is HTTP/2 and actively health-checked with grpc.health.v1.
 No timeout can cut a long stream: route timeouts and stream idle timeouts
 are disabled; callers bound their calls with gRPC deadlines (grpc-timeout),
@@ -25,7 +27,6 @@ _HTTP2 = {"initial_stream_window_size": 4 * 1024 * 1024, "initial_connection_win
 
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 UPSTREAM_HEADER = "x-registry-upstream"
-BLOB_KEY_HEADER = "x-blob-key"
 
 # The grpc.health.v1 service name each cluster is checked with.
 HEALTH_SERVICE = {
@@ -190,18 +191,13 @@ def render_envoy_config(topology: StackTopology) -> dict[str, Any]:
         for upstream in ("metadata", "blobstore")
     ] + [
         _route("metadata", {"prefix": "/registry.MetadataService/"}, **connect_retry),
-        _route(
-            "blobstore",
-            {"prefix": "/registry.BlobStore/"},
-            hash_policy=[{"header": {"header_name": BLOB_KEY_HEADER}}],
-            **connect_retry,
-        ),
+        # For operators (grpcurl DescribeReplica...): the frontends call replicas directly.
+        _route("blobstore", {"prefix": "/registry.BlobStore/"}, **connect_retry),
     ]
     clusters = [
         _cluster("frontend", topology.frontends, topology, "ROUND_ROBIN"),
         _cluster("metadata", topology.metadata, topology, "ROUND_ROBIN"),
-        # Maglev: when a replica leaves, the keys of the others stay put.
-        _cluster("blobstore", topology.blobstores, topology, "MAGLEV"),
+        _cluster("blobstore", topology.blobstores, topology, "ROUND_ROBIN"),
     ]
     if topology.otlp_collector is not None:
         collector = topology.otlp_collector

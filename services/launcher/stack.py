@@ -91,6 +91,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _every_frontend_serving(state: dict) -> bool:
+    """Whether every frontend answers SERVING for the whole stack: the public
+    check through Envoy reaches only one of them, and each must have found
+    its upstreams (the blobstores it calls directly) before `up` returns."""
+    for proc in state["processes"]:
+        if proc["kind"] != "frontend":
+            continue
+        with grpc.insecure_channel(f"{LOOPBACK}:{proc['port']}") as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+            except grpc.RpcError:
+                return False
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            return False
+    return True
+
+
 def _pid_runs(pid: int, marker: str) -> bool:
     """True if `pid` is alive and still runs our command (PIDs get reused)."""
     try:
@@ -166,6 +183,7 @@ class LocalStack:
                             "COGMENT_MODEL_REGISTRY_INSTANCE": name,
                         },
                         "log": str(s.run_dir / f"{name}.log"),
+                        "port": endpoint.port,
                     }
                 )
         processes.append(
@@ -208,6 +226,7 @@ class LocalStack:
                 c.PREFIX + "BIND_HOST": LOOPBACK,
                 c.PREFIX + "ARCHIVE_DIR": str(s.archive_dir),
                 c.PREFIX + "INTERNAL_ADDRESS": topology.internal_address,
+                c.PREFIX + "BLOBSTORE_ADDRESSES": ",".join(e.address for e in topology.blobstores),
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": os.pathsep.join(
                     [str(REPO_ROOT), str(REPO_ROOT / "gen"), base_env.get("PYTHONPATH", "")]
@@ -234,16 +253,23 @@ class LocalStack:
                         start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
                     )
                 state["processes"].append(
-                    {"name": proc["name"], "kind": proc["kind"], "pid": child.pid, "marker": proc["marker"], "log": proc["log"]}
+                    {
+                        "name": proc["name"],
+                        "kind": proc["kind"],
+                        "pid": child.pid,
+                        "marker": proc["marker"],
+                        "log": proc["log"],
+                        "port": proc.get("port"),
+                    }
                 )
                 self.state_path.write_text(json.dumps(state, indent=2))
-            self._wait_healthy(state, settle_seconds=2 * topology.health_check_interval_seconds)
+            self._wait_healthy(state)
         except BaseException:
             self.stop()
             raise
         return state
 
-    def _wait_healthy(self, state: dict, settle_seconds: float) -> None:
+    def _wait_healthy(self, state: dict) -> None:
         s = self.settings
         deadline = time.monotonic() + s.startup_timeout_seconds
         target = f"{LOOPBACK}:{s.public_port}"
@@ -257,14 +283,11 @@ class LocalStack:
                     reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
                     # The public answer needs one healthy replica per cluster;
                     # `up` waits for every replica to be in rotation.
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING and not _unhealthy_hosts(
-                        state["admin_port"]
+                    if (
+                        reply.status == health_pb2.HealthCheckResponse.SERVING
+                        and not _unhealthy_hosts(state["admin_port"])
+                        and _every_frontend_serving(state)
                     ):
-                        # Measured: for about one more health-check round (1-2 s) Envoy's
-                        # hash balancer still sends every blob key to the first
-                        # healthy blobstore; keys placed then would later be looked
-                        # up elsewhere. Let it settle before declaring the stack up.
-                        time.sleep(settle_seconds)
                         return
                 except grpc.RpcError:
                     pass

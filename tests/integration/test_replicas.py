@@ -29,8 +29,8 @@ def blobstore_log_counts(stack) -> dict[str, int]:
 
 
 def test_transient_blobs_spread_and_are_read_from_their_replica(registry, stack, model_id):
-    # Right after start-up Envoy's hash balancer was seen to send every key to
-    # one replica for a few seconds: upload in rounds until keys spread.
+    # Frontends place new blobs on the least busy replica, ties at random:
+    # upload in rounds until keys spread.
     before = blobstore_log_counts(stack)
     versions, deadline = [], time.monotonic() + 20
     while True:

@@ -206,3 +206,49 @@ def test_64_mib_archived_round_trip(registry, model_id, capsys):
             f"\n64 MiB archived round trip: upload {64 / (uploaded - started):.0f} MiB/s, "
             f"download {64 / (downloaded - uploaded):.0f} MiB/s"
         )
+
+
+def test_unusual_but_valid_encodings_of_chunks_are_accepted(stack, registry, model_id):
+    """The frontend forwards the usual body encoding untouched and decodes
+    anything else: field order, unknown fields, empty bodies still work."""
+    body = lambda data: api.CreateVersionRequestChunk(  # noqa: E731
+        body=api.CreateVersionRequestChunk.Body(data_chunk=data)
+    ).SerializeToString()
+    unknown_field = b"\x78\x01"  # field 15, varint 1: a newer client's field
+    bodies = [
+        body(b"chunk_") + unknown_field,  # unknown field after the body
+        unknown_field + body(b"1"),  # ... and before it
+        b"\x12\x00",  # an empty body
+        body(b"chunk_") + body(b"2"),  # two bodies: protobuf merges them into one
+    ]
+    create = stack.channel().stream_unary(
+        "/cogmentAPI.ModelRegistrySP/CreateVersion",
+        request_serializer=None,
+        response_deserializer=api.CreateVersionReply.FromString,
+    )
+    # Merged bodies keep the last data_chunk (bytes fields are replaced): "2".
+    expected = b"chunk_1" + b"2"
+    header = api.CreateVersionRequestChunk(
+        header=api.CreateVersionRequestChunk.Header(
+            version_info=api.ModelVersionInfo(model_id=model_id, archived=False, data_size=len(expected))
+        )
+    ).SerializeToString()
+    info = create(iter([header, *bodies])).version_info
+    assert info.data_size == len(expected)
+    assert read_data(registry, model_id, info.version_number) == expected
+
+
+def test_a_chunk_that_is_not_protobuf_is_invalid_argument(stack, registry, model_id):
+    header = api.CreateVersionRequestChunk(
+        header=api.CreateVersionRequestChunk.Header(
+            version_info=api.ModelVersionInfo(model_id=model_id, data_size=4)
+        )
+    ).SerializeToString()
+    create = stack.channel().stream_unary(
+        "/cogmentAPI.ModelRegistrySP/CreateVersion",
+        request_serializer=None,
+        response_deserializer=api.CreateVersionReply.FromString,
+    )
+    details = expect_code(grpc.StatusCode.INVALID_ARGUMENT, create, iter([header, b"\x12\x05ab"]))
+    assert "message 2" in details
+    assert infos(registry, model_id).version_infos == []

@@ -59,12 +59,13 @@ def test_no_route_timeout_can_cut_a_stream():
             assert route["route"]["idle_timeout"] == "0s"
 
 
-def test_blob_calls_are_hashed_on_the_blob_key():
+def test_every_blobstore_replica_is_a_health_checked_host():
     config = render_envoy_config(local_topology())
     (blob_route,) = [r for r in routes(config, "internal") if r["match"].get("prefix") == "/registry.BlobStore/"]
-    assert blob_route["route"]["hash_policy"] == [{"header": {"header_name": "x-blob-key"}}]
+    assert "hash_policy" not in blob_route["route"]  # frontends pick replicas themselves
     (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "blobstore"]
-    assert cluster["lb_policy"] == "MAGLEV"
+    assert cluster["lb_policy"] == "ROUND_ROBIN"
+    assert cluster["health_checks"]
     endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert len(endpoints) == 3
 

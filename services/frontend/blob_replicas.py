@@ -1,0 +1,247 @@
+"""The blobstore replicas this frontend calls directly.
+
+Blob bytes go from the frontend straight to a replica: through a proxy they
+would make one more loopback hop, which on a small machine costs about a
+third of the transfer rate (see README, "Benchmarks"). Envoy still health-
+checks every replica for operators; this class keeps the frontend's own view:
+
+- Discovery: each configured address (`host:port`) is resolved every
+  refresh; a name may stand for several replicas (`docker compose --scale`
+  gives one DNS record per container).
+- Health and identity: every refresh asks each replica `DescribeReplica`
+  (its id and whether it takes calls), with a short deadline, so a frozen or
+  draining replica leaves rotation within one interval.
+- Placement: a new blob goes to the serving replica with the fewest calls in
+  flight; a transient blob is read and deleted where its key says it lives
+  (services/common/blob_keys.py); archived blobs are in shared storage and
+  any serving replica reads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+from registry import blobstore_pb2, blobstore_pb2_grpc
+
+from services.common.blob_keys import holder_of
+from services.common.errors import Unavailable
+from services.common.grpc_client import channel_options
+
+log = logging.getLogger("registry.frontend")
+
+# (host, port) -> addresses it stands for; blocking (getaddrinfo).
+Resolver = Callable[[str, int], list[str]]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); ValueError if malformed."""
+    host, separator, port = address.rpartition(":")
+    if not separator or not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def resolve_address(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to, as `ip:port` (sorted, deduplicated)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found = set()
+    for family, _, _, _, sockaddr in infos:
+        ip = sockaddr[0]
+        found.add(f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}")
+    return sorted(found)
+
+
+@dataclass
+class Replica:
+    """One blobstore process, as this frontend last saw it."""
+
+    address: str
+    channel: grpc.aio.Channel
+    stub: blobstore_pb2_grpc.BlobStoreStub
+    replica_id: str = ""
+    serving: bool = False
+    in_flight: int = 0
+
+
+class BlobReplicas:
+    """Discovers blobstore replicas, tracks which serve, and picks the one
+    each blob call goes to (see the module docstring)."""
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        max_message_bytes: int,
+        refresh_interval_seconds: float,
+        describe_timeout_seconds: float,
+        resolver: Resolver = resolve_address,
+    ) -> None:
+        self._names = [split_address(address) for address in addresses]
+        self._interval = refresh_interval_seconds
+        self._describe_timeout = describe_timeout_seconds
+        self._resolver = resolver
+        # A replica that was down is retried at least every interval, not
+        # after gRPC's default backoff (up to 2 minutes).
+        backoff_ms = max(int(refresh_interval_seconds * 1000), 100)
+        self._channel_options = channel_options(max_message_bytes) + [
+            ("grpc.initial_reconnect_backoff_ms", backoff_ms),
+            ("grpc.min_reconnect_backoff_ms", backoff_ms),
+            ("grpc.max_reconnect_backoff_ms", backoff_ms),
+        ]
+        self._replicas: dict[str, Replica] = {}  # by address
+        self._last_resolved: dict[tuple[str, int], list[str]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._refreshed = asyncio.Event()
+        self._refreshing: asyncio.Future[None] | None = None
+
+    # -- the view -----------------------------------------------------------
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return list(self._replicas.values())
+
+    def serving(self) -> list[Replica]:
+        return [r for r in self._replicas.values() if r.serving]
+
+    def holding(self, key: str) -> Replica | None:
+        """The serving replica that holds transient blob `key`; None when no
+        serving replica has the id the key names (restarted, gone, frozen):
+        the data is lost for all a client can tell."""
+        holder = holder_of(key)
+        if holder is None:
+            return None
+        for replica in self._replicas.values():
+            if replica.serving and replica.replica_id == holder:
+                return replica
+        return None
+
+    async def find_holder(self, key: str) -> Replica | None:
+        """`holding(key)`, looking again (one refresh) before concluding the
+        holder is gone: the view may be up to an interval old."""
+        replica = self.holding(key)
+        if replica is None and holder_of(key) is not None:
+            await self.refresh()
+            replica = self.holding(key)
+        return replica
+
+    async def choose(self, exclude: frozenset[str] = frozenset()) -> Replica:
+        """`least_busy`, looking again (one refresh) when no replica seems
+        to serve: right after start-up, the view may predate the replicas'
+        readiness."""
+        if not any(r.address not in exclude for r in self.serving()):
+            await self.refresh()
+        return self.least_busy(exclude)
+
+    def least_busy(self, exclude: frozenset[str] = frozenset()) -> Replica:
+        """The serving replica with the fewest calls in flight (ties at
+        random); Unavailable when none serves."""
+        candidates = [r for r in self.serving() if r.address not in exclude]
+        if not candidates:
+            raise Unavailable(self._none_serving())
+        fewest = min(r.in_flight for r in candidates)
+        return random.choice([r for r in candidates if r.in_flight == fewest])
+
+    def _none_serving(self) -> str:
+        known = ", ".join(f"{r.address} ({'serving' if r.serving else 'not serving'})" for r in self._replicas.values())
+        return f"no blobstore replica is serving (known: {known or 'none resolved yet'})"
+
+    @contextmanager
+    def call(self, replica: Replica) -> Iterator[Replica]:
+        """Counts a call in flight on `replica` while the block runs."""
+        replica.in_flight += 1
+        try:
+            yield replica
+        finally:
+            replica.in_flight -= 1
+
+    def report_unreachable(self, replica: Replica) -> None:
+        """A call found `replica` unreachable: out of rotation until the next
+        refresh says otherwise."""
+        if replica.serving:
+            log.warning("blobstore replica %s (%s) unreachable: out of rotation", replica.address, replica.replica_id)
+        replica.serving = False
+
+    # -- refreshing ---------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Resolves the configured names and describes every replica once;
+        concurrent callers share one refresh."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._refresh())
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        addresses: set[str] = set()
+        for host, port in self._names:
+            try:
+                self._last_resolved[(host, port)] = await loop.run_in_executor(None, self._resolver, host, port)
+            except OSError as exc:
+                # Keep what the name stood for: a DNS hiccup is not a lost replica.
+                log.warning("cannot resolve blobstore address %s:%d (%s); keeping the last answer", host, port, exc)
+            addresses.update(self._last_resolved.get((host, port), []))
+        for address in set(self._replicas) - addresses:
+            gone = self._replicas.pop(address)
+            log.info("blobstore replica %s (%s) left", address, gone.replica_id)
+            await gone.channel.close()
+        for address in sorted(addresses - set(self._replicas)):
+            channel = grpc.aio.insecure_channel(address, options=self._channel_options)
+            self._replicas[address] = Replica(address, channel, blobstore_pb2_grpc.BlobStoreStub(channel))
+        await asyncio.gather(*(self._describe(replica) for replica in list(self._replicas.values())))
+        self._refreshed.set()
+
+    async def _describe(self, replica: Replica) -> None:
+        try:
+            # wait_for_ready: a replica that just came up is reached as soon
+            # as it listens, not after the channel's reconnect backoff.
+            reply = await replica.stub.DescribeReplica(
+                blobstore_pb2.DescribeReplicaRequest(), timeout=self._describe_timeout, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as exc:
+            if replica.serving:
+                log.warning(
+                    "blobstore replica %s (%s) out of rotation: %s", replica.address, replica.replica_id, exc.code().name
+                )
+            replica.serving = False
+            return
+        if replica.replica_id and reply.replica_id != replica.replica_id:
+            log.warning(
+                "blobstore replica %s restarted (id %s -> %s): its transient blobs are gone",
+                replica.address,
+                replica.replica_id,
+                reply.replica_id,
+            )
+        if reply.serving and not replica.serving:
+            log.info("blobstore replica %s (%s) in rotation", replica.address, reply.replica_id)
+        replica.replica_id = reply.replica_id
+        replica.serving = reply.serving
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # never let the view freeze on a bug
+                log.exception("refreshing the blobstore replicas failed")
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._refresh_forever(), name="blobstore replicas")
+
+    async def wait_refreshed(self) -> None:
+        """Returns once the first refresh has completed."""
+        await self._refreshed.wait()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for replica in self._replicas.values():
+            await replica.channel.close()
+        self._replicas.clear()
