@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -99,12 +98,122 @@ class InFlightCalls:
 IN_FLIGHT = InFlightCalls()
 
 
+def _log_request(level: int, method: str, code: grpc.StatusCode, started: float) -> None:
+    """The request's one log line, built lazily (only if `level` is enabled)."""
+    if log.isEnabledFor(level):
+        # makeRecord + handle is what `log.log` does, minus `findCaller`: a
+        # walk up the stack for a file and line the format never shows,
+        # which costs as much as the rest of the record on every request.
+        log.handle(
+            log.makeRecord(
+                log.name,
+                level,
+                __file__,
+                0,
+                "rpc=%s status=%s duration_ms=%.1f",
+                (method, code.name, (time.perf_counter() - started) * 1000),
+                None,
+            )
+        )
+
+
+def _failure_code(context: grpc.aio.ServicerContext, exc: BaseException) -> grpc.StatusCode:
+    """The status a handler's exception ends the call with (for the log line)."""
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    if isinstance(exc, grpc.aio.AbortError):
+        return _abort_code(context, grpc.StatusCode.OK)
+    if isinstance(exc, RegistryError):
+        return exc.code
+    return grpc.StatusCode.INTERNAL
+
+
+def _wrap_unary_response(
+    method: str, level: int, behavior: Callable[..., Awaitable[Any]]
+) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        IN_FLIGHT.started(context)
+        try:
+            return await behavior(request, context)
+        except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+            code = _failure_code(context, exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status
+            code = _failure_code(context, exc)
+            await _fail(context, exc)
+        finally:
+            _log_request(level, method, code, started)
+
+    return wrapped
+
+
+def _wrap_stream_response(
+    method: str, level: int, behavior: Callable[..., AsyncIterator[Any]]
+) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        started, code = time.perf_counter(), grpc.StatusCode.OK
+        IN_FLIGHT.started(context)
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
+            code = _failure_code(context, exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to a status
+            code = _failure_code(context, exc)
+            await _fail(context, exc)
+        finally:
+            _log_request(level, method, code, started)
+
+    return wrapped
+
+
+def wrap_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` with the request interceptor's behaviour around each call."""
+    level = logging.DEBUG if method.startswith(_HEALTH_PREFIX) else logging.INFO
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary_response(method, level, handler.unary_unary),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            _wrap_unary_response(method, level, handler.stream_unary),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream_response(method, level, handler.unary_stream),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+    if handler.stream_stream:
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream_response(method, level, handler.stream_stream),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+    return handler
+
+
 class RequestInterceptor(grpc.aio.ServerInterceptor):
     """Logs every request once and maps `RegistryError` to its status code.
 
     Unexpected exceptions become INTERNAL with the trace id in the message,
     never UNKNOWN.
+
+    gRPC asks for a method's handler on every call, and gets the same
+    handler object every time: its wrapped version is built once per method
+    and reused, so a call pays for the wrapper's work, not for building it.
     """
+
+    def __init__(self) -> None:
+        # method -> (the handler gRPC returned, its wrapped version). Bounded
+        # by the methods the server implements: unknown ones have no handler.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -115,74 +224,14 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        level = logging.DEBUG if method.startswith(_HEALTH_PREFIX) else logging.INFO
-
-        @contextlib.asynccontextmanager
-        async def handled(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-            """Maps what the handler raises to a status and logs the request once."""
-            started, code = time.perf_counter(), grpc.StatusCode.OK
-            IN_FLIGHT.started(context)
-            try:
-                yield
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = _abort_code(context, code)
-                raise
-            except Exception as exc:  # noqa: BLE001 - mapped to a status
-                code = exc.code if isinstance(exc, RegistryError) else grpc.StatusCode.INTERNAL
-                await _fail(context, exc)
-            finally:
-                if log.isEnabledFor(level):
-                    log.log(
-                        level,
-                        "rpc=%s status=%s duration_ms=%.1f",
-                        method,
-                        code.name,
-                        (time.perf_counter() - started) * 1000,
-                    )
-
-        def wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with handled(context):
-                    return await behavior(request, context)
-
-            return wrapped
-
-        def wrap_stream_response(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with handled(context):
-                    async for item in behavior(request, context):
-                        yield item
-
-            return wrapped
-
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary_response(handler.unary_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                wrap_unary_response(handler.stream_unary),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream_response(handler.unary_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                wrap_stream_response(handler.stream_stream),
-                handler.request_deserializer,
-                handler.response_serializer,
-            )
-        return handler
+        cached = self._wrapped.get(method)
+        # Identity, not the name alone: a generic handler may answer a name
+        # with a new handler (never the case for generated servicers).
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = wrap_handler(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from cogmentAPI import model_registry_pb2 as api
 from registry import metadata_pb2
@@ -38,33 +39,44 @@ def draft_from_proto(info: api.ModelVersionInfo) -> VersionDraft:
     )
 
 
+def _version_fields(version: Version) -> dict[str, Any]:
+    return {
+        "model_id": version.model_id,
+        "version_number": version.number,
+        "creation_timestamp": version.creation_timestamp,
+        "archived": version.archived,
+        "data_hash": version.data_hash,
+        "data_size": version.data_size,
+        "user_data": version.user_data,
+    }
+
+
 def version_to_proto(version: Version) -> api.ModelVersionInfo:
-    return api.ModelVersionInfo(
-        model_id=version.model_id,
-        version_number=version.number,
-        creation_timestamp=version.creation_timestamp,
-        archived=version.archived,
-        data_hash=version.data_hash,
-        data_size=version.data_size,
-        user_data=version.user_data,
-    )
+    return api.ModelVersionInfo(**_version_fields(version))
 
 
 def blob_refs_to_proto(refs: Iterable[BlobRef]) -> list[metadata_pb2.BlobRef]:
     return [metadata_pb2.BlobRef(key=ref.key, archived=ref.archived) for ref in refs]
 
 
+# Pages fill their repeated fields in place (`add`): building each item as
+# a message of its own, then passing the list, copies every item once more.
+
+
 def model_page_to_proto(page: ModelPage) -> api.RetrieveModelsReply:
-    return api.RetrieveModelsReply(
-        model_infos=[model_to_proto(model) for model in page.models], next_model_handle=page.next_handle
-    )
+    reply = api.RetrieveModelsReply(next_model_handle=page.next_handle)
+    add = reply.model_infos.add
+    for model in page.models:
+        add(model_id=model.model_id, user_data=model.user_data)
+    return reply
 
 
 def version_page_to_proto(page: VersionPage) -> api.RetrieveVersionInfosReply:
-    return api.RetrieveVersionInfosReply(
-        version_infos=[version_to_proto(version) for version in page.versions],
-        next_version_handle=page.next_handle,
-    )
+    reply = api.RetrieveVersionInfosReply(next_version_handle=page.next_handle)
+    add = reply.version_infos.add
+    for version in page.versions:
+        add(**_version_fields(version))
+    return reply
 
 
 def resolved_to_proto(resolved: ResolvedVersion) -> metadata_pb2.ResolveVersionReply:

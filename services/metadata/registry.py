@@ -1,12 +1,21 @@
 """The metadata domain as the servicer uses it: async, serialised, observable.
 
-Every store call runs on one dedicated worker thread, one at a time: the
+Every write runs on one dedicated worker thread, one at a time: the
 store's connection never crosses threads and writes never contend inside
 this process. Commits and deletions notify the watch hub from that thread,
 right after their transaction committed, so notifications follow commit
 order and happen even when the caller that asked for the write has gone.
 Store calls run in the caller's context (contextvars), so their spans are
 children of the request's.
+
+Reads take the same path, unless the registry has a reader: a second store
+whose reads are cheap and never wait (SQLite under WAL, `SqliteReader`).
+Reads then run right on the event loop thread: a small read costs less
+than handing it to the worker thread and back (two thread switches, a
+future and a wake-up of the loop). A read that began after a write
+returned sees that write (read-your-writes). A read the reader cannot serve
+without waiting (`ReadDeferred`) falls back to the worker thread.
+PostgreSQL has no reader: its reads wait on the network.
 
 When other processes write to the same database (PostgreSQL replicas), a
 `ChangeFeed` wakes this process's watchers for their changes.
@@ -36,7 +45,7 @@ from services.metadata.records import (
     VersionDraft,
     VersionPage,
 )
-from services.metadata.store.base import MetadataStore
+from services.metadata.store.base import MetadataStore, ReadDeferred
 from services.metadata.watch import VersionHub
 
 log = logging.getLogger("registry.metadata")
@@ -73,9 +82,12 @@ class MetadataRegistry:
         loop: asyncio.AbstractEventLoop,
         *,
         watch_batch_size: int = WATCH_BATCH_SIZE,
+        reader: MetadataStore | None = None,
     ) -> None:
-        """Use `open`; `store` must have been created on `executor`'s only thread."""
+        """Use `open`; `store` must have been created on `executor`'s only
+        thread, `reader` (if any) on the event loop's."""
         self._store = store
+        self._reader = reader
         self._executor = executor
         self._loop = loop
         self._watch_batch_size = watch_batch_size
@@ -85,10 +97,17 @@ class MetadataRegistry:
 
     @classmethod
     async def open(
-        cls, open_store: Callable[[], MetadataStore], *, feed: ChangeFeed | None = None, **options: int
+        cls,
+        open_store: Callable[[], MetadataStore],
+        *,
+        open_reader: Callable[[], MetadataStore] | None = None,
+        feed: ChangeFeed | None = None,
+        **options: int,
     ) -> MetadataRegistry:
-        """Opens the store (`open_store()`, on the worker thread), then starts
-        `feed` (other processes' changes) if given, and returns the registry."""
+        """Opens the store (`open_store()`, on the worker thread), then the
+        reader if given (`open_reader()`, on the loop thread: only reads that
+        never wait may use it), then starts `feed` (other processes'
+        changes) if given, and returns the registry."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata-store")
         loop = asyncio.get_running_loop()
         try:
@@ -96,7 +115,15 @@ class MetadataRegistry:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        registry = cls(store, executor, loop, **options)
+        reader = None
+        if open_reader is not None:
+            try:
+                reader = open_reader()
+            except BaseException:
+                await loop.run_in_executor(executor, store.close)
+                executor.shutdown(wait=False)
+                raise
+        registry = cls(store, executor, loop, reader=reader, **options)
         if feed is not None:
             try:
                 await feed.start(registry.hub)
@@ -114,6 +141,8 @@ class MetadataRegistry:
         self.hub.close(Unavailable("the metadata service is shutting down, watch again"))
         if self._feed is not None:
             await self._feed.close()
+        if self._reader is not None:
+            self._reader.close()
         await self._loop.run_in_executor(self._executor, self._store.close)
         self._executor.shutdown(wait=True)
 
@@ -125,6 +154,19 @@ class MetadataRegistry:
             raise Unavailable("the metadata service is shutting down")
         context = contextvars.copy_context()
         return await self._loop.run_in_executor(self._executor, context.run, function, *args)
+
+    async def _read(self, call: Callable[[MetadataStore], T]) -> T:
+        """Runs a read-only store call: `call(reader)` right here on the loop
+        thread if there is a reader, else (or if the reader would have to
+        wait) `call(store)` on the worker thread."""
+        if self._reader is None:
+            return await self._run(call, self._store)
+        if self._closed:
+            raise Unavailable("the metadata service is shutting down")
+        try:
+            return call(self._reader)
+        except ReadDeferred:
+            return await self._run(call, self._store)
 
     def _notify(self, callback: Callable[[str], None], model_id: str) -> None:
         """Hands a hub notification from the worker thread to the loop."""
@@ -159,7 +201,7 @@ class MetadataRegistry:
         return blobs
 
     async def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
-        return await self._run(self._store.retrieve_models, model_ids, count, handle)
+        return await self._read(lambda store: store.retrieve_models(model_ids, count, handle))
 
     # -- versions -------------------------------------------------------------
 
@@ -167,11 +209,13 @@ class MetadataRegistry:
         self, model_id: str, numbers: Sequence[int], count: int, handle: str
     ) -> VersionPage:
         _annotate(model_id=model_id)
-        return await self._run(self._store.retrieve_versions, model_id, numbers, count, handle)
+        return await self._read(lambda store: store.retrieve_versions(model_id, numbers, count, handle))
 
     async def resolve_version(self, model_id: str, number: int, *, touch: bool) -> ResolvedVersion:
         _annotate(model_id=model_id, version_number=number, touch=touch)
-        return await self._run(lambda: self._store.resolve_version(model_id, number, touch=touch))
+        if touch:  # a write: it moves the version in the LRU order
+            return await self._run(lambda: self._store.resolve_version(model_id, number, touch=True))
+        return await self._read(lambda store: store.resolve_version(model_id, number, touch=False))
 
     async def commit_version(self, draft: VersionDraft, blob_key: str) -> Commit:
         """Commits a version and wakes its model's watchers."""
@@ -195,6 +239,8 @@ class MetadataRegistry:
         return commit
 
     async def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
+        # On the worker thread even with a reader: a sweep asks about
+        # thousands of keys at once, too long a read to hold the loop for.
         return await self._run(self._store.find_unreferenced_blobs, keys)
 
     async def forget_lost_version(self, blob_key: str) -> bool:
@@ -215,11 +261,11 @@ class MetadataRegistry:
         # one before it is in what we read. No wake-up can be missed.
         with self.hub.subscribe(model_id) as subscription:
             if after_version == 0:
-                batch = await self._run(self._store.read_latest_version, model_id)
+                batch = await self._read(lambda store: store.read_latest_version(model_id))
                 more_to_read = False
             else:
-                batch = await self._run(
-                    self._store.read_versions_after, model_id, after_version, self._watch_batch_size
+                batch = await self._read(
+                    lambda store: store.read_versions_after(model_id, after_version, self._watch_batch_size)
                 )
                 more_to_read = len(batch.versions) == self._watch_batch_size
             model_seq = batch.model_seq
@@ -242,7 +288,9 @@ class MetadataRegistry:
         """The next versions of a watched model; NOT_FOUND "was deleted" if the
         model is gone or was re-created under the same id meanwhile."""
         try:
-            batch = await self._run(self._store.read_versions_after, model_id, last_sent, self._watch_batch_size)
+            batch = await self._read(
+                lambda store: store.read_versions_after(model_id, last_sent, self._watch_batch_size)
+            )
         except NotFound:
             raise model_deleted(model_id) from None
         if batch.model_seq != model_seq:

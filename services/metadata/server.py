@@ -18,7 +18,7 @@ from services.metadata.config import METADATA_URL_VARIABLE, MetadataConfig
 from services.metadata.errors import StoreOpenError
 from services.metadata.registry import MetadataRegistry
 from services.metadata.servicer import MetadataServicer
-from services.metadata.store.sqlite import SqliteMetadataStore
+from services.metadata.store.sqlite import SqliteMetadataStore, SqliteReader
 
 log = logging.getLogger("registry.metadata")
 
@@ -28,12 +28,16 @@ SERVICE_NAME = metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_
 
 async def open_registry(config: MetadataConfig) -> MetadataRegistry:
     """The registry over the configured database: a SQLite file (created if
-    needed), or PostgreSQL (schema created or migrated) shared with other
+    needed; reads served on the event loop thread), or PostgreSQL (schema created or migrated) shared with other
     replicas, whose changes a `ChangeListener` feeds to the watchers."""
     if config.postgres_url is None:
         path = config.database_path
         assert path is not None
-        return await MetadataRegistry.open(lambda: SqliteMetadataStore(path, config.cache_budget))
+        return await MetadataRegistry.open(
+            lambda: SqliteMetadataStore(path, config.cache_budget),
+            # Reads on the event loop thread, without a thread hand-off each.
+            open_reader=lambda: SqliteReader(path, config.cache_budget),
+        )
     # Imported here: a SQLite deployment never loads the PostgreSQL driver.
     from services.metadata.store.postgres import ChangeListener, PostgresMetadataStore, new_origin
 

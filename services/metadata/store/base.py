@@ -1,7 +1,8 @@
 """The contract every metadata store fulfils.
 
 Stores are synchronous and not thread-safe: `registry.MetadataRegistry`
-calls one store from a single dedicated thread. Every method is atomic (one
+calls one store from a single dedicated thread (and, for SQLite, reads from
+a second, read-only store on the event loop thread). Every method is atomic (one
 transaction); every write is durable when the method returns. Failures a
 client can act on are raised as `services.common.errors` (InvalidArgument,
 NotFound, AlreadyExists, ResourceExhausted), never as database errors.
@@ -22,6 +23,12 @@ from services.metadata.records import (
     VersionDraft,
     VersionPage,
 )
+
+
+class ReadDeferred(Exception):
+    """A store serving reads on the event loop thread (see
+    `sqlite.SqliteReader`) could not serve one without waiting; the caller
+    runs it on the store thread instead, where waiting is harmless."""
 
 
 class MetadataStore(ABC):

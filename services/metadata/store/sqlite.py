@@ -1,16 +1,21 @@
 """The SQLite store: one file, WAL journal, `synchronous=FULL`.
 
 Only what is specific to SQLite lives here: opening the connection, the
-schema and its migrations, transaction statements and `sqlite_sequence`.
+schema and its migrations, transaction statements and `sqlite_sequence`;
+and `SqliteReader`, a second, read-only connection whose reads are cheap
+enough to serve on the event loop thread.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from services.metadata.errors import StoreOpenError
 from services.metadata.records import CacheBudget
+from services.metadata.store.base import ReadDeferred
 from services.metadata.store.sql import Cursor, SqlMetadataStore, apply_migrations
 
 # How long a write waits for another connection's write transaction (only
@@ -55,6 +60,10 @@ class SqliteMetadataStore(SqlMetadataStore):
 
     def __init__(self, path: Path, budget: CacheBudget) -> None:
         self.path = path
+        super().__init__(self._open(path), budget)
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        """A configured connection to `path`, with the schema up to date."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: the driver opens no transaction by itself;
@@ -68,7 +77,7 @@ class SqliteMetadataStore(SqlMetadataStore):
         except BaseException:
             connection.close()
             raise
-        super().__init__(connection, budget)
+        return connection
 
     def _begin(self, cursor: Cursor, *, write: bool) -> None:
         # IMMEDIATE takes the write lock at once, so a transaction that reads
@@ -84,6 +93,52 @@ class SqliteMetadataStore(SqlMetadataStore):
     def _largest_model_seq(self, cursor: Cursor) -> int:
         row = cursor.execute("SELECT seq FROM sqlite_sequence WHERE name = 'models'").fetchone()
         return row[0] if row is not None else 0
+
+
+class SqliteReader(SqliteMetadataStore):
+    """The read half of a `SqliteMetadataStore` on its own connection, for
+    reads served on the event loop thread (`MetadataRegistry`).
+
+    Under WAL, readers neither wait for the writer nor make it wait, and
+    each read transaction sees every transaction committed before it began:
+    a read after a commit returned sees that commit. The connection refuses
+    writes (`query_only`) and never waits for a lock: where SQLite would
+    have to wait (another process holds the database exclusively), a read
+    raises `ReadDeferred` instead of stalling the event loop.
+
+    Open it once the `SqliteMetadataStore` has created or migrated the
+    database; use it from the thread that opened it only.
+    """
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        try:
+            connection = sqlite3.connect(path, isolation_level=None, timeout=0)
+        except sqlite3.Error as exc:
+            raise StoreOpenError(f"cannot open the metadata database {path}: {exc}") from exc
+        try:
+            (journal_mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+            if journal_mode.lower() != "wal":
+                # Without WAL, readers and the writer would block each other.
+                raise StoreOpenError(f"the metadata database {path} is not in WAL mode ({journal_mode!r})")
+            connection.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            connection.close()
+            raise StoreOpenError(f"cannot read the metadata database {path}: {exc}") from exc
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Cursor]:
+        try:
+            with super()._transaction(write=write) as cursor:
+                yield cursor
+        except sqlite3.OperationalError as exc:
+            # Extended codes (SQLITE_BUSY_RECOVERY...) keep the primary code in the low byte.
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise ReadDeferred(f"the metadata database is locked: {exc}") from exc
+            raise
 
 
 def _configure(connection: sqlite3.Connection, path: Path) -> None:
