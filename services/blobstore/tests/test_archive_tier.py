@@ -230,3 +230,15 @@ async def test_list_blobs(archive: Archive):
     assert set(blobs) == {"a1", "b2", "c"}
     assert blobs["b2"].size == 3
     assert before - 1 <= blobs["a1"].stored_at <= time.time() + 1
+
+
+def test_start_writeback_is_harmless_on_any_range(tmp_path):
+    from services.blobstore.store.filesystem import start_writeback
+
+    path = tmp_path / "f"
+    with open(path, "wb") as file:
+        file.write(b"x" * 100)
+        file.flush()
+        start_writeback(file.fileno(), 0, 100)
+        start_writeback(file.fileno(), 50, 10_000)  # beyond the end
+    assert path.read_bytes() == b"x" * 100
