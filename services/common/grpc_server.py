@@ -169,34 +169,38 @@ def _wrap_stream_response(
     return wrapped
 
 
+def handler_behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    """The servicer function behind `handler`, whatever its kind."""
+    return handler.unary_unary or handler.stream_unary or handler.unary_stream or handler.stream_stream
+
+
+def rebuild_handler(
+    handler: grpc.RpcMethodHandler,
+    behavior: Callable[..., Any],
+    request_deserializer: Callable[[bytes], Any] | None,
+    response_serializer: Callable[[Any], bytes] | None,
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` (streaming or not on each
+    side) made of the given parts."""
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(behavior, request_deserializer, response_serializer)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(behavior, request_deserializer, response_serializer)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(behavior, request_deserializer, response_serializer)
+    return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer, response_serializer)
+
+
 def wrap_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """`handler` with the request interceptor's behaviour around each call."""
     level = logging.DEBUG if method.startswith(_HEALTH_PREFIX) else logging.INFO
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary_response(method, level, handler.unary_unary),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            _wrap_unary_response(method, level, handler.stream_unary),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream_response(method, level, handler.unary_stream),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
-    if handler.stream_stream:
-        return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream_response(method, level, handler.stream_stream),
-            handler.request_deserializer,
-            handler.response_serializer,
-        )
-    return handler
+    wrap = _wrap_stream_response if handler.response_streaming else _wrap_unary_response
+    return rebuild_handler(
+        handler,
+        wrap(method, level, handler_behavior(handler)),
+        handler.request_deserializer,
+        handler.response_serializer,
+    )
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):

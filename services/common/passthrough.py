@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 
+from services.common.grpc_server import handler_behavior, rebuild_handler
+
 
 class _HandlerCapture:
     """Stands in for a server to collect the handlers a generated
@@ -28,21 +30,6 @@ class _HandlerCapture:
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         self.handlers = dict(handlers)
-
-
-def _with_identity(
-    handler: grpc.RpcMethodHandler, *, raw_request: bool, raw_response: bool
-) -> grpc.RpcMethodHandler:
-    """The same handler, with identity in place of the chosen (de)serialisers."""
-    deserializer = None if raw_request else handler.request_deserializer
-    serializer = None if raw_response else handler.response_serializer
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(handler.stream_stream, deserializer, serializer)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(handler.stream_unary, deserializer, serializer)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(handler.unary_stream, deserializer, serializer)
-    return grpc.unary_unary_rpc_method_handler(handler.unary_unary, deserializer, serializer)
 
 
 def add_servicer(
@@ -65,8 +52,12 @@ def add_servicer(
     if unknown:
         raise ValueError(f"{service} has no method {sorted(unknown)}")
     for name in raw_requests | raw_responses:
-        handlers[name] = _with_identity(
-            handlers[name], raw_request=name in raw_requests, raw_response=name in raw_responses
+        handler = handlers[name]
+        handlers[name] = rebuild_handler(
+            handler,
+            handler_behavior(handler),
+            None if name in raw_requests else handler.request_deserializer,
+            None if name in raw_responses else handler.response_serializer,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     server.add_registered_method_handlers(service, handlers)

@@ -275,10 +275,14 @@ async def test_open_waits_for_the_bucket(s3_server: S3Server, monkeypatch, caplo
     tier = S3Tier(bucket, bucket_retry_seconds=(0.01, 0.05))
     opening = asyncio.create_task(tier.open())
     try:
+        expected = f"archive bucket s3://{bucket} not reachable (HTTP 404: no such bucket"
         with caplog.at_level(logging.WARNING, "registry.blobstore"):
-            await asyncio.sleep(0.5)
+            # The first S3 call may take a while on a busy machine (client set-up).
+            deadline = asyncio.get_running_loop().time() + 10
+            while expected not in caplog.text and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+        assert expected in caplog.text
         assert not opening.done()
-        assert f"archive bucket s3://{bucket} not reachable (HTTP 404: no such bucket" in caplog.text
         s3_server.create_bucket(bucket)
         await asyncio.wait_for(opening, 5)
     finally:
