@@ -113,7 +113,7 @@ async def stalled_upload(messages, stalled: asyncio.Event) -> AsyncIterator[blob
     await asyncio.Event().wait()
 
 
-async def eventually(predicate, timeout: float = 5.0) -> None:
+async def eventually(predicate, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
         assert time.monotonic() < deadline, "condition never met"
