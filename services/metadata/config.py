@@ -28,6 +28,9 @@ class MetadataConfig:
     # Only sizes gRPC messages (the same limit on every hop).
     sent_chunk_size: int
     shutdown_grace_seconds: float
+    # How often health asks the database for a trivial answer (and how long
+    # it waits for one): NOT_SERVING while the database does not answer.
+    database_check_interval_seconds: float = 2.0
     # The PostgreSQL URL (libpq syntax) when METADATA_URL is one. It may hold
     # a password: kept out of repr; log `database_description` instead.
     postgres_url: str | None = field(default=None, repr=False)
@@ -75,6 +78,7 @@ class MetadataConfig:
                 p + "SENT_MODEL_VERSION_DATA_CHUNK_SIZE", c.DEFAULT_SENT_CHUNK_SIZE, env, minimum=1
             ),
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
+            database_check_interval_seconds=c.env_float(p + "DATABASE_CHECK_INTERVAL_SECONDS", 2.0, env),
             postgres_url=postgres_url,
         )
 

@@ -168,6 +168,11 @@ class MetadataRegistry:
         except ReadDeferred:
             return await self._run(call, self._store)
 
+    async def check_store(self, timeout: float) -> None:
+        """Raises unless the database answers a trivial query within
+        `timeout` seconds (on the worker thread, behind any call in progress)."""
+        await asyncio.wait_for(self._run(self._store.check), timeout)
+
     def _notify(self, callback: Callable[[str], None], model_id: str) -> None:
         """Hands a hub notification from the worker thread to the loop."""
         try:

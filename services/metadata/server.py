@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health
@@ -24,6 +26,56 @@ log = logging.getLogger("registry.metadata")
 
 # "registry.MetadataService": the name Envoy health-checks.
 SERVICE_NAME = metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
+
+
+@dataclass(frozen=True)
+class MetadataApp:
+    """A built metadata server (not started) and the hooks its shutdown runs."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    on_draining: Callable[[], None]
+    on_stop: Callable[[], Awaitable[None]]
+
+
+class DatabaseHealth:
+    """Keeps this replica's health in step with its database: NOT_SERVING
+    while the database does not answer (Envoy then routes to the other
+    replicas, and the stack's health says what is wrong), SERVING again once
+    it does. Stopped when the service starts draining."""
+
+    def __init__(self, servicer: health.aio.HealthServicer, registry: MetadataRegistry, interval: float) -> None:
+        self._servicer = servicer
+        self._registry = registry
+        self._interval = interval
+        self._serving = True
+        self._task: asyncio.Task[None] | None = None
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self._registry.check_store(timeout=self._interval)
+                reachable, reason = True, ""
+            except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
+                reachable, reason = False, str(exc) or type(exc).__name__
+            if reachable == self._serving:
+                continue
+            self._serving = reachable
+            if reachable:
+                log.info("the metadata database answers again: SERVING")
+            else:
+                log.error("the metadata database does not answer (%s): NOT_SERVING", reason)
+            for service in ("", SERVICE_NAME):
+                await self._servicer.set(service, SERVING if reachable else NOT_SERVING)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._follow(), name="database health")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
 
 async def open_registry(config: MetadataConfig) -> MetadataRegistry:
@@ -51,12 +103,10 @@ async def open_registry(config: MetadataConfig) -> MetadataRegistry:
         raise StoreOpenError(f"{METADATA_URL_VARIABLE}: {exc}") from None
 
 
-async def create_server(
-    config: MetadataConfig, *, registry: MetadataRegistry | None = None
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int, Callable[[], Awaitable[None]]]:
-    """Builds the metadata server: returns (server, health_servicer, bound
-    port, on_stop). Opens the store unless `registry` is given; health turns
-    SERVING once it is open. `on_stop` closes the registry."""
+async def create_server(config: MetadataConfig, *, registry: MetadataRegistry | None = None) -> MetadataApp:
+    """Builds the metadata server. Opens the store unless `registry` is
+    given; health turns SERVING once it is open, and then follows the
+    database (`DatabaseHealth`). `on_stop` closes the registry."""
     server, health_servicer = create_aio_server(config.max_message_bytes)
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, NOT_SERVING)
@@ -66,11 +116,21 @@ async def create_server(
     metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(registry), server)
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, SERVING)
+    database_health = DatabaseHealth(health_servicer, registry, config.database_check_interval_seconds)
+    database_health.start()
+
+    def on_draining() -> None:
+        # Before anything else: the checks must not turn health back to SERVING.
+        database_health.stop()
+        # Watches never end by themselves: end them as soon as draining
+        # starts (the frontend renews them elsewhere or after the restart).
+        registry.hub.close(Unavailable("the metadata service is shutting down, watch again"))
 
     async def on_stop() -> None:
+        database_health.stop()
         await registry.close()
 
-    return server, health_servicer, port, on_stop
+    return MetadataApp(server, health_servicer, port, on_draining, on_stop)
 
 
 async def serve() -> None:
@@ -80,29 +140,25 @@ async def serve() -> None:
     try:
         config = MetadataConfig.from_env()
         registry = await open_registry(config)
-        server, health_servicer, port, on_stop = await create_server(config, registry=registry)
+        app = await create_server(config, registry=registry)
     except (ConfigError, StoreOpenError) as exc:
         raise SystemExit(f"metadata: {exc}") from None
-    await server.start()
+    await app.server.start()
     log.info(
         "metadata listening on %s:%d, database %s, version cache of %d items / %d bytes",
         config.bind_host,
-        port,
+        app.port,
         config.database_description,
         config.version_cache_max_items,
         config.version_cache_max_bytes,
     )
     try:
         await run_until_signalled(
-            server,
-            health_servicer,
+            app.server,
+            app.health,
             grace_seconds=config.shutdown_grace_seconds,
-            # Watches never end by themselves: end them as soon as draining
-            # starts (the frontend renews them elsewhere or after the restart).
-            on_draining=lambda: registry.hub.close(
-                Unavailable("the metadata service is shutting down, watch again")
-            ),
-            on_stop=on_stop,
+            on_draining=app.on_draining,
+            on_stop=app.on_stop,
         )
     finally:
         shutdown_tracing()

@@ -123,5 +123,11 @@ class MetadataStore(ABC):
         is gone); True if one was deleted. Archived versions are kept."""
 
     @abstractmethod
+    def check(self) -> None:
+        """Raises if the database does not answer a trivial query (for the
+        service's health: a replica whose database is gone must not look
+        healthy)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Releases the database; the store is unusable afterwards."""

@@ -336,6 +336,11 @@ class PostgresMetadataStore(SqlMetadataStore):
     def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
         return self._call(super().find_unreferenced_blobs, keys)
 
+    def check(self) -> None:
+        # Through `_call`: a lost connection is replaced first, so the check
+        # says whether the database can be reached now.
+        self._call(super().check)
+
     def close(self) -> None:
         self._closed = True
         self._connection.close()

@@ -228,6 +228,10 @@ class SqlMetadataStore(MetadataStore):
 
     # -- plumbing ---------------------------------------------------------
 
+    def check(self) -> None:
+        with self._transaction(write=False) as cursor:
+            cursor.execute("SELECT 1").fetchone()
+
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Cursor]:
         cursor = self._connection.cursor()

@@ -175,17 +175,17 @@ async def service(database: Database, tmp_path: Path) -> AsyncIterator[Service]:
         VERSION_CACHE_MAX_BYTES=str(SERVICE_CACHE_MAX_BYTES),
     )
     registry = await open_registry(config)
-    server, _, port, on_stop = await create_server(config, registry=registry)
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    app = await create_server(config, registry=registry)
+    await app.server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     try:
         yield Service(
             stub=metadata_pb2_grpc.MetadataServiceStub(channel),
             health=health_pb2_grpc.HealthStub(channel),
             registry=registry,
-            port=port,
+            port=app.port,
         )
     finally:
         await channel.close()
-        await server.stop(0)
-        await on_stop()
+        await app.server.stop(0)
+        await app.on_stop()

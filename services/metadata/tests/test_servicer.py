@@ -39,16 +39,16 @@ async def test_health_is_serving_once_the_store_is_open(service):
 
 
 async def test_create_server_opens_the_configured_database(tmp_path):
-    server, health_servicer, port, on_stop = await create_server(test_config(tmp_path))
-    await server.start()
+    app = await create_server(test_config(tmp_path))
+    await app.server.start()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         assert (tmp_path / "metadata.sqlite3").is_file()
     finally:
-        await server.stop(0)
-        await on_stop()
+        await app.server.stop(0)
+        await app.on_stop()
 
 
 async def test_create_server_fails_clearly_when_the_database_is_unusable(tmp_path):
