@@ -66,8 +66,21 @@ class Replica:
     channel: grpc.aio.Channel
     stub: blobstore_pb2_grpc.BlobStoreStub
     replica_id: str = ""
+    # Takes new blobs: answered DescribeReplica with serving=true.
     serving: bool = False
+    # Answered the last DescribeReplica (serving or draining: a draining
+    # replica still holds, and serves, its transient blobs until it stops).
+    answering: bool = False
+    # Not answering, and connections to it fail (refused, reset): the
+    # process is gone, with its transient blobs. A replica that accepts
+    # connections but does not answer (frozen, overloaded) is not down: its
+    # blobs may well come back.
+    down: bool = False
     in_flight: int = 0
+
+    def mark_not_answering(self) -> None:
+        self.serving = self.answering = False
+        self.down = self.channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
 
 class BlobReplicas:
@@ -110,33 +123,54 @@ class BlobReplicas:
     def serving(self) -> list[Replica]:
         return [r for r in self._replicas.values() if r.serving]
 
-    def holding(self, key: str) -> Replica | None:
-        """The serving replica that holds transient blob `key`; None when no
-        serving replica has the id the key names (restarted, gone, frozen):
-        the data is lost for all a client can tell."""
+    def locate(self, key: str) -> Replica | None:
+        """The answering replica that holds transient blob `key`; None when
+        the blob is gone for all a client can tell: no replica has the id
+        the key names (it restarted, or left), or that replica is down.
+        Raises Unavailable when the replica is there but does not answer
+        (frozen, overloaded): the blob may come back."""
         holder = holder_of(key)
         if holder is None:
             return None
         for replica in self._replicas.values():
-            if replica.serving and replica.replica_id == holder:
+            if replica.replica_id != holder:
+                continue
+            if replica.answering:
                 return replica
+            if replica.down:
+                return None
+            raise Unavailable(
+                f"the blobstore replica {replica.address} holding blob {key} does not answer; try again later"
+            )
         return None
 
     async def find_holder(self, key: str) -> Replica | None:
-        """`holding(key)`, looking again (one refresh) before concluding the
-        holder is gone: the view may be up to an interval old."""
-        replica = self.holding(key)
+        """`locate(key)`, looking again (one refresh) before concluding the
+        holder is gone or silent: the view may be up to an interval old."""
+        try:
+            replica = self.locate(key)
+        except Unavailable:
+            replica = None
         if replica is None and holder_of(key) is not None:
             await self.refresh()
-            replica = self.holding(key)
+            replica = self.locate(key)
         return replica
 
     async def choose(self, exclude: frozenset[str] = frozenset()) -> Replica:
-        """`least_busy`, looking again (one refresh) when no replica seems
-        to serve: right after start-up, the view may predate the replicas'
-        readiness."""
+        """`least_busy`, with two checks against a view up to an interval
+        old: when no replica seems to serve, look again (right after
+        start-up the view may predate the replicas' readiness); and a chosen
+        replica whose connection is not up is asked again before it gets a
+        blob (it may have died since the last look)."""
         if not any(r.address not in exclude for r in self.serving()):
             await self.refresh()
+        for _ in range(len(self._replicas)):
+            replica = self.least_busy(exclude)
+            if replica.channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY:
+                return replica
+            await self._describe(replica)
+            if replica.serving:
+                return replica
         return self.least_busy(exclude)
 
     def least_busy(self, exclude: frozenset[str] = frozenset()) -> Replica:
@@ -166,7 +200,7 @@ class BlobReplicas:
         refresh says otherwise."""
         if replica.serving:
             log.warning("blobstore replica %s (%s) unreachable: out of rotation", replica.address, replica.replica_id)
-        replica.serving = False
+        replica.mark_not_answering()
 
     # -- refreshing ---------------------------------------------------------
 
@@ -209,7 +243,7 @@ class BlobReplicas:
                 log.warning(
                     "blobstore replica %s (%s) out of rotation: %s", replica.address, replica.replica_id, exc.code().name
                 )
-            replica.serving = False
+            replica.mark_not_answering()
             return
         if replica.replica_id and reply.replica_id != replica.replica_id:
             log.warning(
@@ -222,6 +256,7 @@ class BlobReplicas:
             log.info("blobstore replica %s (%s) in rotation", replica.address, reply.replica_id)
         replica.replica_id = reply.replica_id
         replica.serving = reply.serving
+        replica.answering, replica.down = True, False
 
     async def _refresh_forever(self) -> None:
         while True:

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import blobstore_pb2, metadata_pb2, metadata_pb2_grpc
 
 from services.common.blob_keys import new_archived_key, new_transient_key
+from services.common.errors import Unavailable
 from services.common.grpc_client import call_idempotent, upstream_error
 from services.frontend.blob_replicas import BlobReplicas, Replica
 from services.frontend.config import FrontendConfig
@@ -131,9 +132,11 @@ class BlobStoreClient:
         """The encoded RetrieveVersionDataReplyChunk messages of a blob.
 
         Raises BlobMissing when the blob is not there (checked before the
-        first chunk), grpc.aio.AioRpcError for other failures. An archived
-        read that finds its replica unreachable before the first chunk moves
-        on to another replica.
+        first chunk), grpc.aio.AioRpcError or Unavailable for other failures.
+        An archived read that finds its replica unreachable before the first
+        chunk moves on to another replica. A transient blob's replica that
+        becomes unreachable is looked at again: down, the blob is missing;
+        frozen, the read is UNAVAILABLE (the blob may come back).
         """
         request = blobstore_pb2.GetBlobRequest(
             key=key,
@@ -143,6 +146,7 @@ class BlobStoreClient:
             chunk_size=self._config.sent_chunk_size,
         )
         tried: set[str] = set()
+        holder_retried = False
         while True:
             if archived:
                 replica = await self._replicas.choose(exclude=frozenset(tried))
@@ -169,7 +173,14 @@ class BlobStoreClient:
                         raise
                     self._replicas.report_unreachable(replica)
                     if not archived:
-                        raise BlobMissing(key) from None
+                        # Dead (its blobs are gone), frozen (they may come
+                        # back) or a blip? Look again before answering.
+                        await self._replicas.refresh()
+                        if replica.down:
+                            raise BlobMissing(key) from None
+                        if holder_retried or not replica.answering:
+                            raise
+                        holder_retried = True  # it answers again: one more try
 
     async def delete(self, key: str, *, archived: bool) -> None:
         """Deletes a blob where it lives; a transient blob whose replica is
@@ -177,9 +188,13 @@ class BlobStoreClient:
         if archived:
             replica = await self._replicas.choose()
         else:
-            holder = await self._replicas.find_holder(key)
-            if holder is None:
+            try:
+                holder = await self._replicas.find_holder(key)
+            except Unavailable:
+                # Unreferenced from now on: its replica's sweeper removes it.
                 return
+            if holder is None:
+                return  # gone with its replica's memory
             replica = holder
         request = blobstore_pb2.DeleteBlobRequest(key=key, archived=archived)
         with self._replicas.call(replica):

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from services.blobstore.server import build_app
 from services.blobstore.tests.helpers import make_config, start_blobstore
 from services.common.blob_keys import new_archived_key, new_transient_key
 from services.common.errors import Unavailable
@@ -52,9 +57,9 @@ async def test_replicas_are_described_and_keys_find_their_holder(tmp_path: Path)
         ids = {r.replica_id for r in serving}
         assert len(ids) == 2 and all(len(i) == 16 for i in ids)
         for replica in serving:
-            assert replicas.holding(new_transient_key(replica.replica_id)) is replica
-        assert replicas.holding(new_transient_key("0" * 16)) is None
-        assert replicas.holding(new_archived_key()) is None
+            assert replicas.locate(new_transient_key(replica.replica_id)) is replica
+        assert replicas.locate(new_transient_key("0" * 16)) is None
+        assert replicas.locate(new_archived_key()) is None
 
         # New blobs go to the replica with the fewest calls in flight.
         busy = serving[0]
@@ -77,7 +82,7 @@ async def test_a_stopped_replica_leaves_rotation_and_a_restarted_one_is_new(tmp_
         await stop()
         await replicas.refresh()
         assert [r.address for r in replicas.serving()] == [f"127.0.0.1:{other_config.port}"]
-        assert replicas.holding(old_key) is None
+        assert replicas.locate(old_key) is None
         with pytest.raises(Unavailable):
             replicas.least_busy(exclude=frozenset({f"127.0.0.1:{other_config.port}"}))
 
@@ -91,7 +96,7 @@ async def test_a_stopped_replica_leaves_rotation_and_a_restarted_one_is_new(tmp_
         after = {r.address: r.replica_id for r in replicas.serving()}
         assert after.keys() == before.keys()
         assert after[f"127.0.0.1:{config.port}"] != before[f"127.0.0.1:{config.port}"]
-        assert replicas.holding(old_key) is None
+        assert replicas.locate(old_key) is None
     finally:
         await replicas.close()
         await stop()
@@ -150,3 +155,101 @@ async def test_the_refresh_loop_keeps_the_view_current(tmp_path: Path):
         assert not replicas.serving()
     finally:
         await replicas.close()
+
+
+async def test_a_draining_replica_takes_no_new_blob_but_still_serves_its_own(tmp_path: Path):
+    config = make_config(tmp_path / "draining", port=free_port())
+    app = await build_app(config)
+    await app.server.start()
+    await app.ready
+    replicas = replicas_of([f"127.0.0.1:{config.port}"])
+    try:
+        await replicas.refresh()
+        (replica,) = replicas.serving()
+        key = new_transient_key(replica.replica_id)
+        app.on_draining()
+        await replicas.refresh()
+        assert replicas.serving() == []
+        assert replicas.locate(key) is replica
+        with pytest.raises(Unavailable):
+            await replicas.choose()
+    finally:
+        await replicas.close()
+        await app.server.stop(0)
+        await app.on_stop()
+
+
+def start_blobstore_process(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "COGMENT_MODEL_REGISTRY_BLOBSTORE_PORT": str(port),
+        "COGMENT_MODEL_REGISTRY_BIND_HOST": "127.0.0.1",
+        "COGMENT_MODEL_REGISTRY_ARCHIVE_DIR": str(tmp_path),
+        "COGMENT_MODEL_REGISTRY_INTERNAL_ADDRESS": "",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.blobstore"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return process, port
+
+
+async def refreshed_until(replicas: BlobReplicas, condition, timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        await replicas.refresh()
+        if condition():
+            return
+        assert asyncio.get_running_loop().time() < deadline, "the view never got there"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_frozen_holder_is_unavailable_and_a_dead_one_is_gone(tmp_path: Path):
+    process, port = start_blobstore_process(tmp_path)
+    replicas = replicas_of([f"127.0.0.1:{port}"])
+    try:
+        await refreshed_until(replicas, lambda: len(replicas.serving()) == 1)
+        (replica,) = replicas.serving()
+        key = new_transient_key(replica.replica_id)
+
+        # Frozen: the kernel still accepts its connections; its blobs may come back.
+        process.send_signal(signal.SIGSTOP)
+        await refreshed_until(replicas, lambda: not replica.answering)
+        assert not replica.down
+        with pytest.raises(Unavailable, match="does not answer"):
+            replicas.locate(key)
+
+        process.send_signal(signal.SIGCONT)
+        await refreshed_until(replicas, lambda: replica.answering)
+        assert replicas.locate(key) is replica
+
+        # Dead: connections are refused; what it held is gone.
+        process.kill()
+        process.wait()
+        await refreshed_until(replicas, lambda: replica.down)
+        assert replicas.locate(key) is None
+        assert await replicas.find_holder(key) is None
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait()
+        await replicas.close()
+
+
+async def test_a_replica_that_died_since_the_last_look_gets_no_new_blob(tmp_path: Path):
+    process, port = start_blobstore_process(tmp_path / "dying")
+    ((config, _, stop),) = await start_replicas(tmp_path, 1)
+    replicas = replicas_of([f"127.0.0.1:{port}", f"127.0.0.1:{config.port}"])
+    try:
+        await refreshed_until(replicas, lambda: len(replicas.serving()) == 2)
+        process.kill()
+        process.wait()
+        await asyncio.sleep(0.2)  # its connection closes; no refresh runs meanwhile
+        # The view still says both serve.
+        assert len(replicas.serving()) == 2
+        chosen = {(await replicas.choose()).address for _ in range(10)}
+        assert chosen == {f"127.0.0.1:{config.port}"}
+    finally:
+        await replicas.close()
+        await stop()
