@@ -120,3 +120,17 @@ def test_production_env_matches_the_profile(compose):
         assert name in compose["services"]["metadata"]["environment"]
     for name in (PREFIX + "ARCHIVE_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert name in compose["services"]["blobstore"]["environment"]
+
+
+def test_frontends_reach_every_blobstore_replica_by_its_service_name(compose, envoy):
+    env = compose["services"]["frontend"]["environment"]
+    (address,) = env[f"{PREFIX}BLOBSTORE_ADDRESSES"].split(",")
+    host, port = address.rsplit(":", 1)
+    # The service name: Docker's DNS answers it with every replica (--scale).
+    assert host == "blobstore"
+    assert env_port(compose["services"]["blobstore"]) == int(port)
+    assert (host, int(port)) in cluster_endpoints(envoy, "blobstore")
+
+
+def env_port(service: dict) -> int:
+    return int(service["environment"][f"{PREFIX}BLOBSTORE_PORT"])
