@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(render_table(figures))
-    print("\nCPU, % of one core (median over runs):")
+    print("\nCPU of each process (median over runs): % of one core, and CPU-seconds per GiB moved:")
     print(render_cpu([figure for figure in figures if _cpu_worth_showing(figure, max(plan.sizes))]))
     config = {
         "smoke": args.smoke,

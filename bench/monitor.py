@@ -50,6 +50,7 @@ class ProcessUsage:
     idle_rss_mib: float
     peak_rss_mib: float
     cpu_percent: float  # of one core, over the interval
+    cpu_seconds: float  # user + system, over the interval
 
     @property
     def rss_growth_mib(self) -> float:
@@ -87,8 +88,10 @@ class ProcessMonitor:
         elapsed = max(time.perf_counter() - self._started, 1e-9)
         for name, pid in self._pids.items():
             self._peak[name] = max(self._peak[name], rss_bytes(pid))
+            used = cpu_seconds(pid) - self._cpu_start[name]
             self.usage[name] = ProcessUsage(
                 idle_rss_mib=self._idle[name] / MIB,
                 peak_rss_mib=self._peak[name] / MIB,
-                cpu_percent=100.0 * (cpu_seconds(pid) - self._cpu_start[name]) / elapsed,
+                cpu_percent=100.0 * used / elapsed,
+                cpu_seconds=used,
             )

@@ -160,15 +160,23 @@ def render_table(figures: list[Figure]) -> str:
 
 
 def render_cpu(figures: list[Figure]) -> str:
-    """CPU use of each process (% of one core) during the transfers that
-    recorded it: the busiest process is the bottleneck."""
+    """CPU use of each process during the scenarios that recorded it: % of
+    one core (the busiest process is the bottleneck) and, for transfers,
+    CPU-seconds per GiB moved (what each process costs per byte; on a
+    machine where all of them share the cores, the sum bounds throughput)."""
     lines = []
     for figure in figures:
         cpu = figure.details.get("cpu_percent")
+        per_gib = figure.details.get("cpu_seconds_per_gib", {})
         if cpu:
             for side, per_process in cpu.items():
-                usage = ", ".join(f"{name} {percent:.0f}%" for name, percent in per_process.items())
-                lines.append(f"{figure.label} [{side}]: {usage}")
+                seconds = per_gib.get(side, {})
+                usage = ", ".join(
+                    f"{name} {percent:.0f}%" + (f" ({seconds[name]:.2f} s/GiB)" if name in seconds else "")
+                    for name, percent in per_process.items()
+                )
+                total = f"; total {sum(seconds.values()):.2f} s/GiB" if seconds else ""
+                lines.append(f"{figure.label} [{side}]: {usage}{total}")
     return "\n".join(lines)
 
 

@@ -124,7 +124,7 @@ def _direction_figures(
             stack_runs=[100.0 * on / off],
             details={
                 **common,
-                **_usage_details(usage),
+                **_usage_details(usage, repeats * size),
                 # Runs alternate off, on: each pair ran back to back.
                 "paired_on_off_percent": [round(100.0 * b / a, 1) for a, b in zip(runs[_OFF], runs[_ON])],
             },

@@ -26,6 +26,7 @@ from bench.plan import Plan
 from bench.report import Figure, Target, format_size
 
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 # Sizes from here up carry the throughput targets.
 TARGET_MIN_SIZE = 64 * MIB
 # Smaller transfers repeat within a run, to time more than one call's latency.
@@ -103,15 +104,21 @@ def _mib_per_second(size: int, seconds: float) -> float:
     return size / MIB / seconds
 
 
-def _usage_details(usages_by_side: dict[str, list[dict[str, ProcessUsage]]]) -> dict[str, Any]:
-    """Median CPU % and largest RSS growth of each process over the runs."""
+def _usage_details(usages_by_side: dict[str, list[dict[str, ProcessUsage]]], moved_bytes: int) -> dict[str, Any]:
+    """Median CPU % and CPU-seconds per GiB moved, and largest RSS growth,
+    of each process over the runs (each run moved `moved_bytes`)."""
     cpu: dict[str, dict[str, float]] = {}
+    cpu_per_gib: dict[str, dict[str, float]] = {}
     rss: dict[str, dict[str, float]] = {}
+    gib = moved_bytes / GIB
     for side, usages in usages_by_side.items():
         names = usages[0].keys()
         cpu[side] = {name: round(statistics.median(u[name].cpu_percent for u in usages), 1) for name in names}
+        cpu_per_gib[side] = {
+            name: round(statistics.median(u[name].cpu_seconds for u in usages) / gib, 2) for name in names
+        }
         rss[side] = {name: round(max(u[name].rss_growth_mib for u in usages), 1) for name in names}
-    return {"cpu_percent": cpu, "rss_growth_mib": rss}
+    return {"cpu_percent": cpu, "cpu_seconds_per_gib": cpu_per_gib, "rss_growth_mib": rss}
 
 
 def _mode(archived: bool) -> str:
@@ -156,7 +163,7 @@ def single_transfers(sides: list[Side], size: int, *, archived: bool, plan: Plan
         runs = _Runs()
         for side in sides:
             run_side(side, size, repeats, archived, plan, runs)
-        details = {**_usage_details(runs.usage), "size_bytes": size, "transfers_per_run": repeats}
+        details = {**_usage_details(runs.usage, repeats * size), "size_bytes": size, "transfers_per_run": repeats}
         if direction == "upload" and not archived:
             details["data_held_mib"] = size / MIB  # by the blobstore, by design
         figures.append(
@@ -227,7 +234,7 @@ def concurrent_uploads(sides: list[Side], *, archived: bool, plan: Plan) -> Figu
         unit="MiB/s",
         stack_runs=runs.throughput["stack"],
         ideal_runs=runs.throughput["ideal"],
-        details={**_usage_details(runs.usage), "clients": count, "size_bytes": size},
+        details={**_usage_details(runs.usage, count * size), "clients": count, "size_bytes": size},
     )
 
 
@@ -255,7 +262,7 @@ def concurrent_downloads(sides: list[Side], *, archived: bool, plan: Plan) -> Fi
         unit="MiB/s",
         stack_runs=runs.throughput["stack"],
         ideal_runs=runs.throughput["ideal"],
-        details={**_usage_details(runs.usage), "clients": count, "size_bytes": size},
+        details={**_usage_details(runs.usage, count * size), "clients": count, "size_bytes": size},
     )
 
 

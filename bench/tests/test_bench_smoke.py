@@ -52,6 +52,11 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert set(figures) == {*COMPARED_WITH_IDEAL, *STACK_ONLY, *MAY_BE_ZERO}
     for key in COMPARED_WITH_IDEAL:
         assert figures[key]["stack"] > 0 and figures[key]["ideal"] > 0 and figures[key]["ratio"] > 0, figures[key]
+        # What each process costs per GiB, for the stack's processes and the ideal's.
+        details = figures[key]["details"]
+        for side in ("stack", "ideal"):
+            per_gib = details["cpu_seconds_per_gib"][side]
+            assert per_gib.keys() == details["cpu_percent"][side].keys() and min(per_gib.values()) >= 0, details
     for key in STACK_ONLY:
         assert figures[key]["stack"] > 0, figures[key]
     for key in MAY_BE_ZERO:
