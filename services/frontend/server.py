@@ -15,6 +15,7 @@ from grpc_health.v1 import health
 
 from services.common.grpc_client import internal_channel
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server, run_until_signalled
+from services.common.health_status import HealthFollower
 from services.common.logging_setup import configure_logging
 from services.common.telemetry import configure_tracing, shutdown_tracing
 from services.frontend.config import FrontendConfig
@@ -30,37 +31,6 @@ PUBLIC_SERVICES = ("cogmentAPI.ModelRegistrySP", "cogment.ModelRegistrySP")
 # What Envoy checks: this process alone is up (not its upstreams), so a
 # metadata outage does not eject every frontend.
 LIVENESS_SERVICE = "registry.Frontend"
-
-
-class StackHealth:
-    """Publishes the health of the whole stack under "" and the public
-    service names: SERVING only while metadata has a healthy replica (as seen
-    through Envoy) and a blobstore replica serves (as this frontend sees it)."""
-
-    def __init__(
-        self, servicer: health.aio.HealthServicer, upstream: UpstreamHealth, blobstores: BlobReplicas, interval: float
-    ) -> None:
-        self._servicer = servicer
-        self._upstream = upstream
-        self._blobstores = blobstores
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    async def _poll(self) -> None:
-        while True:
-            serving = await self._upstream.is_serving(METADATA) and bool(self._blobstores.serving())
-            status = SERVING if serving else NOT_SERVING
-            for service in ("", *PUBLIC_SERVICES):
-                await self._servicer.set(service, status)
-            await asyncio.sleep(self._interval)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._poll())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -97,11 +67,22 @@ async def create_server(config: FrontendConfig) -> Frontend:
     # Live (in Envoy's rotation) only once it knows the blobstore replicas:
     # without them it would take every transient version for lost.
     await health_servicer.set(LIVENESS_SERVICE, NOT_SERVING)
-    stack_health = StackHealth(
+    upstream = UpstreamHealth(channel, timeout=max(config.upstream_health_interval_seconds, 1.0))
+
+    async def stack_problem() -> str | None:
+        # The public answer: metadata has a healthy replica (as seen through
+        # Envoy) and a blobstore replica serves (as this frontend sees it).
+        if not await upstream.is_serving(METADATA):
+            return "no healthy metadata replica behind Envoy"
+        return None if blobstores.serving() else "no blobstore replica serving"
+
+    stack_health = HealthFollower(
         health_servicer,
-        UpstreamHealth(channel, timeout=max(config.upstream_health_interval_seconds, 1.0)),
-        blobstores,
+        ("", *PUBLIC_SERVICES),
+        stack_problem,
         config.upstream_health_interval_seconds,
+        what="the stack's upstreams",
+        serving=False,
     )
 
     async def become_live() -> None:

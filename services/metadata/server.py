@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from registry import metadata_pb2, metadata_pb2_grpc
 from services.common.config import ConfigError
 from services.common.errors import Unavailable
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server, run_until_signalled
+from services.common.health_status import HealthFollower
 from services.common.logging_setup import configure_logging
 from services.common.telemetry import configure_tracing, shutdown_tracing
 from services.metadata.config import METADATA_URL_VARIABLE, MetadataConfig
@@ -37,45 +37,6 @@ class MetadataApp:
     port: int
     on_draining: Callable[[], None]
     on_stop: Callable[[], Awaitable[None]]
-
-
-class DatabaseHealth:
-    """Keeps this replica's health in step with its database: NOT_SERVING
-    while the database does not answer (Envoy then routes to the other
-    replicas, and the stack's health says what is wrong), SERVING again once
-    it does. Stopped when the service starts draining."""
-
-    def __init__(self, servicer: health.aio.HealthServicer, registry: MetadataRegistry, interval: float) -> None:
-        self._servicer = servicer
-        self._registry = registry
-        self._interval = interval
-        self._serving = True
-        self._task: asyncio.Task[None] | None = None
-
-    async def _follow(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self._registry.check_store(timeout=self._interval)
-                reachable, reason = True, ""
-            except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
-                reachable, reason = False, str(exc) or type(exc).__name__
-            if reachable == self._serving:
-                continue
-            self._serving = reachable
-            if reachable:
-                log.info("the metadata database answers again: SERVING")
-            else:
-                log.error("the metadata database does not answer (%s): NOT_SERVING", reason)
-            for service in ("", SERVICE_NAME):
-                await self._servicer.set(service, SERVING if reachable else NOT_SERVING)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._follow(), name="database health")
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
 
 
 async def open_registry(config: MetadataConfig) -> MetadataRegistry:
@@ -106,7 +67,7 @@ async def open_registry(config: MetadataConfig) -> MetadataRegistry:
 async def create_server(config: MetadataConfig, *, registry: MetadataRegistry | None = None) -> MetadataApp:
     """Builds the metadata server. Opens the store unless `registry` is
     given; health turns SERVING once it is open, and then follows the
-    database (`DatabaseHealth`). `on_stop` closes the registry."""
+    database (a `HealthFollower`). `on_stop` closes the registry."""
     server, health_servicer = create_aio_server(config.max_message_bytes)
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, NOT_SERVING)
@@ -116,18 +77,28 @@ async def create_server(config: MetadataConfig, *, registry: MetadataRegistry | 
     metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(registry), server)
     for service in ("", SERVICE_NAME):
         await health_servicer.set(service, SERVING)
-    database_health = DatabaseHealth(health_servicer, registry, config.database_check_interval_seconds)
+    interval = config.database_check_interval_seconds
+
+    async def database_problem() -> str | None:
+        await registry.check_store(timeout=interval)  # raises: the problem
+        return None
+
+    # NOT_SERVING while the database does not answer: Envoy routes to the
+    # other replicas, and the stack's health says what is wrong.
+    database_health = HealthFollower(
+        health_servicer, ("", SERVICE_NAME), database_problem, interval, what="the metadata database", serving=True
+    )
     database_health.start()
 
     def on_draining() -> None:
         # Before anything else: the checks must not turn health back to SERVING.
-        database_health.stop()
+        database_health.cancel()
         # Watches never end by themselves: end them as soon as draining
         # starts (the frontend renews them elsewhere or after the restart).
         registry.hub.close(Unavailable("the metadata service is shutting down, watch again"))
 
     async def on_stop() -> None:
-        database_health.stop()
+        await database_health.stop()
         await registry.close()
 
     return MetadataApp(server, health_servicer, port, on_draining, on_stop)
