@@ -27,10 +27,10 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     RegistryError,
-    ResourceExhausted,
     Unavailable,
 )
 from services.common.grpc_client import upstream_error
+from services.common.limits import check_version_fits_cache
 from services.frontend.config import FrontendConfig
 from services.common.wire import upload_body_data
 from services.frontend.blob_replicas import Replica
@@ -183,12 +183,9 @@ class ModelRegistry:
         if not info.model_id:
             raise InvalidArgument("header.version_info.model_id must not be empty")
         expected_digest = decode_data_hash(info.data_hash) if info.data_hash else None
-        if not info.archived and info.data_size > self._config.version_cache_max_bytes:
-            raise ResourceExhausted(
-                f"a transient version of {info.data_size} bytes exceeds the version cache budget of "
-                f"{self._config.version_cache_max_bytes} bytes (COGMENT_MODEL_REGISTRY_VERSION_CACHE_MAX_BYTES); "
-                "archive it instead"
-            )
+        check_version_fits_cache(
+            archived=info.archived, size=info.data_size, max_bytes=self._config.version_cache_max_bytes
+        )
         trace.get_current_span().set_attributes(
             {"model_id": info.model_id, "archived": info.archived, "data_size": info.data_size}
         )

@@ -25,7 +25,8 @@ from typing import Any
 
 from opentelemetry import trace
 
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.limits import check_version_fits_cache
 from services.metadata.errors import StoreOpenError, model_not_found, require_model_id
 from services.metadata.paging import parse_handle
 from services.metadata.records import (
@@ -469,11 +470,7 @@ class SqlMetadataStore(MetadataStore):
         for name, value in (("data_size", draft.data_size), ("creation_timestamp", draft.creation_timestamp)):
             if not 0 <= value <= _INT64_MAX:
                 raise InvalidArgument(f"version_info.{name} {value} is out of range (0 to {_INT64_MAX})")
-        if not draft.archived and draft.data_size > self._budget.max_bytes:
-            raise ResourceExhausted(
-                f"transient version of {draft.data_size} bytes exceeds the version cache budget of "
-                f"{self._budget.max_bytes} bytes (COGMENT_MODEL_REGISTRY_VERSION_CACHE_MAX_BYTES); archive it instead"
-            )
+        check_version_fits_cache(archived=draft.archived, size=draft.data_size, max_bytes=self._budget.max_bytes)
 
     def _evict(self, cursor: Cursor, *, keep: tuple[int, int], transient: bool) -> tuple[BlobRef, ...]:
         """Deletes least-recently-used transient versions, except `keep`
