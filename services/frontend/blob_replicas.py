@@ -15,6 +15,11 @@ checks every replica for operators; this class keeps the frontend's own view:
   flight; a transient blob is read and deleted where its key says it lives
   (services/common/blob_keys.py); archived blobs are in shared storage and
   any serving replica reads them.
+
+`BlobRouter` makes every blob call go where this view says, and decides
+what a failed call means for the next one: it is the only place that
+chooses a replica. The calls themselves (one call to one given replica)
+are `upstream.BlobStoreClient`'s.
 """
 
 from __future__ import annotations
@@ -23,14 +28,15 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 from registry import blobstore_pb2, blobstore_pb2_grpc
 
-from services.common.blob_keys import holder_of
+from services.common.blob_keys import holder_of, new_archived_key, new_transient_key
 from services.common.errors import Unavailable
 from services.common.grpc_client import channel_options
 
@@ -280,3 +286,139 @@ class BlobReplicas:
         for replica in self._replicas.values():
             await replica.channel.close()
         self._replicas.clear()
+
+
+# -- routing -----------------------------------------------------------------
+
+
+class BlobMissing(Exception):
+    """The blob a version points to is not where its key says (a transient
+    blob whose replica restarted or left, or a blob deleted meanwhile)."""
+
+
+class BlobWire(Protocol):
+    """One call to one given replica, nothing more (upstream.BlobStoreClient).
+    Failures are raised as grpc.aio.AioRpcError, for the router to judge."""
+
+    async def put(self, replica: Replica, size: int, requests: AsyncIterator[bytes]) -> None: ...
+
+    def get(
+        self, replica: Replica, key: str, *, archived: bool, expected_size: int, expected_sha256: bytes
+    ) -> AsyncIterable[bytes]: ...
+
+    async def delete(self, replica: Replica, key: str, *, archived: bool) -> None: ...
+
+
+class NewBlob:
+    """A key for a new blob and the replica chosen to store it (see `BlobRouter.place`)."""
+
+    def __init__(self, key: str, replica: Replica, replicas: BlobReplicas, wire: BlobWire) -> None:
+        self.key = key
+        self._replica = replica
+        self._replicas = replicas
+        self._wire = wire
+
+    @property
+    def address(self) -> str:
+        return self._replica.address
+
+    async def put(self, size: int, requests: AsyncIterator[bytes]) -> None:
+        """Streams `requests` (encoded header, chunks, finish) into the chosen
+        replica. Raises grpc.aio.AioRpcError: the caller knows why an upload
+        stopped."""
+        with self._replicas.call(self._replica):
+            try:
+                await self._wire.put(self._replica, size, requests)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._replicas.report_unreachable(self._replica)
+                raise
+
+
+class BlobRouter:
+    """Sends each blob call to the replica it belongs to, and decides what an
+    unreachable replica means (see the module docstring)."""
+
+    def __init__(self, replicas: BlobReplicas, wire: BlobWire) -> None:
+        self._replicas = replicas
+        self._wire = wire
+
+    async def place(self, archived: bool) -> NewBlob:
+        """A key for a new blob and the replica to store it: the least busy
+        serving one (the only one that can hold a transient blob's bytes,
+        since its key names it)."""
+        replica = await self._replicas.choose()
+        key = new_archived_key() if archived else new_transient_key(replica.replica_id)
+        return NewBlob(key, replica, self._replicas, self._wire)
+
+    async def get(
+        self, key: str, *, archived: bool, expected_size: int, expected_sha256: bytes
+    ) -> AsyncIterator[bytes]:
+        """The encoded RetrieveVersionDataReplyChunk messages of a blob.
+
+        Raises BlobMissing when the blob is not there (checked before the
+        first chunk), grpc.aio.AioRpcError or Unavailable for other failures.
+        An archived read that finds its replica unreachable before the first
+        chunk moves on to another replica. A transient blob's replica that
+        becomes unreachable is looked at again: down, the blob is missing;
+        frozen, the read is UNAVAILABLE (the blob may come back); answering
+        again, it gets one more try.
+        """
+        tried: set[str] = set()
+        holder_retried = False
+        while True:
+            replica = await self._reader(key, archived=archived, exclude=frozenset(tried))
+            tried.add(replica.address)
+            started = False
+            with self._replicas.call(replica):
+                try:
+                    chunks = self._wire.get(
+                        replica, key, archived=archived, expected_size=expected_size, expected_sha256=expected_sha256
+                    )
+                    async for chunk in chunks:
+                        started = True
+                        yield chunk
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.NOT_FOUND:
+                        raise BlobMissing(key) from None
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or started:
+                        raise
+                    self._replicas.report_unreachable(replica)
+                    if archived:
+                        continue  # the shared archive: any other replica reads it
+                    # Dead (its blobs are gone), frozen (they may come
+                    # back) or a blip? Look again before answering.
+                    await self._replicas.refresh()
+                    if replica.down:
+                        raise BlobMissing(key) from None
+                    if holder_retried or not replica.answering:
+                        raise
+                    holder_retried = True  # it answers again: one more try
+
+    async def _reader(self, key: str, *, archived: bool, exclude: frozenset[str]) -> Replica:
+        """The replica to read `key` from: for an archived blob any serving
+        one not in `exclude`; for a transient blob its holder, or BlobMissing."""
+        if archived:
+            return await self._replicas.choose(exclude=exclude)
+        holder = await self._replicas.find_holder(key)
+        if holder is None:
+            raise BlobMissing(key)
+        return holder
+
+    async def delete(self, key: str, *, archived: bool) -> None:
+        """Deletes a blob where it lives; a transient blob whose replica is
+        gone needs nothing (its memory went with it)."""
+        if archived:
+            replica = await self._replicas.choose()
+        else:
+            try:
+                holder = await self._replicas.find_holder(key)
+            except Unavailable:
+                # Unreferenced from now on: its replica's sweeper removes it.
+                return
+            if holder is None:
+                return  # gone with its replica's memory
+            replica = holder
+        with self._replicas.call(replica):
+            await self._wire.delete(replica, key, archived=archived)

@@ -33,8 +33,8 @@ from services.common.grpc_client import upstream_error
 from services.common.limits import check_version_fits_cache
 from services.frontend.config import FrontendConfig
 from services.common.wire import upload_body_data
-from services.frontend.blob_replicas import Replica
-from services.frontend.upstream import BLOBSTORE, METADATA, BlobMissing, BlobStoreClient, MetadataClient
+from services.frontend.blob_replicas import BlobMissing, BlobRouter, NewBlob
+from services.frontend.upstream import BLOBSTORE, METADATA, MetadataClient
 
 log = logging.getLogger("registry.frontend")
 tracer = trace.get_tracer("registry.frontend")
@@ -130,7 +130,7 @@ class UploadCheck:
 class ModelRegistry:
     """The public operations, orchestrating metadata and blobstore."""
 
-    def __init__(self, config: FrontendConfig, metadata: MetadataClient, blobs: BlobStoreClient) -> None:
+    def __init__(self, config: FrontendConfig, metadata: MetadataClient, blobs: BlobRouter) -> None:
         self._config = config
         self._metadata = metadata
         self._blobs = blobs
@@ -192,13 +192,14 @@ class ModelRegistry:
         # Fail fast on an unknown model, before any byte is moved.
         await self._metadata.retrieve_models(api.RetrieveModelsRequest(model_ids=[info.model_id]))
 
-        key, replica = await self._blobs.place(info.archived)
+        blob = await self._blobs.place(info.archived)
+        key = blob.key
         check = UploadCheck(info.data_size, expected_digest)
         with tracer.start_as_current_span(
-            "upload and hash", attributes={"blob_key": key, "blobstore": replica.address}
+            "upload and hash", attributes={"blob_key": key, "blobstore": blob.address}
         ) as span:
             try:
-                await self._store_blob(replica, key, info.archived, stream, check)
+                await self._store_blob(blob, info.archived, stream, check)
             finally:
                 span.set_attributes({"bytes": check.received, "chunks": check.chunks})
 
@@ -222,14 +223,13 @@ class ModelRegistry:
 
     async def _store_blob(
         self,
-        replica: Replica,
-        key: str,
+        blob: NewBlob,
         archived: bool,
         stream: AsyncIterator[bytes],
         check: UploadCheck,
     ) -> None:
         async def blob_requests() -> AsyncIterator[bytes]:
-            header = blobstore_pb2.PutBlobRequest.Header(key=key, size=check.expected_size, archived=archived)
+            header = blobstore_pb2.PutBlobRequest.Header(key=blob.key, size=check.expected_size, archived=archived)
             yield blobstore_pb2.PutBlobRequest(header=header).SerializeToString()
             async for raw in stream:
                 data = upload_body_data(raw)
@@ -256,7 +256,7 @@ class ModelRegistry:
                 yield _FINISH
 
         try:
-            await self._blobs.put(replica, key, check.expected_size, blob_requests())
+            await blob.put(check.expected_size, blob_requests())
         except grpc.aio.AioRpcError as exc:
             if check.error is not None:
                 raise check.error from None

@@ -21,7 +21,7 @@ from services.common.telemetry import configure_tracing, shutdown_tracing
 from services.frontend.config import FrontendConfig
 from services.frontend.reflection import enable_reflection
 from services.frontend.registry import ModelRegistry
-from services.frontend.blob_replicas import BlobReplicas
+from services.frontend.blob_replicas import BlobReplicas, BlobRouter
 from services.frontend.servicer import ModelRegistryServicer, add_to_server
 from services.frontend.upstream import METADATA, BlobStoreClient, MetadataClient, UpstreamHealth
 
@@ -54,7 +54,9 @@ async def create_server(config: FrontendConfig) -> Frontend:
         refresh_interval_seconds=config.upstream_health_interval_seconds,
         describe_timeout_seconds=min(config.upstream_health_interval_seconds, 1.0),
     )
-    registry = ModelRegistry(config, MetadataClient(channel, config), BlobStoreClient(blobstores, config))
+    registry = ModelRegistry(
+        config, MetadataClient(channel, config), BlobRouter(blobstores, BlobStoreClient(config))
+    )
     servicer = ModelRegistryServicer(registry)
     add_to_server(servicer, server, "cogmentAPI.ModelRegistrySP", api_grpc.add_ModelRegistrySPServicer_to_server)
     add_to_server(servicer, server, "cogment.ModelRegistrySP", legacy_grpc.add_ModelRegistrySPServicer_to_server)

@@ -3,8 +3,8 @@
 Every call has a deadline; idempotent unary calls are retried on UNAVAILABLE;
 failures surface as `RegistryError`s carrying the status to give our client.
 Metadata calls go through Envoy's internal listener, which picks the
-replica; blob calls go straight to the blobstore replica that holds (or
-will hold) the blob.
+replica; blob calls go straight to the blobstore replica they are given
+(blob_replicas.py chooses it).
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ from cogmentAPI import model_registry_pb2 as api
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import blobstore_pb2, metadata_pb2, metadata_pb2_grpc
 
-from services.common.blob_keys import new_archived_key, new_transient_key
-from services.common.errors import Unavailable
 from services.common.grpc_client import call_idempotent, upstream_error
-from services.frontend.blob_replicas import BlobReplicas, Replica
+from services.frontend.blob_replicas import Replica
 from services.frontend.config import FrontendConfig
 
 # Lets Envoy route health checks (all on one path) to the right cluster.
@@ -81,14 +79,10 @@ class MetadataClient:
         )
 
 
-class BlobMissing(Exception):
-    """The blob a version points to is not where its key says (a transient
-    blob whose replica restarted or left, or a blob deleted meanwhile)."""
-
-
 class BlobStoreClient:
-    """The calls the frontend makes to `registry.BlobStore`, directly to the
-    replica each blob belongs to (see blob_replicas.py).
+    """The calls the frontend makes to `registry.BlobStore`, each to the
+    replica it is given: which replica, and what a failure means for the
+    next call, is decided in blob_replicas.py (`BlobRouter`).
 
     The data path carries protobuf messages as raw bytes: a client's upload
     body is forwarded as the PutBlob message it already is, and GetBlob's
@@ -99,45 +93,24 @@ class BlobStoreClient:
     _PUT = "/registry.BlobStore/PutBlob"
     _GET = "/registry.BlobStore/GetBlob"
 
-    def __init__(self, replicas: BlobReplicas, config: FrontendConfig) -> None:
-        self._replicas = replicas
+    def __init__(self, config: FrontendConfig) -> None:
         self._config = config
 
-    async def place(self, archived: bool) -> tuple[str, Replica]:
-        """A key for a new blob and the replica to store it: the least busy
-        serving one (the only one that can hold a transient blob's bytes)."""
-        replica = await self._replicas.choose()
-        key = new_archived_key() if archived else new_transient_key(replica.replica_id)
-        return key, replica
-
-    async def put(self, replica: Replica, key: str, size: int, requests: AsyncIterator[bytes]) -> blobstore_pb2.PutBlobReply:
+    async def put(self, replica: Replica, size: int, requests: AsyncIterator[bytes]) -> None:
         """Streams `requests` (encoded header, chunks, finish) into `replica`.
-        Raises grpc.aio.AioRpcError: the caller knows why an upload stopped."""
+        Raises grpc.aio.AioRpcError."""
         put = replica.channel.stream_unary(
             self._PUT, request_serializer=None, response_deserializer=blobstore_pb2.PutBlobReply.FromString
         )
-        with self._replicas.call(replica):
-            try:
-                # A request iterator, not call.write(): the OpenTelemetry aio
-                # interceptor breaks write()/done_writing() streams.
-                return await put(requests, timeout=self._config.blob_stream_timeout(size))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    self._replicas.report_unreachable(replica)
-                raise
+        # A request iterator, not call.write(): the OpenTelemetry aio
+        # interceptor breaks write()/done_writing() streams.
+        await put(requests, timeout=self._config.blob_stream_timeout(size))
 
-    async def get(
-        self, key: str, *, archived: bool, expected_size: int, expected_sha256: bytes
-    ) -> AsyncIterator[bytes]:
-        """The encoded RetrieveVersionDataReplyChunk messages of a blob.
-
-        Raises BlobMissing when the blob is not there (checked before the
-        first chunk), grpc.aio.AioRpcError or Unavailable for other failures.
-        An archived read that finds its replica unreachable before the first
-        chunk moves on to another replica. A transient blob's replica that
-        becomes unreachable is looked at again: down, the blob is missing;
-        frozen, the read is UNAVAILABLE (the blob may come back).
-        """
+    def get(
+        self, replica: Replica, key: str, *, archived: bool, expected_size: int, expected_sha256: bytes
+    ) -> grpc.aio.UnaryStreamCall:
+        """GetBlob on `replica`: its replies, still encoded. Raises
+        grpc.aio.AioRpcError while iterated."""
         request = blobstore_pb2.GetBlobRequest(
             key=key,
             archived=archived,
@@ -145,63 +118,19 @@ class BlobStoreClient:
             expected_sha256=expected_sha256,
             chunk_size=self._config.sent_chunk_size,
         )
-        tried: set[str] = set()
-        holder_retried = False
-        while True:
-            if archived:
-                replica = await self._replicas.choose(exclude=frozenset(tried))
-            else:
-                holder = await self._replicas.find_holder(key)
-                if holder is None:
-                    raise BlobMissing(key)
-                replica = holder
-            tried.add(replica.address)
-            get = replica.channel.unary_stream(
-                self._GET, request_serializer=blobstore_pb2.GetBlobRequest.SerializeToString, response_deserializer=None
-            )
-            started = False
-            with self._replicas.call(replica):
-                try:
-                    async for chunk in get(request, timeout=self._config.blob_stream_timeout(expected_size)):
-                        started = True
-                        yield chunk
-                    return
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.NOT_FOUND:
-                        raise BlobMissing(key) from None
-                    if exc.code() != grpc.StatusCode.UNAVAILABLE or started:
-                        raise
-                    self._replicas.report_unreachable(replica)
-                    if not archived:
-                        # Dead (its blobs are gone), frozen (they may come
-                        # back) or a blip? Look again before answering.
-                        await self._replicas.refresh()
-                        if replica.down:
-                            raise BlobMissing(key) from None
-                        if holder_retried or not replica.answering:
-                            raise
-                        holder_retried = True  # it answers again: one more try
+        get = replica.channel.unary_stream(
+            self._GET, request_serializer=blobstore_pb2.GetBlobRequest.SerializeToString, response_deserializer=None
+        )
+        return get(request, timeout=self._config.blob_stream_timeout(expected_size))
 
-    async def delete(self, key: str, *, archived: bool) -> None:
-        """Deletes a blob where it lives; a transient blob whose replica is
-        gone needs nothing (its memory went with it)."""
-        if archived:
-            replica = await self._replicas.choose()
-        else:
-            try:
-                holder = await self._replicas.find_holder(key)
-            except Unavailable:
-                # Unreferenced from now on: its replica's sweeper removes it.
-                return
-            if holder is None:
-                return  # gone with its replica's memory
-            replica = holder
+    async def delete(self, replica: Replica, key: str, *, archived: bool) -> None:
+        """DeleteBlob on `replica`, retried there on UNAVAILABLE (deleting is
+        idempotent); a failure left is raised as a RegistryError."""
         request = blobstore_pb2.DeleteBlobRequest(key=key, archived=archived)
-        with self._replicas.call(replica):
-            await call_idempotent(
-                BLOBSTORE,
-                lambda: replica.stub.DeleteBlob(request, timeout=self._config.internal_call_timeout_seconds),
-            )
+        await call_idempotent(
+            BLOBSTORE,
+            lambda: replica.stub.DeleteBlob(request, timeout=self._config.internal_call_timeout_seconds),
+        )
 
 
 class UpstreamHealth:
