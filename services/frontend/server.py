@@ -20,9 +20,13 @@ from services.common.logging_setup import configure_logging
 from services.common.telemetry import configure_tracing, shutdown_tracing
 from services.frontend.config import FrontendConfig
 from services.frontend.reflection import enable_reflection
-from services.frontend.registry import ModelRegistry
+from services.frontend.background import BackgroundTasks
 from services.frontend.blob_replicas import BlobReplicas, BlobRouter
+from services.frontend.downloads import Downloads
+from services.frontend.following import Followers
+from services.frontend.models import Models
 from services.frontend.servicer import ModelRegistryServicer, add_to_server
+from services.frontend.uploads import Uploads
 from services.frontend.upstream import METADATA, BlobStoreClient, MetadataClient, UpstreamHealth
 
 log = logging.getLogger("registry.frontend")
@@ -54,10 +58,16 @@ async def create_server(config: FrontendConfig) -> Frontend:
         refresh_interval_seconds=config.upstream_health_interval_seconds,
         describe_timeout_seconds=min(config.upstream_health_interval_seconds, 1.0),
     )
-    registry = ModelRegistry(
-        config, MetadataClient(channel, config), BlobRouter(blobstores, BlobStoreClient(config))
+    metadata = MetadataClient(channel, config)
+    blobs = BlobRouter(blobstores, BlobStoreClient(config))
+    background = BackgroundTasks()
+    followers = Followers(metadata)
+    servicer = ModelRegistryServicer(
+        Models(metadata, blobs),
+        Uploads(metadata, blobs, background, version_cache_max_bytes=config.version_cache_max_bytes),
+        Downloads(metadata, blobs, background),
+        followers,
     )
-    servicer = ModelRegistryServicer(registry)
     add_to_server(servicer, server, "cogmentAPI.ModelRegistrySP", api_grpc.add_ModelRegistrySPServicer_to_server)
     add_to_server(servicer, server, "cogment.ModelRegistrySP", legacy_grpc.add_ModelRegistrySPServicer_to_server)
     if config.grpc_reflection:
@@ -99,11 +109,11 @@ async def create_server(config: FrontendConfig) -> Frontend:
         live.cancel()
         await asyncio.gather(live, return_exceptions=True)
         await stack_health.stop()
-        await registry.drain_background()
+        await background.drain()
         await blobstores.close()
         await channel.close()
 
-    return Frontend(server, health_servicer, port, registry.stop_following, on_stop)
+    return Frontend(server, health_servicer, port, followers.stop_following, on_stop)
 
 
 async def serve() -> None:

@@ -1,4 +1,5 @@
-"""`cogmentAPI.ModelRegistrySP` over gRPC: thin handlers around `ModelRegistry`.
+"""`cogmentAPI.ModelRegistrySP` over gRPC: thin handlers around the use
+cases (models.py, uploads.py, downloads.py, following.py).
 
 The same servicer also answers the 1.x name `cogment.ModelRegistrySP`.
 Errors are raised as `RegistryError`s and mapped by the request interceptor.
@@ -13,62 +14,68 @@ from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
 from services.common.passthrough import add_servicer
-from services.frontend.registry import ModelRegistry
+from services.frontend.downloads import Downloads
+from services.frontend.following import Followers
+from services.frontend.models import Models
+from services.frontend.uploads import Uploads
 
 
 class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
     """The public registry API."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
-        self._registry = registry
+    def __init__(self, models: Models, uploads: Uploads, downloads: Downloads, followers: Followers) -> None:
+        self._models = models
+        self._uploads = uploads
+        self._downloads = downloads
+        self._followers = followers
 
     async def CreateOrUpdateModel(
         self, request: api.CreateOrUpdateModelRequest, context: grpc.aio.ServicerContext
     ) -> api.CreateOrUpdateModelReply:
         """Creates a model or replaces its user_data (its versions are kept)."""
-        await self._registry.create_or_update_model(request.model_info)
+        await self._models.create_or_update_model(request.model_info)
         return api.CreateOrUpdateModelReply()
 
     async def DeleteModel(
         self, request: api.DeleteModelRequest, context: grpc.aio.ServicerContext
     ) -> api.DeleteModelReply:
         """Deletes a model, its versions and their data."""
-        await self._registry.delete_model(request.model_id)
+        await self._models.delete_model(request.model_id)
         return api.DeleteModelReply()
 
     async def RetrieveModels(
         self, request: api.RetrieveModelsRequest, context: grpc.aio.ServicerContext
     ) -> api.RetrieveModelsReply:
         """Lists models (paginated) or fetches the given ids in order."""
-        return await self._registry.retrieve_models(request)
+        return await self._models.retrieve_models(request)
 
     async def CreateVersion(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> api.CreateVersionReply:
         """Creates a version from a header and data chunks (received encoded:
         see `add_to_server`)."""
-        info = await self._registry.create_version(request_iterator)
+        info = await self._uploads.create_version(request_iterator)
         return api.CreateVersionReply(version_info=info)
 
     async def RetrieveVersionInfos(
         self, request: api.RetrieveVersionInfosRequest, context: grpc.aio.ServicerContext
     ) -> api.RetrieveVersionInfosReply:
         """Lists versions (paginated) or fetches given numbers (-n from the latest)."""
-        return await self._registry.retrieve_version_infos(request)
+        return await self._models.retrieve_version_infos(request)
 
     async def RetrieveVersionData(
         self, request: api.RetrieveVersionDataRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Streams a version's data in chunks of at most the configured size
         (sent as encoded by the blobstore: see `add_to_server`)."""
-        async for chunk in self._registry.read_version_data(request.model_id, request.version_number):
+        async for chunk in self._downloads.read_version_data(request.model_id, request.version_number):
             yield chunk
 
     async def VersionUpdate(
         self, request: api.VersionUpdateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api.VersionUpdateReply]:
         """Sends the latest version at once, then every new version, in order."""
-        async for info in self._registry.follow_versions(request.model_id):
+        async for info in self._followers.follow_versions(request.model_id):
             yield api.VersionUpdateReply(version_info=info)
 
 

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.frontend.registry import UploadCheck, decode_data_hash
+from services.frontend.upload_check import UploadCheck, decode_data_hash
 
 VECTOR = b"chunk_1chunk_2"
 VECTOR_HASH = "jY0g3VkUK62ILPr2JuaW5g7uQi0EcJVZJu8IYp3yfhI="

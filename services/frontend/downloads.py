@@ -1,0 +1,114 @@
+"""RetrieveVersionData: a version's data, streamed from the blobstore replica
+that holds it, and what the registry does when that data is gone."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Protocol
+
+import grpc
+from cogmentAPI import model_registry_pb2 as api
+from opentelemetry import trace
+from registry import metadata_pb2
+
+from services.common.errors import DataLoss, InvalidArgument, NotFound, RegistryError
+from services.common.grpc_client import upstream_error
+from services.frontend.background import BackgroundTasks
+from services.frontend.blob_replicas import BlobMissing
+from services.frontend.upstream import BLOBSTORE
+
+log = logging.getLogger("registry.frontend")
+
+# RetrieveVersionDataReplyChunk with no data: nothing on the wire.
+_EMPTY_DATA_CHUNK = b""
+
+
+class DownloadMetadata(Protocol):
+    """The metadata calls of a download (upstream.MetadataClient)."""
+
+    async def resolve_version(
+        self, model_id: str, version_number: int, *, touch: bool
+    ) -> metadata_pb2.ResolveVersionReply: ...
+
+    async def forget_lost_version(self, blob_key: str) -> bool: ...
+
+
+class DownloadBlobs(Protocol):
+    """The blob call of a download (blob_replicas.BlobRouter)."""
+
+    def get(
+        self, key: str, *, archived: bool, expected_size: int, expected_sha256: bytes
+    ) -> AsyncGenerator[bytes, None]: ...
+
+
+class Downloads:
+    """RetrieveVersionData: resolves the version, streams its blob, and makes
+    a transient version whose data was lost disappear altogether."""
+
+    def __init__(self, metadata: DownloadMetadata, blobs: DownloadBlobs, background: BackgroundTasks) -> None:
+        self._metadata = metadata
+        self._blobs = blobs
+        self._background = background
+
+    async def read_version_data(self, model_id: str, version_number: int) -> AsyncIterator[bytes]:
+        """The encoded RetrieveVersionDataReplyChunk messages of one
+        version's data, each chunk at most the configured size.
+
+        Data gone from its blob: NOT_FOUND for a transient version (which is
+        then forgotten), DATA_LOSS for an archived one.
+        """
+        if not model_id:
+            raise InvalidArgument("model_id must not be empty")
+        resolved = await self._metadata.resolve_version(model_id, version_number, touch=True)
+        info = resolved.version_info
+        trace.get_current_span().set_attributes(
+            {
+                "model_id": model_id,
+                "version_number": info.version_number,
+                "archived": info.archived,
+                "data_size": info.data_size,
+            }
+        )
+        chunks = self._blobs.get(
+            resolved.blob_key,
+            archived=info.archived,
+            expected_size=info.data_size,
+            expected_sha256=base64.b64decode(info.data_hash),
+        )
+        sent = 0
+        try:
+            async for chunk in chunks:
+                sent += 1
+                yield chunk
+        except BlobMissing:
+            if not info.archived:
+                # The data is gone (eviction race, or the replica holding it
+                # restarted or left): make the info go too, so both answer NOT_FOUND.
+                self._background.spawn(self._forget_lost_version(resolved.blob_key))
+            raise _missing_data(info) from None
+        except grpc.aio.AioRpcError as exc:
+            raise upstream_error(BLOBSTORE, exc) from None
+        finally:
+            await chunks.aclose()
+        if sent == 0:
+            # A zero-byte version: one empty chunk, for clients that expect a message.
+            yield _EMPTY_DATA_CHUNK
+
+    async def _forget_lost_version(self, blob_key: str) -> None:
+        try:
+            if await self._metadata.forget_lost_version(blob_key):
+                log.warning("forgot a transient version whose data was lost (blob %s)", blob_key)
+        except RegistryError as exc:
+            log.warning("could not forget the version of lost blob %s: %s", blob_key, exc)
+
+
+def _missing_data(info: api.ModelVersionInfo) -> RegistryError:
+    what = f"version {info.version_number} of model {info.model_id!r}"
+    if info.archived:
+        return DataLoss(f"the archived data of {what} is missing from the archive")
+    return NotFound(
+        f"the data of {what} is no longer held in memory (evicted from the version cache, "
+        "or the blobstore replica holding it restarted)"
+    )

@@ -1,0 +1,56 @@
+"""The calls about models and their version infos: metadata answers them,
+and deleting a model also deletes its versions' blobs."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cogmentAPI import model_registry_pb2 as api
+from registry import metadata_pb2
+
+from services.common.errors import InvalidArgument
+from services.frontend.blob_deletion import BlobDeleter, delete_blobs
+
+
+class ModelMetadata(Protocol):
+    """The metadata calls about models (upstream.MetadataClient)."""
+
+    async def upsert_model(self, info: api.ModelInfo) -> None: ...
+
+    async def delete_model(self, model_id: str) -> metadata_pb2.DeleteModelReply: ...
+
+    async def retrieve_models(self, request: api.RetrieveModelsRequest) -> api.RetrieveModelsReply: ...
+
+    async def retrieve_version_infos(
+        self, request: api.RetrieveVersionInfosRequest
+    ) -> api.RetrieveVersionInfosReply: ...
+
+
+class Models:
+    """CreateOrUpdateModel, DeleteModel, RetrieveModels, RetrieveVersionInfos."""
+
+    def __init__(self, metadata: ModelMetadata, blobs: BlobDeleter) -> None:
+        self._metadata = metadata
+        self._blobs = blobs
+
+    async def create_or_update_model(self, info: api.ModelInfo) -> None:
+        if not info.model_id:
+            raise InvalidArgument("model_info.model_id must not be empty")
+        await self._metadata.upsert_model(info)
+
+    async def delete_model(self, model_id: str) -> None:
+        """Deletes the model and its versions (metadata), then their blobs,
+        before replying; a blob that cannot be deleted now is left to the
+        blobstore's sweeper."""
+        if not model_id:
+            raise InvalidArgument("model_id must not be empty")
+        reply = await self._metadata.delete_model(model_id)
+        await delete_blobs(self._blobs, reply.deleted_blobs)
+
+    async def retrieve_models(self, request: api.RetrieveModelsRequest) -> api.RetrieveModelsReply:
+        return await self._metadata.retrieve_models(request)
+
+    async def retrieve_version_infos(self, request: api.RetrieveVersionInfosRequest) -> api.RetrieveVersionInfosReply:
+        if not request.model_id:
+            raise InvalidArgument("model_id must not be empty")
+        return await self._metadata.retrieve_version_infos(request)

@@ -1,0 +1,206 @@
+"""CreateVersion: the upload protocol and the commit point of a version.
+
+The commit point (see docs/design.md, 2): a version's bytes are stored first
+(blobstore: durable and complete, or nothing), then metadata commits it in
+one transaction, which allocates the number and makes it visible. A failure
+before the commit leaves no blob (the blobstore discards an upload that did
+not `finish`); a commit metadata refused deletes the blob; a commit whose
+outcome is unknown keeps it, and the blobstore's sweeper removes it if no
+version references it (as it does the blob of a frontend that died between
+the two steps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import grpc
+from cogmentAPI import model_registry_pb2 as api
+from google.protobuf.message import DecodeError
+from opentelemetry import trace
+from registry import blobstore_pb2, metadata_pb2
+
+from services.common.errors import InvalidArgument, RegistryError
+from services.common.grpc_client import upstream_error
+from services.common.limits import check_version_fits_cache
+from services.common.wire import upload_body_data
+from services.frontend.background import BackgroundTasks
+from services.frontend.blob_deletion import delete_blobs
+from services.frontend.upload_check import UploadCheck, decode_data_hash
+from services.frontend.upstream import BLOBSTORE
+
+tracer = trace.get_tracer("registry.frontend")
+
+_FINISH = blobstore_pb2.PutBlobRequest(finish=blobstore_pb2.PutBlobRequest.Finish()).SerializeToString()
+
+# Answers of CommitVersion that prove nothing was committed.
+_COMMIT_REFUSED = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+
+class UploadMetadata(Protocol):
+    """The metadata calls of an upload (upstream.MetadataClient)."""
+
+    async def retrieve_models(self, request: api.RetrieveModelsRequest) -> api.RetrieveModelsReply: ...
+
+    async def commit_version(self, info: api.ModelVersionInfo, blob_key: str) -> metadata_pb2.CommitVersionReply: ...
+
+
+class PlacedBlob(Protocol):
+    """A new blob's key and the replica chosen to store it (blob_replicas.NewBlob)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def address(self) -> str: ...
+
+    async def put(self, size: int, requests: AsyncIterator[bytes]) -> None: ...
+
+
+class UploadBlobs(Protocol):
+    """The blob calls of an upload (blob_replicas.BlobRouter)."""
+
+    async def place(self, archived: bool) -> PlacedBlob: ...
+
+    async def delete(self, key: str, *, archived: bool) -> None: ...
+
+
+def _decode_chunk(raw: bytes, position: int) -> api.CreateVersionRequestChunk:
+    try:
+        return api.CreateVersionRequestChunk.FromString(raw)
+    except DecodeError:
+        raise InvalidArgument(f"message {position} of CreateVersion is not a CreateVersionRequestChunk") from None
+
+
+class Uploads:
+    """CreateVersion: checks the header, streams the data to a blobstore
+    replica while checking it, then commits the version."""
+
+    def __init__(
+        self,
+        metadata: UploadMetadata,
+        blobs: UploadBlobs,
+        background: BackgroundTasks,
+        *,
+        version_cache_max_bytes: int,
+    ) -> None:
+        self._metadata = metadata
+        self._blobs = blobs
+        self._background = background
+        self._version_cache_max_bytes = version_cache_max_bytes
+
+    async def create_version(self, requests: AsyncIterator[bytes]) -> api.ModelVersionInfo:
+        """Stores the streamed data, then commits the version; nothing is
+        left behind when anything fails on the way.
+
+        `requests` are the client's CreateVersionRequestChunk messages still
+        encoded: the header is decoded, the bodies are hashed in place and
+        forwarded to the blobstore as they came (see upstream.BlobStoreClient).
+        """
+        stream = requests.__aiter__()
+        info, expected_digest = await self._read_header(stream)
+        trace.get_current_span().set_attributes(
+            {"model_id": info.model_id, "archived": info.archived, "data_size": info.data_size}
+        )
+        # Fail fast on an unknown model, before any byte is moved.
+        await self._metadata.retrieve_models(api.RetrieveModelsRequest(model_ids=[info.model_id]))
+
+        blob = await self._blobs.place(info.archived)
+        check = UploadCheck(info.data_size, expected_digest)
+        with tracer.start_as_current_span(
+            "upload and hash", attributes={"blob_key": blob.key, "blobstore": blob.address}
+        ) as span:
+            try:
+                await self._store_blob(blob, info.archived, stream, check)
+            finally:
+                span.set_attributes({"bytes": check.received, "chunks": check.chunks})
+
+        info.data_hash = check.data_hash
+        info.version_number = 0
+        reply = await self._commit(info, blob.key)
+        trace.get_current_span().set_attributes(
+            {"version_number": reply.version_info.version_number, "evicted": len(reply.evicted_blobs)}
+        )
+        if reply.evicted_blobs:
+            self._background.spawn(delete_blobs(self._blobs, reply.evicted_blobs))
+        return reply.version_info
+
+    async def _read_header(self, stream: AsyncIterator[bytes]) -> tuple[api.ModelVersionInfo, bytes | None]:
+        """The version announced by the first message, and the digest its
+        data must have (None when the client gave no data_hash)."""
+        try:
+            first = _decode_chunk(await stream.__anext__(), 1)
+        except StopAsyncIteration:
+            raise InvalidArgument("empty stream: the first message must be a header with version_info") from None
+        if first.WhichOneof("msg") != "header":
+            raise InvalidArgument("the first message of CreateVersion must be a header, not a body")
+        info = api.ModelVersionInfo()
+        info.CopyFrom(first.header.version_info)
+        if not info.model_id:
+            raise InvalidArgument("header.version_info.model_id must not be empty")
+        expected_digest = decode_data_hash(info.data_hash) if info.data_hash else None
+        check_version_fits_cache(archived=info.archived, size=info.data_size, max_bytes=self._version_cache_max_bytes)
+        return info, expected_digest
+
+    async def _store_blob(
+        self, blob: PlacedBlob, archived: bool, stream: AsyncIterator[bytes], check: UploadCheck
+    ) -> None:
+        async def blob_requests() -> AsyncIterator[bytes]:
+            header = blobstore_pb2.PutBlobRequest.Header(key=blob.key, size=check.expected_size, archived=archived)
+            yield blobstore_pb2.PutBlobRequest(header=header).SerializeToString()
+            async for raw in stream:
+                data = upload_body_data(raw)
+                if data is None:
+                    # Not the usual encoding: decode it, and re-encode what we forward.
+                    try:
+                        message = _decode_chunk(raw, check.chunks + 2)
+                    except InvalidArgument as exc:
+                        check.error = exc
+                        return
+                    if message.WhichOneof("msg") != "body":
+                        check.error = InvalidArgument(
+                            f"message {check.chunks + 2} of CreateVersion is not a body: only the first message is a header"
+                        )
+                        return
+                    data = message.body.data_chunk
+                    raw = blobstore_pb2.PutBlobRequest(body=message.body).SerializeToString()
+                if not check.add(data):
+                    return
+                # The client's body message is a PutBlobRequest body as is.
+                yield raw
+            # Without `finish` the blobstore discards the upload.
+            if check.finish():
+                yield _FINISH
+
+        try:
+            await blob.put(check.expected_size, blob_requests())
+        except grpc.aio.AioRpcError as exc:
+            if check.error is not None:
+                raise check.error from None
+            raise upstream_error(BLOBSTORE, exc) from None
+        if check.error is not None:  # pragma: no cover - the blobstore must have refused
+            raise check.error
+
+    async def _commit(self, info: api.ModelVersionInfo, blob_key: str) -> metadata_pb2.CommitVersionReply:
+        """Commits the version of the stored blob `blob_key`, and decides the
+        blob's fate when the commit fails."""
+        try:
+            return await self._metadata.commit_version(info, blob_key)
+        except RegistryError as exc:
+            if exc.code in _COMMIT_REFUSED:
+                # Metadata refused: the version does not exist, so neither may its data.
+                self._background.spawn(
+                    delete_blobs(self._blobs, [metadata_pb2.BlobRef(key=blob_key, archived=info.archived)])
+                )
+            # Otherwise (timeout, unavailable, cancelled) the commit may have
+            # happened: keep the blob; if it is unreferenced the sweeper removes it.
+            raise
