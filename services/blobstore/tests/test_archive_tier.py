@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from services.blobstore.tests.archives import Archive
+from services.blobstore.tests.tiers import Archive
 from services.blobstore.tests.helpers import MIB, read_all, store
 from services.common.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
 

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError, FlexibleChecksumError, ReadTimeoutE
 
 from services.blobstore.store.s3 import MAX_OBJECT_SIZE, MAX_PARTS, PARTS_IN_FLIGHT, S3Reader, S3Tier  # noqa: E402
 from services.blobstore.sweeper import Sweeper  # noqa: E402
-from services.blobstore.tests.archives import S3Archive, S3Server  # noqa: E402
+from services.blobstore.tests.tiers import S3Archive, S3Server  # noqa: E402
 from services.blobstore.tests.helpers import MIB, read_all, store  # noqa: E402
 from services.common.errors import AlreadyExists, DataLoss, ResourceExhausted, Unavailable  # noqa: E402
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from registry import blobstore_pb2
 
 from services.blobstore.config import S3Location
-from services.blobstore.tests.archives import S3Server
+from services.blobstore.tests.tiers import S3Server
 from services.blobstore.tests.helpers import (
     MIB,
     Blobstore,

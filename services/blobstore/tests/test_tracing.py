@@ -21,7 +21,7 @@ from registry import blobstore_pb2, blobstore_pb2_grpc
 from services.blobstore.blobs import BlobService, PutMessage
 from services.blobstore.servicer import BlobStoreServicer, add_to_server, decode_put_messages
 from services.blobstore.store import BlobTier, FileTier, MemoryTier
-from services.blobstore.tests.archives import S3Server
+from services.blobstore.tests.tiers import S3Server
 from services.blobstore.tests.helpers import MIB, put_requests
 from services.common.errors import DataLoss
 from services.common.grpc_server import RequestInterceptor, server_options
