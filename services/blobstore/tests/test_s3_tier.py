@@ -1,4 +1,4 @@
-"""What is particular to the S3 tier (the contract is in test_archive_tier),
+"""What is particular to the S3 tier (the contract is in test_tier_contract),
 against a real moto server: layout, multipart uploads and their bounds,
 conditional writes, abandoned uploads, waiting for the bucket."""
 
