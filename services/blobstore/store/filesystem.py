@@ -41,9 +41,7 @@ from services.blobstore.store.base import (
     BlobWriter,
     Chunk,
     StoredBlob,
-    check_stored_size,
     not_found,
-    validate_key,
 )
 from services.blobstore.store.blocking import ThreadedTier, VerifyingReader, default_io_threads
 from services.common.errors import AlreadyExists, ResourceExhausted
@@ -230,8 +228,7 @@ class FileTier(ThreadedTier):
 
     # -- operations ---------------------------------------------------------
 
-    async def open_writer(self, key: str, size: int) -> BlobWriter:
-        validate_key(key)
+    async def _open_writer(self, key: str, size: int) -> BlobWriter:
         if self._owner is None:
             raise RuntimeError("FileTier.open() was not awaited")
         temp_path = os.path.join(self.temp_dir, f"{self._owner}.{key}.{next(self._upload_numbers)}")
@@ -250,24 +247,11 @@ class FileTier(ThreadedTier):
             )
         return open(temp_path, "xb")  # noqa: SIM115 - closed by the writer
 
-    async def open_reader(
-        self,
-        key: str,
-        *,
-        expected_size: int | None,
-        expected_sha256: bytes | None,
-        chunk_size: int,
-    ) -> BlobReader:
-        validate_key(key)
+    async def _open_reader(self, key: str, *, expected_sha256: bytes | None, chunk_size: int) -> BlobReader:
         try:
             file, size = await self._run_owning(_close_opened, self._open_for_reading, self.path_of(key))
         except FileNotFoundError:
             raise not_found(key) from None
-        try:
-            check_stored_size(key, size, expected_size)
-        except BaseException:
-            file.close()
-            raise
         return FileReader(self, key, file, size, expected_sha256, chunk_size)
 
     @staticmethod
@@ -276,8 +260,7 @@ class FileTier(ThreadedTier):
         # The size of what is open: a delete or rename afterwards changes nothing.
         return file, os.fstat(file.fileno()).st_size
 
-    async def delete(self, key: str) -> bool:
-        validate_key(key)
+    async def _delete(self, key: str) -> bool:
         # Not fsynced: a delete undone by a crash leaves an orphan for the sweeper.
         return await self._run(_unlink_quietly, self.path_of(key))
 

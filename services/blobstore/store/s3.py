@@ -59,9 +59,7 @@ from services.blobstore.store.base import (
     BlobWriter,
     Chunk,
     StoredBlob,
-    check_stored_size,
     not_found,
-    validate_key,
 )
 from services.blobstore.store.blocking import ThreadedTier, VerifyingReader
 from services.common.errors import Aborted, AlreadyExists, DataLoss, ResourceExhausted, Unavailable
@@ -278,8 +276,7 @@ class S3Tier(ThreadedTier):
             return None
         return max(self.part_size, math.ceil(size / MAX_PARTS))
 
-    async def open_writer(self, key: str, size: int) -> BlobWriter:
-        validate_key(key)
+    async def _open_writer(self, key: str, size: int) -> BlobWriter:
         if size > MAX_OBJECT_SIZE:
             raise ResourceExhausted(
                 f"blob {key} of {size} bytes is larger than the archive's largest object ({MAX_OBJECT_SIZE} bytes)"
@@ -288,28 +285,14 @@ class S3Tier(ThreadedTier):
         await self._call(f"starting the upload of blob {key}", self._refuse_existing, key, object_key)
         return S3Writer(self, key, size, object_key)
 
-    async def open_reader(
-        self,
-        key: str,
-        *,
-        expected_size: int | None,
-        expected_sha256: bytes | None,
-        chunk_size: int,
-    ) -> BlobReader:
-        validate_key(key)
+    async def _open_reader(self, key: str, *, expected_sha256: bytes | None, chunk_size: int) -> BlobReader:
         body, size = await self._storage_call(
             f"reading blob {key}", self._run_owning(_close_body, self._get, key, self.object_key(key))
         )
-        try:
-            check_stored_size(key, size, expected_size)
-        except BaseException:
-            body.close()
-            raise
         return S3Reader(self, key, body, size, expected_sha256, chunk_size)
 
-    async def delete(self, key: str) -> bool:
-        validate_key(key)
-        return await self._call(f"deleting blob {key}", self._delete, self.object_key(key))
+    async def _delete(self, key: str) -> bool:
+        return await self._call(f"deleting blob {key}", self._delete_object, self.object_key(key))
 
     async def list_blobs(self) -> list[StoredBlob]:
         return await self._call(f"listing {self.location}", self._list)
@@ -419,7 +402,7 @@ class S3Tier(ThreadedTier):
             raise
         return reply["Body"], reply["ContentLength"]
 
-    def _delete(self, object_key: str) -> bool:
+    def _delete_object(self, object_key: str) -> bool:
         # DeleteObject succeeds on a missing key: ask first, to tell.
         if self._head(object_key) is None:
             return False

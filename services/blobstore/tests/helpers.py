@@ -56,6 +56,17 @@ def blob_files(archive_dir: Path) -> list[str]:
     )
 
 
+def open_descriptors_of(path: Path) -> int:
+    """How many descriptors of this process have `path` open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except OSError:
+            continue
+    return count
+
+
 # -- the gRPC server ---------------------------------------------------------
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from services.blobstore.store import FileTier
-from services.blobstore.tests.helpers import blob_files, read_all, temp_files
+from services.blobstore.tests.helpers import blob_files, open_descriptors_of, read_all, store, temp_files
 from services.blobstore.store.filesystem import start_writeback
-from services.common.errors import ResourceExhausted
+from services.common.errors import DataLoss, ResourceExhausted
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
 
@@ -96,6 +96,13 @@ async def test_commit_fsyncs_the_file_and_its_directory(file_tier: FileTier, tmp
     blob_dir = str(tmp_path / "blobs" / "du")
     assert synced[0].startswith(str(tmp_path / "blobs" / ".tmp"))  # the data, before the link
     assert synced[-1] == blob_dir  # the new directory entry
+
+
+async def test_a_size_mismatch_leaves_no_file_open(file_tier: FileTier):
+    await store(file_tier, "sized", [b"abc"])
+    with pytest.raises(DataLoss):
+        await file_tier.open_reader("sized", expected_size=4, expected_sha256=None, chunk_size=1)
+    assert open_descriptors_of(Path(file_tier.path_of("sized"))) == 0
 
 
 def test_start_writeback_is_harmless_on_any_range(tmp_path: Path):

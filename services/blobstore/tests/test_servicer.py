@@ -26,6 +26,7 @@ from services.blobstore.tests.helpers import (
     expect_status,
     is_missing,
     make_config,
+    open_descriptors_of,
     put_requests,
     stalled_upload,
     start_blobstore,
@@ -382,16 +383,6 @@ async def test_chunk_size_is_capped_by_the_message_limit(blobstore: Blobstore):
     chunks = await blobstore.get("large", archived=True, chunk_size=64 * MIB)
     assert b"".join(chunks) == data
     assert max(map(len, chunks)) < blobstore.config.max_message_bytes
-
-
-def open_descriptors_of(path: Path) -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
-        except OSError:
-            continue
-    return count
 
 
 async def test_a_cancelled_read_closes_its_file(blobstore: Blobstore):
