@@ -249,7 +249,7 @@ class FileTier(ThreadedTier):
 
     async def _open_reader(self, key: str, *, expected_sha256: bytes | None, chunk_size: int) -> BlobReader:
         try:
-            file, size = await self._run_owning(_close_opened, self._open_for_reading, self.path_of(key))
+            file, size = await self._open_source(self._open_for_reading, self.path_of(key))
         except FileNotFoundError:
             raise not_found(key) from None
         return FileReader(self, key, file, size, expected_sha256, chunk_size)
@@ -286,10 +286,6 @@ class FileTier(ThreadedTier):
                 except FileNotFoundError:
                     continue
         return blobs
-
-
-def _close_opened(opened: tuple[BinaryIO, int]) -> None:
-    opened[0].close()
 
 
 def _storage_error(key: str, exc: OSError) -> Exception:
@@ -402,21 +398,3 @@ class FileReader(VerifyingReader):
     readable even if the blob is deleted meanwhile."""
 
     source_noun = "file"
-
-    def __init__(
-        self,
-        tier: FileTier,
-        key: str,
-        file: BinaryIO,
-        size: int,
-        expected_sha256: bytes | None,
-        chunk_size: int,
-    ) -> None:
-        super().__init__(tier, key, size, expected_sha256, chunk_size)
-        self._file = file
-
-    def _read_source(self, size: int) -> bytes:
-        return self._file.read(size)
-
-    def _close_source(self) -> None:
-        self._file.close()

@@ -142,10 +142,6 @@ def _request_body(chunks: list[Chunk]) -> bytes:
     return b"".join(chunks)
 
 
-def _close_body(opened: tuple[Any, int]) -> None:
-    opened[0].close()
-
-
 class S3Tier(ThreadedTier):
     """Blobs as objects under `prefix` in `bucket` (see the module's doc)."""
 
@@ -287,7 +283,7 @@ class S3Tier(ThreadedTier):
 
     async def _open_reader(self, key: str, *, expected_sha256: bytes | None, chunk_size: int) -> BlobReader:
         body, size = await self._storage_call(
-            f"reading blob {key}", self._run_owning(_close_body, self._get, key, self.object_key(key))
+            f"reading blob {key}", self._open_source(self._get, key, self.object_key(key))
         )
         return S3Reader(self, key, body, size, expected_sha256, chunk_size)
 
@@ -551,19 +547,18 @@ class S3Reader(VerifyingReader):
     def __init__(
         self, tier: S3Tier, key: str, body: Any, size: int, expected_sha256: bytes | None, chunk_size: int
     ) -> None:
-        super().__init__(tier, key, size, expected_sha256, chunk_size)
-        self._body = body
+        super().__init__(tier, key, body, size, expected_sha256, chunk_size)
         self._received = 0
 
     def _read_source(self, size: int) -> bytes:
         try:
-            data = self._body.read(size)
+            data = self._source.read(size)
             if 0 < len(data) < size:
                 # A short read (rare: urllib3 reads until `size` or the end):
                 # gather the rest and join once, not by repeated concatenation.
                 pieces, received = [data], len(data)
                 while received < size:
-                    more = self._body.read(size - received)
+                    more = self._source.read(size - received)
                     if not more:
                         break
                     pieces.append(more)
@@ -573,12 +568,10 @@ class S3Reader(VerifyingReader):
             if self._received == self.size:
                 # Reading past the end lets botocore check the length and
                 # the checksum the store recorded, if any.
-                self._body.read(1)
+                self._source.read(1)
         except FlexibleChecksumError as exc:
             raise DataLoss(f"stored data of blob {self._key} is corrupt: {exc}") from exc
         except (BotoCoreError, ClientError) as exc:
             _raise_storage_error(exc, f"reading blob {self._key}")
         return data
 
-    def _close_source(self) -> None:
-        self._body.close()
