@@ -35,14 +35,7 @@ from typing import BinaryIO
 
 from opentelemetry import trace
 
-from services.blobstore.store.base import (
-    KEY_PATTERN,
-    BlobReader,
-    BlobWriter,
-    Chunk,
-    StoredBlob,
-    not_found,
-)
+from services.blobstore.store.base import KEY_PATTERN, BlobReader, BlobWriter, Chunk, StoredBlob, not_found
 from services.blobstore.store.blocking import ThreadedTier, VerifyingReader, default_io_threads
 from services.common.errors import AlreadyExists, ResourceExhausted
 

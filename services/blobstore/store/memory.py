@@ -9,14 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from services.blobstore.config import MEMORY_MAX_BYTES_VARIABLE
-from services.blobstore.store.base import (
-    BlobReader,
-    BlobTier,
-    BlobWriter,
-    Chunk,
-    StoredBlob,
-    not_found,
-)
+from services.blobstore.store.base import BlobReader, BlobTier, BlobWriter, Chunk, StoredBlob, not_found
 from services.common.errors import AlreadyExists, ResourceExhausted
 
 

@@ -54,13 +54,7 @@ from botocore.exceptions import (
 )
 from opentelemetry import trace
 
-from services.blobstore.store.base import (
-    BlobReader,
-    BlobWriter,
-    Chunk,
-    StoredBlob,
-    not_found,
-)
+from services.blobstore.store.base import BlobReader, BlobWriter, Chunk, StoredBlob, not_found
 from services.blobstore.store.blocking import ThreadedTier, VerifyingReader
 from services.common.errors import Aborted, AlreadyExists, DataLoss, ResourceExhausted, Unavailable
 
