@@ -87,6 +87,20 @@ class Blobstore:
         request = blobstore_pb2.GetBlobRequest(key=key, archived=archived, **fields)
         return [reply.data_chunk async for reply in self.stub.GetBlob(request)]
 
+    async def get_failing(
+        self, code: grpc.StatusCode, key: str, *, archived: bool, **fields
+    ) -> tuple[str, list[bytes]]:
+        """A GetBlob that must end with `code`: its details, and the chunks
+        received before it did."""
+        request = blobstore_pb2.GetBlobRequest(key=key, archived=archived, **fields)
+        received: list[bytes] = []
+
+        async def consume() -> None:
+            async for reply in self.stub.GetBlob(request):
+                received.append(reply.data_chunk)
+
+        return await expect_status(code, consume()), received
+
     async def raw_put(self, messages: Iterable[bytes]) -> int:
         """PutBlob with the given encoded messages, sent as they are."""
         put = self.channel.stream_unary(

@@ -249,14 +249,9 @@ async def test_not_found(blobstore: Blobstore, archived: bool):
 @BOTH_TIERS
 async def test_size_mismatch_is_data_loss_before_any_chunk(blobstore: Blobstore, archived: bool):
     await blobstore.put("sized", b"abc", archived=archived)
-    received = []
-    call = blobstore.stub.GetBlob(blobstore_pb2.GetBlobRequest(key="sized", archived=archived, expected_size=4))
-
-    async def consume() -> None:
-        async for reply in call:
-            received.append(reply)
-
-    details = await expect_status(grpc.StatusCode.DATA_LOSS, consume())
+    details, received = await blobstore.get_failing(
+        grpc.StatusCode.DATA_LOSS, "sized", archived=archived, expected_size=4
+    )
     assert "3 bytes stored, 4 expected" in details and received == []
 
 
@@ -278,17 +273,8 @@ async def test_corrupt_archive_is_data_loss_instead_of_the_last_chunk(blobstore:
     corrupt = bytearray(data)
     corrupt[12345] ^= 0xFF
     path.write_bytes(corrupt)
-    request = blobstore_pb2.GetBlobRequest(
-        key="rotten", archived=True, expected_size=len(data), expected_sha256=hashlib.sha256(data).digest(),
-        chunk_size=MIB,
-    )
-    received = []
-
-    async def consume() -> None:
-        async for reply in blobstore.stub.GetBlob(request):
-            received.append(reply.data_chunk)
-
-    details = await expect_status(grpc.StatusCode.DATA_LOSS, consume())
+    recorded = dict(expected_size=len(data), expected_sha256=hashlib.sha256(data).digest(), chunk_size=MIB)
+    details, received = await blobstore.get_failing(grpc.StatusCode.DATA_LOSS, "rotten", archived=True, **recorded)
     assert details == "stored data of blob rotten is corrupt: sha256 mismatch"
     assert len(received) == 2  # of 3: the client never completes a stream of wrong bytes
 
