@@ -14,7 +14,7 @@ import concurrent.futures
 import contextvars
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
@@ -49,10 +49,22 @@ class ThreadedTier(BlobTier):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self._submit(fn, *args))
 
-    async def _run_to_completion(self, fn: Callable[..., T], *args: Any) -> T:
-        """Like `_run`, but a cancellation of the caller does not stop `fn`
-        (cleanups must happen even when the client has gone)."""
-        return await asyncio.shield(asyncio.wrap_future(self._submit(fn, *args)))
+    async def _clean_up_after(
+        self, in_flight: Iterable[concurrent.futures.Future[Any] | None], clean_up: Callable[[], object]
+    ) -> None:
+        """Runs `clean_up` on the pool once the operations `in_flight` (None
+        for none) have ended, never under them: they were submitted before
+        it, so they are running or done by then (the pool starts tasks in
+        order) and waiting for them cannot deadlock. A cancellation of the
+        caller does not stop it: cleanups must happen even when the client
+        has gone."""
+        earlier = [future for future in in_flight if future is not None]
+
+        def wait_then_clean_up() -> None:
+            concurrent.futures.wait(earlier)
+            clean_up()
+
+        await asyncio.shield(asyncio.wrap_future(self._submit(wait_then_clean_up)))
 
     async def _run_owning(self, release: Callable[[T], object], fn: Callable[..., T], *args: Any) -> T:
         """Like `_run`, for a result that holds a resource (an open file, a
@@ -171,11 +183,5 @@ class VerifyingReader(BlobReader):
         if self._closed:
             return
         self._closed = True
-        await self._tier._run_to_completion(self._close_after, self._last_read)
-
-    def _close_after(self, last_read: concurrent.futures.Future[bytes] | None) -> None:
-        if last_read is not None:
-            # A cancelled consumer may have left a read running: let it end
-            # before closing (it started first, the pool runs tasks in order).
-            concurrent.futures.wait([last_read])
-        self._close_source()
+        # A cancelled consumer may have left a read running.
+        await self._tier._clean_up_after([self._last_read], self._close_source)

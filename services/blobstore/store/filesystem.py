@@ -368,13 +368,10 @@ class FileWriter(BlobWriter):
         _fsync_directory(directory)
 
     async def _abort(self) -> None:
-        await self._tier._run_to_completion(self._discard, self._last_write)
+        # Never close the file under a write.
+        await self._tier._clean_up_after([self._last_write], self._discard)
 
-    def _discard(self, last_write: concurrent.futures.Future[int] | None) -> None:
-        if last_write is not None:
-            # Submitted before this cleanup, so already running or done: the
-            # pool takes tasks in order. Never close the file under a write.
-            concurrent.futures.wait([last_write])
+    def _discard(self) -> None:
         try:
             self._file.close()
         except OSError:

@@ -510,13 +510,10 @@ class S3Writer(BlobWriter):
 
     async def _abort(self) -> None:
         self._buffer = []
-        in_flight = [f for f in (self._creating, *self._uploading, self._publishing) if f is not None]
-        await self._tier._run_to_completion(self._discard, in_flight)
+        # Never abort an upload under a part being sent.
+        await self._tier._clean_up_after([self._creating, *self._uploading, self._publishing], self._discard)
 
-    def _discard(self, in_flight: list[concurrent.futures.Future[Any]]) -> None:
-        # Submitted before this cleanup, so running or done: the pool takes
-        # tasks in order. Never abort an upload under a part being sent.
-        concurrent.futures.wait(in_flight)
+    def _discard(self) -> None:
         tier = self._tier
         try:
             if self._publishing is not None:
