@@ -158,18 +158,7 @@ async def test_a_commit_cancelled_after_the_object_appeared_leaves_nothing(s3_ar
         return real(**kwargs)
 
     CallSpy(monkeypatch, s3_archive.tier._client, "complete_multipart_upload", gated)
-    data = os.urandom(12 * MIB)
-
-    async def upload() -> None:
-        writer = await s3_archive.tier.open_writer("cancelled", len(data))
-        try:
-            for chunk in in_mib_chunks(data):
-                await writer.write(chunk)
-            await writer.commit()
-        finally:
-            await writer.abort()
-
-    task = asyncio.create_task(upload())
+    task = asyncio.create_task(store(s3_archive.tier, "cancelled", in_mib_chunks(os.urandom(12 * MIB))))
     while not entered.is_set():
         await asyncio.sleep(0.01)
     task.cancel()
