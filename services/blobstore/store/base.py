@@ -46,14 +46,6 @@ def not_found(key: str) -> NotFound:
     return NotFound(f"blob {key} not found")
 
 
-def check_stored_size(key: str, stored_size: int, expected_size: int | None) -> None:
-    """Raises DataLoss when the stored size is not the recorded one."""
-    if expected_size is not None and stored_size != expected_size:
-        raise DataLoss(
-            f"stored data of blob {key} is corrupt: {stored_size} bytes stored, {expected_size} expected"
-        )
-
-
 def sha256_mismatch(key: str) -> DataLoss:
     return DataLoss(f"stored data of blob {key} is corrupt: sha256 mismatch")
 
@@ -170,8 +162,10 @@ class BlobTier(ABC):
     """A place blobs are stored: memory, a directory, an object store.
 
     `open` is awaited once before any other call and `close` at shutdown.
-    Keys are checked with `validate_key` by the tier itself, since the tier
-    is what maps them to storage names.
+    Keys are checked by the tier, since it maps them to storage names: here,
+    once for every tier, as is the stored size against the recorded one. A
+    tier implements `_open_writer`, `_open_reader` and `_delete`, which get
+    valid keys only.
     """
 
     # Short name for logs ("memory", "archive").
@@ -183,16 +177,15 @@ class BlobTier(ABC):
     async def close(self) -> None:
         """Releases the tier's resources; in-flight calls have ended."""
 
-    @abstractmethod
     async def open_writer(self, key: str, size: int) -> BlobWriter:
         """Starts an upload of `size` bytes under `key`.
 
-        Raises AlreadyExists if `key` is stored (a blob is never
-        overwritten) and ResourceExhausted if the tier has no room for
-        `size` bytes; both before any byte is accepted.
+        Raises InvalidArgument for a bad key, AlreadyExists if `key` is
+        stored (a blob is never overwritten) and ResourceExhausted if the
+        tier has no room for `size` bytes; all before any byte is accepted.
         """
+        return await self._open_writer(validate_key(key), size)
 
-    @abstractmethod
     async def open_reader(
         self,
         key: str,
@@ -203,16 +196,36 @@ class BlobTier(ABC):
     ) -> BlobReader:
         """Opens `key` for reading.
 
-        Raises NotFound if it is not stored and DataLoss if `expected_size`
-        is given and differs from the stored size (before any byte is
-        read). Tiers whose bytes can rot (files, objects) verify
-        `expected_sha256` while streaming; the memory tier need not.
+        Raises InvalidArgument for a bad key, NotFound if it is not stored
+        and DataLoss if `expected_size` is given and differs from the stored
+        size (before any byte is read). Tiers whose bytes can rot (files,
+        objects) verify `expected_sha256` while streaming; the memory tier
+        need not.
         """
+        reader = await self._open_reader(validate_key(key), expected_sha256=expected_sha256, chunk_size=chunk_size)
+        if expected_size is not None and reader.size != expected_size:
+            await reader.close()
+            raise DataLoss(
+                f"stored data of blob {key} is corrupt: {reader.size} bytes stored, {expected_size} expected"
+            )
+        return reader
 
-    @abstractmethod
     async def delete(self, key: str) -> bool:
         """Deletes `key`; idempotent. Returns whether it was stored. Readers
         that opened it before keep streaming it."""
+        return await self._delete(validate_key(key))
+
+    @abstractmethod
+    async def _open_writer(self, key: str, size: int) -> BlobWriter:
+        """Refuses a stored key or a size without room, then starts the upload."""
+
+    @abstractmethod
+    async def _open_reader(self, key: str, *, expected_sha256: bytes | None, chunk_size: int) -> BlobReader:
+        """A reader of the blob as stored (raising NotFound if it is not),
+        its `size` being the stored size."""
+
+    @abstractmethod
+    async def _delete(self, key: str) -> bool: ...
 
     @abstractmethod
     async def list_blobs(self) -> list[StoredBlob]:

@@ -14,10 +14,9 @@ import concurrent.futures
 import contextvars
 import hashlib
 import os
-from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from services.blobstore.store.base import BlobReader, BlobTier, sha256_mismatch
 from services.common.errors import DataLoss
@@ -25,6 +24,14 @@ from services.common.errors import DataLoss
 T = TypeVar("T")
 
 EMPTY_SHA256 = hashlib.sha256(b"").digest()
+
+
+class Source(Protocol):
+    """Where a stored blob's bytes are read from: an open file, a response body."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class ThreadedTier(BlobTier):
@@ -42,10 +49,22 @@ class ThreadedTier(BlobTier):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self._submit(fn, *args))
 
-    async def _run_to_completion(self, fn: Callable[..., T], *args: Any) -> T:
-        """Like `_run`, but a cancellation of the caller does not stop `fn`
-        (cleanups must happen even when the client has gone)."""
-        return await asyncio.shield(asyncio.wrap_future(self._submit(fn, *args)))
+    async def _clean_up_after(
+        self, in_flight: Iterable[concurrent.futures.Future[Any] | None], clean_up: Callable[[], object]
+    ) -> None:
+        """Runs `clean_up` on the pool once the operations `in_flight` (None
+        for none) have ended, never under them: they were submitted before
+        it, so they are running or done by then (the pool starts tasks in
+        order) and waiting for them cannot deadlock. A cancellation of the
+        caller does not stop it: cleanups must happen even when the client
+        has gone."""
+        earlier = [future for future in in_flight if future is not None]
+
+        def wait_then_clean_up() -> None:
+            concurrent.futures.wait(earlier)
+            clean_up()
+
+        await asyncio.shield(asyncio.wrap_future(self._submit(wait_then_clean_up)))
 
     async def _run_owning(self, release: Callable[[T], object], fn: Callable[..., T], *args: Any) -> T:
         """Like `_run`, for a result that holds a resource (an open file, a
@@ -63,8 +82,17 @@ class ThreadedTier(BlobTier):
             future.add_done_callback(release_result)
             raise
 
+    async def _open_source(self, fn: Callable[..., tuple[Source, int]], *args: Any) -> tuple[Source, int]:
+        """`fn(*args)`, which opens a blob's source and tells its size, on
+        the pool; the source is closed if the caller is gone meanwhile."""
+        return await self._run_owning(_close_opened, fn, *args)
+
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, True)
+
+
+def _close_opened(opened: tuple[Source, int]) -> None:
+    opened[0].close()
 
 
 def default_io_threads() -> int:
@@ -81,19 +109,20 @@ class VerifyingReader(BlobReader):
     source shorter than its announced size is DataLoss at the chunk where it
     ends; a digest mismatch is DataLoss instead of the last chunk.
 
-    Subclasses implement `_read_source` and `_close_source`, both called on
-    a worker thread, never concurrently.
+    `_read_source` and `_close_source` (which a subclass may override) are
+    called on a worker thread, never concurrently.
     """
 
     # How the source is named in errors ("file", "object").
     source_noun = "source"
 
     def __init__(
-        self, tier: ThreadedTier, key: str, size: int, expected_sha256: bytes | None, chunk_size: int
+        self, tier: ThreadedTier, key: str, source: Source, size: int, expected_sha256: bytes | None, chunk_size: int
     ) -> None:
         self.size = size
         self._tier = tier
         self._key = key
+        self._source = source
         self._expected_sha256 = expected_sha256
         self._hash = hashlib.sha256() if expected_sha256 is not None else None
         self._chunk_size = chunk_size
@@ -101,12 +130,12 @@ class VerifyingReader(BlobReader):
         self._last_read: concurrent.futures.Future[bytes] | None = None
         self._closed = False
 
-    @abstractmethod
     def _read_source(self, size: int) -> bytes:
         """The next `size` bytes, fewer only where the source ends."""
+        return self._source.read(size)
 
-    @abstractmethod
-    def _close_source(self) -> None: ...
+    def _close_source(self) -> None:
+        self._source.close()
 
     def _read(self, size: int) -> bytes:
         data = self._read_source(size)
@@ -154,11 +183,5 @@ class VerifyingReader(BlobReader):
         if self._closed:
             return
         self._closed = True
-        await self._tier._run_to_completion(self._close_after, self._last_read)
-
-    def _close_after(self, last_read: concurrent.futures.Future[bytes] | None) -> None:
-        if last_read is not None:
-            # A cancelled consumer may have left a read running: let it end
-            # before closing (it started first, the pool runs tasks in order).
-            concurrent.futures.wait([last_read])
-        self._close_source()
+        # A cancelled consumer may have left a read running.
+        await self._tier._clean_up_after([self._last_read], self._close_source)

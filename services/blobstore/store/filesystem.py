@@ -35,16 +35,7 @@ from typing import BinaryIO
 
 from opentelemetry import trace
 
-from services.blobstore.store.base import (
-    KEY_PATTERN,
-    BlobReader,
-    BlobWriter,
-    Chunk,
-    StoredBlob,
-    check_stored_size,
-    not_found,
-    validate_key,
-)
+from services.blobstore.store.base import KEY_PATTERN, BlobReader, BlobWriter, Chunk, StoredBlob, not_found
 from services.blobstore.store.blocking import ThreadedTier, VerifyingReader, default_io_threads
 from services.common.errors import AlreadyExists, ResourceExhausted
 
@@ -230,8 +221,7 @@ class FileTier(ThreadedTier):
 
     # -- operations ---------------------------------------------------------
 
-    async def open_writer(self, key: str, size: int) -> BlobWriter:
-        validate_key(key)
+    async def _open_writer(self, key: str, size: int) -> BlobWriter:
         if self._owner is None:
             raise RuntimeError("FileTier.open() was not awaited")
         temp_path = os.path.join(self.temp_dir, f"{self._owner}.{key}.{next(self._upload_numbers)}")
@@ -250,24 +240,11 @@ class FileTier(ThreadedTier):
             )
         return open(temp_path, "xb")  # noqa: SIM115 - closed by the writer
 
-    async def open_reader(
-        self,
-        key: str,
-        *,
-        expected_size: int | None,
-        expected_sha256: bytes | None,
-        chunk_size: int,
-    ) -> BlobReader:
-        validate_key(key)
+    async def _open_reader(self, key: str, *, expected_sha256: bytes | None, chunk_size: int) -> BlobReader:
         try:
-            file, size = await self._run_owning(_close_opened, self._open_for_reading, self.path_of(key))
+            file, size = await self._open_source(self._open_for_reading, self.path_of(key))
         except FileNotFoundError:
             raise not_found(key) from None
-        try:
-            check_stored_size(key, size, expected_size)
-        except BaseException:
-            file.close()
-            raise
         return FileReader(self, key, file, size, expected_sha256, chunk_size)
 
     @staticmethod
@@ -276,8 +253,7 @@ class FileTier(ThreadedTier):
         # The size of what is open: a delete or rename afterwards changes nothing.
         return file, os.fstat(file.fileno()).st_size
 
-    async def delete(self, key: str) -> bool:
-        validate_key(key)
+    async def _delete(self, key: str) -> bool:
         # Not fsynced: a delete undone by a crash leaves an orphan for the sweeper.
         return await self._run(_unlink_quietly, self.path_of(key))
 
@@ -303,10 +279,6 @@ class FileTier(ThreadedTier):
                 except FileNotFoundError:
                     continue
         return blobs
-
-
-def _close_opened(opened: tuple[BinaryIO, int]) -> None:
-    opened[0].close()
 
 
 def _storage_error(key: str, exc: OSError) -> Exception:
@@ -396,13 +368,10 @@ class FileWriter(BlobWriter):
         _fsync_directory(directory)
 
     async def _abort(self) -> None:
-        await self._tier._run_to_completion(self._discard, self._last_write)
+        # Never close the file under a write.
+        await self._tier._clean_up_after([self._last_write], self._discard)
 
-    def _discard(self, last_write: concurrent.futures.Future[int] | None) -> None:
-        if last_write is not None:
-            # Submitted before this cleanup, so already running or done: the
-            # pool takes tasks in order. Never close the file under a write.
-            concurrent.futures.wait([last_write])
+    def _discard(self) -> None:
         try:
             self._file.close()
         except OSError:
@@ -419,21 +388,3 @@ class FileReader(VerifyingReader):
     readable even if the blob is deleted meanwhile."""
 
     source_noun = "file"
-
-    def __init__(
-        self,
-        tier: FileTier,
-        key: str,
-        file: BinaryIO,
-        size: int,
-        expected_sha256: bytes | None,
-        chunk_size: int,
-    ) -> None:
-        super().__init__(tier, key, size, expected_sha256, chunk_size)
-        self._file = file
-
-    def _read_source(self, size: int) -> bytes:
-        return self._file.read(size)
-
-    def _close_source(self) -> None:
-        self._file.close()

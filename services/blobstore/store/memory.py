@@ -9,16 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from services.blobstore.config import MEMORY_MAX_BYTES_VARIABLE
-from services.blobstore.store.base import (
-    BlobReader,
-    BlobTier,
-    BlobWriter,
-    Chunk,
-    StoredBlob,
-    check_stored_size,
-    not_found,
-    validate_key,
-)
+from services.blobstore.store.base import BlobReader, BlobTier, BlobWriter, Chunk, StoredBlob, not_found
 from services.common.errors import AlreadyExists, ResourceExhausted
 
 
@@ -58,8 +49,7 @@ class MemoryTier(BlobTier):
         """Bytes counted against the budget: stored blobs plus reservations."""
         return self._stored_bytes + self._reserved_bytes
 
-    async def open_writer(self, key: str, size: int) -> BlobWriter:
-        validate_key(key)
+    async def _open_writer(self, key: str, size: int) -> BlobWriter:
         if key in self._blobs:
             raise AlreadyExists(f"blob {key} already exists")
         if self.held_bytes + size > self.max_bytes:
@@ -82,25 +72,15 @@ class MemoryTier(BlobTier):
         self._reserved_bytes -= size
         self._stored_bytes += size
 
-    async def open_reader(
-        self,
-        key: str,
-        *,
-        expected_size: int | None,
-        expected_sha256: bytes | None,
-        chunk_size: int,
-    ) -> BlobReader:
-        validate_key(key)
+    async def _open_reader(self, key: str, *, expected_sha256: bytes | None, chunk_size: int) -> BlobReader:
         blob = self._blobs.get(key)
         if blob is None:
             raise not_found(key)
-        check_stored_size(key, blob.size, expected_size)
         # No re-hash: memory does not rot, and the frontend hashed every byte
         # on the way in.
         return MemoryReader(blob.chunks, blob.size, chunk_size)
 
-    async def delete(self, key: str) -> bool:
-        validate_key(key)
+    async def _delete(self, key: str) -> bool:
         blob = self._blobs.pop(key, None)
         if blob is None:
             return False

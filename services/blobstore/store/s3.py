@@ -54,15 +54,7 @@ from botocore.exceptions import (
 )
 from opentelemetry import trace
 
-from services.blobstore.store.base import (
-    BlobReader,
-    BlobWriter,
-    Chunk,
-    StoredBlob,
-    check_stored_size,
-    not_found,
-    validate_key,
-)
+from services.blobstore.store.base import BlobReader, BlobWriter, Chunk, StoredBlob, not_found
 from services.blobstore.store.blocking import ThreadedTier, VerifyingReader
 from services.common.errors import Aborted, AlreadyExists, DataLoss, ResourceExhausted, Unavailable
 
@@ -142,10 +134,6 @@ def _request_body(chunks: list[Chunk]) -> bytes:
     if len(chunks) == 1 and isinstance(chunks[0], bytes):
         return chunks[0]
     return b"".join(chunks)
-
-
-def _close_body(opened: tuple[Any, int]) -> None:
-    opened[0].close()
 
 
 class S3Tier(ThreadedTier):
@@ -278,8 +266,7 @@ class S3Tier(ThreadedTier):
             return None
         return max(self.part_size, math.ceil(size / MAX_PARTS))
 
-    async def open_writer(self, key: str, size: int) -> BlobWriter:
-        validate_key(key)
+    async def _open_writer(self, key: str, size: int) -> BlobWriter:
         if size > MAX_OBJECT_SIZE:
             raise ResourceExhausted(
                 f"blob {key} of {size} bytes is larger than the archive's largest object ({MAX_OBJECT_SIZE} bytes)"
@@ -288,28 +275,14 @@ class S3Tier(ThreadedTier):
         await self._call(f"starting the upload of blob {key}", self._refuse_existing, key, object_key)
         return S3Writer(self, key, size, object_key)
 
-    async def open_reader(
-        self,
-        key: str,
-        *,
-        expected_size: int | None,
-        expected_sha256: bytes | None,
-        chunk_size: int,
-    ) -> BlobReader:
-        validate_key(key)
+    async def _open_reader(self, key: str, *, expected_sha256: bytes | None, chunk_size: int) -> BlobReader:
         body, size = await self._storage_call(
-            f"reading blob {key}", self._run_owning(_close_body, self._get, key, self.object_key(key))
+            f"reading blob {key}", self._open_source(self._get, key, self.object_key(key))
         )
-        try:
-            check_stored_size(key, size, expected_size)
-        except BaseException:
-            body.close()
-            raise
         return S3Reader(self, key, body, size, expected_sha256, chunk_size)
 
-    async def delete(self, key: str) -> bool:
-        validate_key(key)
-        return await self._call(f"deleting blob {key}", self._delete, self.object_key(key))
+    async def _delete(self, key: str) -> bool:
+        return await self._call(f"deleting blob {key}", self._delete_object, self.object_key(key))
 
     async def list_blobs(self) -> list[StoredBlob]:
         return await self._call(f"listing {self.location}", self._list)
@@ -419,7 +392,7 @@ class S3Tier(ThreadedTier):
             raise
         return reply["Body"], reply["ContentLength"]
 
-    def _delete(self, object_key: str) -> bool:
+    def _delete_object(self, object_key: str) -> bool:
         # DeleteObject succeeds on a missing key: ask first, to tell.
         if self._head(object_key) is None:
             return False
@@ -537,13 +510,10 @@ class S3Writer(BlobWriter):
 
     async def _abort(self) -> None:
         self._buffer = []
-        in_flight = [f for f in (self._creating, *self._uploading, self._publishing) if f is not None]
-        await self._tier._run_to_completion(self._discard, in_flight)
+        # Never abort an upload under a part being sent.
+        await self._tier._clean_up_after([self._creating, *self._uploading, self._publishing], self._discard)
 
-    def _discard(self, in_flight: list[concurrent.futures.Future[Any]]) -> None:
-        # Submitted before this cleanup, so running or done: the pool takes
-        # tasks in order. Never abort an upload under a part being sent.
-        concurrent.futures.wait(in_flight)
+    def _discard(self) -> None:
         tier = self._tier
         try:
             if self._publishing is not None:
@@ -568,19 +538,18 @@ class S3Reader(VerifyingReader):
     def __init__(
         self, tier: S3Tier, key: str, body: Any, size: int, expected_sha256: bytes | None, chunk_size: int
     ) -> None:
-        super().__init__(tier, key, size, expected_sha256, chunk_size)
-        self._body = body
+        super().__init__(tier, key, body, size, expected_sha256, chunk_size)
         self._received = 0
 
     def _read_source(self, size: int) -> bytes:
         try:
-            data = self._body.read(size)
+            data = self._source.read(size)
             if 0 < len(data) < size:
                 # A short read (rare: urllib3 reads until `size` or the end):
                 # gather the rest and join once, not by repeated concatenation.
                 pieces, received = [data], len(data)
                 while received < size:
-                    more = self._body.read(size - received)
+                    more = self._source.read(size - received)
                     if not more:
                         break
                     pieces.append(more)
@@ -590,12 +559,10 @@ class S3Reader(VerifyingReader):
             if self._received == self.size:
                 # Reading past the end lets botocore check the length and
                 # the checksum the store recorded, if any.
-                self._body.read(1)
+                self._source.read(1)
         except FlexibleChecksumError as exc:
             raise DataLoss(f"stored data of blob {self._key} is corrupt: {exc}") from exc
         except (BotoCoreError, ClientError) as exc:
             _raise_storage_error(exc, f"reading blob {self._key}")
         return data
 
-    def _close_source(self) -> None:
-        self._body.close()

@@ -1,5 +1,5 @@
 """Fixtures of the blobstore tests: opened tiers in tmp dirs or buckets of a
-moto server, and a running blobstore server (see `helpers`, `archives`)."""
+moto server, and a running blobstore server (see `helpers`, `tiers`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from services.blobstore.store import FileTier, MemoryTier
-from services.blobstore.tests.archives import Archive, FileArchive, S3Archive, S3Server
-from services.blobstore.tests.helpers import Blobstore, make_config, start_blobstore
+from services.blobstore.tests.helpers import MIB, Blobstore, make_config, start_blobstore
+from services.blobstore.tests.tiers import Archive, FileArchive, MemoryUnderTest, S3Archive, S3Server, TierUnderTest
 
 # Test parts: S3's smallest (5 MiB), so multipart uploads stay small.
-TEST_PART_SIZE = 5 * 1024 * 1024
+TEST_PART_SIZE = 5 * MIB
 
 
 @pytest.fixture
@@ -26,6 +26,7 @@ async def file_tier(tmp_path: Path) -> AsyncIterator[FileTier]:
 
 @pytest.fixture
 def memory_tier() -> MemoryTier:
+    """A small budget, for the tests of the budget."""
     return MemoryTier(max_bytes=1000)
 
 
@@ -72,7 +73,25 @@ async def file_archive(file_tier: FileTier, tmp_path: Path) -> FileArchive:
     return FileArchive(file_tier, tmp_path)
 
 
+@pytest.fixture
+async def memory_under_test() -> AsyncIterator[MemoryUnderTest]:
+    """A budget that no test of the contract reaches."""
+    tier = MemoryTier(max_bytes=64 * MIB)
+    await tier.open()
+    yield MemoryUnderTest(tier)
+    await tier.close()
+
+
+@pytest.fixture(params=["memory", "file", "s3"])
+def under_test(request: pytest.FixtureRequest) -> TierUnderTest:
+    """Each tier in turn: the tests of the tier contract run on all three."""
+    if request.param == "memory":
+        return request.getfixturevalue("memory_under_test")
+    return request.getfixturevalue(f"{request.param}_archive")
+
+
 @pytest.fixture(params=["file", "s3"])
 def archive(request: pytest.FixtureRequest) -> Archive:
-    """Each archive tier in turn: the tests of the tier contract run on both."""
+    """Each archive tier in turn: for the part of the contract kept by the
+    tiers whose bytes can rot (verification against a digest)."""
     return request.getfixturevalue(f"{request.param}_archive")

@@ -56,6 +56,17 @@ def blob_files(archive_dir: Path) -> list[str]:
     )
 
 
+def open_descriptors_of(path: Path) -> int:
+    """How many descriptors of this process have `path` open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except OSError:
+            continue
+    return count
+
+
 # -- the gRPC server ---------------------------------------------------------
 
 
@@ -75,6 +86,20 @@ class Blobstore:
     async def get(self, key: str, *, archived: bool, **fields) -> list[bytes]:
         request = blobstore_pb2.GetBlobRequest(key=key, archived=archived, **fields)
         return [reply.data_chunk async for reply in self.stub.GetBlob(request)]
+
+    async def get_failing(
+        self, code: grpc.StatusCode, key: str, *, archived: bool, **fields
+    ) -> tuple[str, list[bytes]]:
+        """A GetBlob that must end with `code`: its details, and the chunks
+        received before it did."""
+        request = blobstore_pb2.GetBlobRequest(key=key, archived=archived, **fields)
+        received: list[bytes] = []
+
+        async def consume() -> None:
+            async for reply in self.stub.GetBlob(request):
+                received.append(reply.data_chunk)
+
+        return await expect_status(code, consume()), received
 
     async def raw_put(self, messages: Iterable[bytes]) -> int:
         """PutBlob with the given encoded messages, sent as they are."""

@@ -1,20 +1,19 @@
-"""What is particular to the file tier (the contract is in test_archive_tier):
-temp files, their cleanup across replicas, fsync, free space."""
+"""What is particular to the file tier (the contract is in test_tier_contract):
+temp files, their cleanup across replicas, fsync, writeback, free space."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
 from services.blobstore.store import FileTier
-from services.blobstore.tests.helpers import blob_files, read_all, temp_files
-from services.common.errors import NotFound, ResourceExhausted
+from services.blobstore.tests.helpers import blob_files, open_descriptors_of, read_all, store, temp_files
+from services.blobstore.store.filesystem import start_writeback
+from services.common.errors import DataLoss, ResourceExhausted
 
 DATA = bytes(range(256)) * 40  # 10240 bytes
-SHA = hashlib.sha256(DATA).digest()
 
 
 async def test_an_upload_is_a_temp_file_until_commit(file_tier: FileTier, tmp_path: Path):
@@ -23,14 +22,10 @@ async def test_an_upload_is_a_temp_file_until_commit(file_tier: FileTier, tmp_pa
     await writer.write(DATA[5000:])
     assert blob_files(tmp_path) == []
     assert len(temp_files(tmp_path)) == 1
-    with pytest.raises(NotFound):
-        await file_tier.open_reader("blob-1", expected_size=None, expected_sha256=None, chunk_size=1024)
     await writer.commit()
     assert blob_files(tmp_path) == ["bl/blob-1"]
     assert (tmp_path / "blobs" / "bl" / "blob-1").read_bytes() == DATA
     assert temp_files(tmp_path) == []
-    await writer.abort()  # after a commit: nothing to undo
-    assert b"".join(await read_all(file_tier, "blob-1", expected_sha256=SHA)) == DATA
 
 
 async def test_leftover_temp_files_are_removed_at_start(tmp_path: Path):
@@ -101,3 +96,20 @@ async def test_commit_fsyncs_the_file_and_its_directory(file_tier: FileTier, tmp
     blob_dir = str(tmp_path / "blobs" / "du")
     assert synced[0].startswith(str(tmp_path / "blobs" / ".tmp"))  # the data, before the link
     assert synced[-1] == blob_dir  # the new directory entry
+
+
+async def test_a_size_mismatch_leaves_no_file_open(file_tier: FileTier):
+    await store(file_tier, "sized", [b"abc"])
+    with pytest.raises(DataLoss):
+        await file_tier.open_reader("sized", expected_size=4, expected_sha256=None, chunk_size=1)
+    assert open_descriptors_of(Path(file_tier.path_of("sized"))) == 0
+
+
+def test_start_writeback_is_harmless_on_any_range(tmp_path: Path):
+    path = tmp_path / "f"
+    with open(path, "wb") as file:
+        file.write(b"x" * 100)
+        file.flush()
+        start_writeback(file.fileno(), 0, 100)
+        start_writeback(file.fileno(), 50, 10_000)  # beyond the end
+    assert path.read_bytes() == b"x" * 100

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.blobstore.tests.archives import AWS_ENV, AWS_UNSET, S3Server
+from services.blobstore.tests.tiers import AWS_ENV, AWS_UNSET, S3Server
 
 ROOT = Path(__file__).resolve().parents[3]
 

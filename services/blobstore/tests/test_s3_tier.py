@@ -1,4 +1,4 @@
-"""What is particular to the S3 tier (the contract is in test_archive_tier),
+"""What is particular to the S3 tier (the contract is in test_tier_contract),
 against a real moto server: layout, multipart uploads and their bounds,
 conditional writes, abandoned uploads, waiting for the bucket."""
 
@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError, FlexibleChecksumError, ReadTimeoutE
 
 from services.blobstore.store.s3 import MAX_OBJECT_SIZE, MAX_PARTS, PARTS_IN_FLIGHT, S3Reader, S3Tier  # noqa: E402
 from services.blobstore.sweeper import Sweeper  # noqa: E402
-from services.blobstore.tests.archives import S3Archive, S3Server  # noqa: E402
+from services.blobstore.tests.tiers import S3Archive, S3Server  # noqa: E402
 from services.blobstore.tests.helpers import MIB, read_all, store  # noqa: E402
 from services.common.errors import AlreadyExists, DataLoss, ResourceExhausted, Unavailable  # noqa: E402
 
@@ -158,18 +158,7 @@ async def test_a_commit_cancelled_after_the_object_appeared_leaves_nothing(s3_ar
         return real(**kwargs)
 
     CallSpy(monkeypatch, s3_archive.tier._client, "complete_multipart_upload", gated)
-    data = os.urandom(12 * MIB)
-
-    async def upload() -> None:
-        writer = await s3_archive.tier.open_writer("cancelled", len(data))
-        try:
-            for chunk in in_mib_chunks(data):
-                await writer.write(chunk)
-            await writer.commit()
-        finally:
-            await writer.abort()
-
-    task = asyncio.create_task(upload())
+    task = asyncio.create_task(store(s3_archive.tier, "cancelled", in_mib_chunks(os.urandom(12 * MIB))))
     while not entered.is_set():
         await asyncio.sleep(0.01)
     task.cancel()

@@ -26,6 +26,7 @@ from services.blobstore.tests.helpers import (
     expect_status,
     is_missing,
     make_config,
+    open_descriptors_of,
     put_requests,
     stalled_upload,
     start_blobstore,
@@ -248,14 +249,9 @@ async def test_not_found(blobstore: Blobstore, archived: bool):
 @BOTH_TIERS
 async def test_size_mismatch_is_data_loss_before_any_chunk(blobstore: Blobstore, archived: bool):
     await blobstore.put("sized", b"abc", archived=archived)
-    received = []
-    call = blobstore.stub.GetBlob(blobstore_pb2.GetBlobRequest(key="sized", archived=archived, expected_size=4))
-
-    async def consume() -> None:
-        async for reply in call:
-            received.append(reply)
-
-    details = await expect_status(grpc.StatusCode.DATA_LOSS, consume())
+    details, received = await blobstore.get_failing(
+        grpc.StatusCode.DATA_LOSS, "sized", archived=archived, expected_size=4
+    )
     assert "3 bytes stored, 4 expected" in details and received == []
 
 
@@ -277,17 +273,8 @@ async def test_corrupt_archive_is_data_loss_instead_of_the_last_chunk(blobstore:
     corrupt = bytearray(data)
     corrupt[12345] ^= 0xFF
     path.write_bytes(corrupt)
-    request = blobstore_pb2.GetBlobRequest(
-        key="rotten", archived=True, expected_size=len(data), expected_sha256=hashlib.sha256(data).digest(),
-        chunk_size=MIB,
-    )
-    received = []
-
-    async def consume() -> None:
-        async for reply in blobstore.stub.GetBlob(request):
-            received.append(reply.data_chunk)
-
-    details = await expect_status(grpc.StatusCode.DATA_LOSS, consume())
+    recorded = dict(expected_size=len(data), expected_sha256=hashlib.sha256(data).digest(), chunk_size=MIB)
+    details, received = await blobstore.get_failing(grpc.StatusCode.DATA_LOSS, "rotten", archived=True, **recorded)
     assert details == "stored data of blob rotten is corrupt: sha256 mismatch"
     assert len(received) == 2  # of 3: the client never completes a stream of wrong bytes
 
@@ -382,16 +369,6 @@ async def test_chunk_size_is_capped_by_the_message_limit(blobstore: Blobstore):
     chunks = await blobstore.get("large", archived=True, chunk_size=64 * MIB)
     assert b"".join(chunks) == data
     assert max(map(len, chunks)) < blobstore.config.max_message_bytes
-
-
-def open_descriptors_of(path: Path) -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
-        except OSError:
-            continue
-    return count
 
 
 async def test_a_cancelled_read_closes_its_file(blobstore: Blobstore):

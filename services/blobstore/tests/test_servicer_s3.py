@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from registry import blobstore_pb2
 
 from services.blobstore.config import S3Location
-from services.blobstore.tests.archives import S3Server
+from services.blobstore.tests.tiers import S3Server
 from services.blobstore.tests.helpers import (
     MIB,
     Blobstore,
@@ -63,23 +63,14 @@ async def test_round_trip_corruption_and_delete(s3_blobstore: Blobstore, s3_serv
     corrupt = bytearray(data)
     corrupt[-1] ^= 0xFF
     s3_server.client.put_object(Bucket=s3_bucket, Key=object_name("archived"), Body=bytes(corrupt))
-    request = blobstore_pb2.GetBlobRequest(
-        key="archived", archived=True, expected_size=len(data), expected_sha256=digest, chunk_size=MIB
-    )
-    received = []
-
-    async def consume() -> None:
-        async for reply in s3_blobstore.stub.GetBlob(request):
-            received.append(reply.data_chunk)
-
-    details = await expect_status(grpc.StatusCode.DATA_LOSS, consume())
+    recorded = dict(expected_size=len(data), expected_sha256=digest, chunk_size=MIB)
+    details, received = await s3_blobstore.get_failing(grpc.StatusCode.DATA_LOSS, "archived", archived=True, **recorded)
     assert details == "stored data of blob archived is corrupt: sha256 mismatch"
     assert len(received) == 20
 
     # Truncated: DATA_LOSS before any byte.
     s3_server.client.put_object(Bucket=s3_bucket, Key=object_name("archived"), Body=data[:-1])
-    received.clear()
-    details = await expect_status(grpc.StatusCode.DATA_LOSS, consume())
+    details, received = await s3_blobstore.get_failing(grpc.StatusCode.DATA_LOSS, "archived", archived=True, **recorded)
     assert f"{len(data) - 1} bytes stored, {len(data)} expected" in details and received == []
 
     for _ in range(2):

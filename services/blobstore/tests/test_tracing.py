@@ -21,8 +21,8 @@ from registry import blobstore_pb2, blobstore_pb2_grpc
 from services.blobstore.blobs import BlobService, PutMessage
 from services.blobstore.servicer import BlobStoreServicer, add_to_server, decode_put_messages
 from services.blobstore.store import BlobTier, FileTier, MemoryTier
-from services.blobstore.tests.archives import S3Server
 from services.blobstore.tests.helpers import MIB, put_requests
+from services.blobstore.tests.tiers import Archive, FileArchive, S3Archive
 from services.common.errors import DataLoss
 from services.common.grpc_server import RequestInterceptor, server_options
 
@@ -34,16 +34,20 @@ SHA = hashlib.sha256(DATA).digest()
 class Traced:
     blobs: BlobService
     exporter: InMemorySpanExporter
-    replace: object  # (key, data) -> None: rewrites an archived blob behind the tier's back
+    archive: Archive
     commit_attribute: str
 
     def spans(self, name: str) -> list[ReadableSpan]:
         return [span for span in self.exporter.get_finished_spans() if span.name == name]
 
 
-async def open_service(archive: BlobTier, exporter: InMemorySpanExporter) -> BlobService:
+def recording_provider(exporter: InMemorySpanExporter) -> TracerProvider:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+async def open_service(archive: BlobTier, provider: TracerProvider) -> BlobService:
     blobs = BlobService(
         MemoryTier(16 * MIB),
         archive,
@@ -58,26 +62,18 @@ async def open_service(archive: BlobTier, exporter: InMemorySpanExporter) -> Blo
 @pytest.fixture(params=["file", "s3"])
 async def traced(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Traced]:
     exporter = InMemorySpanExporter()
+    # The service opens the tier: not the opened `archive` fixtures.
+    archive: Archive
     if request.param == "file":
-        tier = FileTier(tmp_path)
-        blobs = await open_service(tier, exporter)
-
-        def replace(key: str, data: bytes) -> None:
-            Path(tier.path_of(key)).write_bytes(data)
-
-        yield Traced(blobs, exporter, replace, "fsync_ms")
+        archive, commit_attribute = FileArchive(FileTier(tmp_path), tmp_path), "fsync_ms"
     else:
         from services.blobstore.store.s3 import S3Tier
 
-        server: S3Server = request.getfixturevalue("s3_server")
         bucket = request.getfixturevalue("s3_bucket")
-        tier = S3Tier(bucket, part_size=5 * MIB)
-        blobs = await open_service(tier, exporter)
-
-        def replace(key: str, data: bytes) -> None:
-            server.client.put_object(Bucket=bucket, Key=tier.object_key(key), Body=data)
-
-        yield Traced(blobs, exporter, replace, "complete_ms")
+        archive = S3Archive(S3Tier(bucket, part_size=5 * MIB), request.getfixturevalue("s3_server"))
+        commit_attribute = "complete_ms"
+    blobs = await open_service(archive.tier, recording_provider(exporter))
+    yield Traced(blobs, exporter, archive, commit_attribute)
     await blobs.close()
 
 
@@ -128,10 +124,10 @@ async def test_write_and_verified_read_of_an_archived_blob(traced: Traced):
 
 async def test_data_loss_marks_the_read_span(traced: Traced):
     await traced.blobs.put(messages("rotten", DATA, archived=True))
-    traced.replace("rotten", bytes(len(DATA)))
+    traced.archive.replace("rotten", bytes(len(DATA)))
     with pytest.raises(DataLoss):
         await read(traced.blobs, "rotten", archived=True, expected_size=len(DATA), expected_sha256=SHA)
-    traced.replace("rotten", DATA[:-1])
+    traced.archive.replace("rotten", DATA[:-1])
     with pytest.raises(DataLoss):
         await read(traced.blobs, "rotten", archived=True, expected_size=len(DATA), expected_sha256=SHA)
     mismatch, truncated = traced.spans("read blob")
@@ -163,16 +159,8 @@ async def test_the_raw_bytes_handlers_run_inside_the_interceptors(tmp_path: Path
     still wrap them, with the blobstore's spans inside the call's, and
     errors still become their status."""
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    blobs = BlobService(
-        MemoryTier(16 * MIB),
-        FileTier(tmp_path),
-        default_chunk_size=MIB,
-        max_message_bytes=16 * MIB,
-        tracer=provider.get_tracer("registry.blobstore"),
-    )
-    await blobs.open()
+    provider = recording_provider(exporter)
+    blobs = await open_service(FileTier(tmp_path), provider)
     server = grpc.aio.server(
         interceptors=[aio_server_interceptor(tracer_provider=provider), RequestInterceptor()],
         options=server_options(16 * MIB),

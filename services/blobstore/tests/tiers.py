@@ -1,4 +1,5 @@
-"""The archive tiers under test, and what tests do to them behind their back.
+"""The tiers under test (memory, files, S3), and what tests do to them behind
+their back.
 
 `S3Server` is a real moto server, in a subprocess, started once per test
 session (S3 tests skip if moto is not installed). Each test gets its own
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from services.blobstore.store import BlobTier, FileTier
+from services.blobstore.store import BlobTier, FileTier, MemoryTier
 from services.blobstore.tests.helpers import blob_files, temp_files
 from services.common.ports import free_port
 
@@ -110,8 +111,8 @@ class S3Server:
         self._log.close()
 
 
-class Archive(ABC):
-    """An opened archive tier and a view of its storage, for assertions."""
+class TierUnderTest(ABC):
+    """An opened tier and a view of its storage, for assertions."""
 
     tier: BlobTier
 
@@ -121,7 +122,23 @@ class Archive(ABC):
 
     @abstractmethod
     def pending(self) -> int:
-        """Uploads in progress in storage (temp files, multipart uploads)."""
+        """What uploads in progress hold in storage: temp files or multipart
+        uploads (archives), reserved bytes (memory); 0 once nothing is left."""
+
+
+class MemoryUnderTest(TierUnderTest):
+    def __init__(self, tier: MemoryTier) -> None:
+        self.tier = tier
+
+    def stored(self) -> list[str]:
+        return sorted(self.tier._blobs)
+
+    def pending(self) -> int:
+        return self.tier._reserved_bytes
+
+
+class Archive(TierUnderTest):
+    """An archive tier under test: its stored bytes can rot."""
 
     @abstractmethod
     def replace(self, key: str, data: bytes) -> None:
