@@ -12,9 +12,10 @@ from grpc_health.v1 import health
 
 from services.blobstore.blobs import BlobService
 from services.blobstore.config import BlobstoreConfig
-from services.blobstore.servicer import SERVICE_NAME, BlobStoreServicer, add_to_server
+from services.blobstore.servicer import BlobStoreServicer, add_to_server
 from services.blobstore.store import BlobTier, FileTier, MemoryTier
 from services.blobstore.sweeper import Sweeper, metadata_lookup
+from services.common import service_names
 from services.common.config import ConfigError
 from services.common.grpc_client import internal_channel
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server, run_until_signalled
@@ -23,7 +24,7 @@ from services.common.telemetry import configure_tracing, shutdown_tracing
 
 log = logging.getLogger("registry.blobstore")
 
-HEALTH_SERVICES = ("", SERVICE_NAME)
+HEALTH_SERVICES = ("", service_names.BLOBSTORE)
 
 
 @dataclass

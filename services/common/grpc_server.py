@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from services.common import service_names
 from services.common.errors import RegistryError
 
 log = logging.getLogger("registry.requests")
@@ -28,7 +29,7 @@ log = logging.getLogger("registry.requests")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+_HEALTH_PREFIX = f"/{service_names.HEALTH}/"
 
 
 def _trace_suffix() -> str:

@@ -13,6 +13,7 @@ from cogment import model_registry_pb2_grpc as legacy_grpc
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 from grpc_health.v1 import health
 
+from services.common import service_names
 from services.common.grpc_client import internal_channel
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server, run_until_signalled
 from services.common.health_status import HealthFollower
@@ -26,12 +27,6 @@ from services.frontend.servicer import ModelRegistryServicer, add_to_server
 from services.frontend.upstream import METADATA, BlobStoreClient, MetadataClient, UpstreamHealth
 
 log = logging.getLogger("registry.frontend")
-
-PUBLIC_SERVICES = ("cogmentAPI.ModelRegistrySP", "cogment.ModelRegistrySP")
-# What Envoy checks: this process alone is up (not its upstreams), so a
-# metadata outage does not eject every frontend.
-LIVENESS_SERVICE = "registry.Frontend"
-
 
 @dataclass(frozen=True)
 class Frontend:
@@ -56,17 +51,17 @@ async def create_server(config: FrontendConfig) -> Frontend:
     )
     registry = ModelRegistry(config, MetadataClient(channel, config), BlobStoreClient(blobstores, config))
     servicer = ModelRegistryServicer(registry)
-    add_to_server(servicer, server, "cogmentAPI.ModelRegistrySP", api_grpc.add_ModelRegistrySPServicer_to_server)
-    add_to_server(servicer, server, "cogment.ModelRegistrySP", legacy_grpc.add_ModelRegistrySPServicer_to_server)
+    add_to_server(servicer, server, service_names.MODEL_REGISTRY, api_grpc.add_ModelRegistrySPServicer_to_server)
+    add_to_server(servicer, server, service_names.LEGACY_MODEL_REGISTRY, legacy_grpc.add_ModelRegistrySPServicer_to_server)
     if config.grpc_reflection:
-        enable_reflection(server, PUBLIC_SERVICES)
+        enable_reflection(server, service_names.PUBLIC)
     port = bind(server, config.bind_host, config.port)
 
-    for service in ("", *PUBLIC_SERVICES):
+    for service in ("", *service_names.PUBLIC):
         await health_servicer.set(service, NOT_SERVING)
     # Live (in Envoy's rotation) only once it knows the blobstore replicas:
     # without them it would take every transient version for lost.
-    await health_servicer.set(LIVENESS_SERVICE, NOT_SERVING)
+    await health_servicer.set(service_names.FRONTEND_LIVENESS, NOT_SERVING)
     upstream = UpstreamHealth(channel, timeout=max(config.upstream_health_interval_seconds, 1.0))
 
     async def stack_problem() -> str | None:
@@ -78,7 +73,7 @@ async def create_server(config: FrontendConfig) -> Frontend:
 
     stack_health = HealthFollower(
         health_servicer,
-        ("", *PUBLIC_SERVICES),
+        ("", *service_names.PUBLIC),
         stack_problem,
         config.upstream_health_interval_seconds,
         what="the stack's upstreams",
@@ -88,7 +83,7 @@ async def create_server(config: FrontendConfig) -> Frontend:
     async def become_live() -> None:
         blobstores.start()
         await blobstores.wait_refreshed()
-        await health_servicer.set(LIVENESS_SERVICE, SERVING)
+        await health_servicer.set(service_names.FRONTEND_LIVENESS, SERVING)
         stack_health.start()
 
     live = asyncio.get_running_loop().create_task(become_live(), name="frontend start-up")

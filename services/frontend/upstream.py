@@ -16,6 +16,7 @@ from cogmentAPI import model_registry_pb2 as api
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import blobstore_pb2, metadata_pb2, metadata_pb2_grpc
 
+from services.common import service_names
 from services.common.blob_keys import new_archived_key, new_transient_key
 from services.common.errors import Unavailable
 from services.common.grpc_client import call_idempotent, upstream_error
@@ -96,8 +97,8 @@ class BlobStoreClient:
     they already are, so the frontend never re-encodes a chunk.
     """
 
-    _PUT = "/registry.BlobStore/PutBlob"
-    _GET = "/registry.BlobStore/GetBlob"
+    _PUT = f"/{service_names.BLOBSTORE}/PutBlob"
+    _GET = f"/{service_names.BLOBSTORE}/GetBlob"
 
     def __init__(self, replicas: BlobReplicas, config: FrontendConfig) -> None:
         self._replicas = replicas
@@ -207,7 +208,7 @@ class BlobStoreClient:
 class UpstreamHealth:
     """Asks Envoy whether each internal service has a healthy replica."""
 
-    _SERVICES = {METADATA: "registry.MetadataService", BLOBSTORE: "registry.BlobStore"}
+    _SERVICES = {METADATA: service_names.METADATA, BLOBSTORE: service_names.BLOBSTORE}
 
     def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
         self._stub = health_pb2_grpc.HealthStub(channel)

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from services.common import service_names
 from services.launcher.topology import Endpoint, StackTopology
 
 # Measured: 4/8 MiB HTTP/2 windows move data as fast as Envoy's defaults
@@ -27,13 +28,6 @@ _HTTP2 = {"initial_stream_window_size": 4 * 1024 * 1024, "initial_connection_win
 
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 UPSTREAM_HEADER = "x-registry-upstream"
-
-# The grpc.health.v1 service name each cluster is checked with.
-HEALTH_SERVICE = {
-    "frontend": "registry.Frontend",
-    "metadata": "registry.MetadataService",
-    "blobstore": "registry.BlobStore",
-}
 
 
 def _duration(seconds: float) -> str:
@@ -145,7 +139,7 @@ def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology
                 "no_traffic_interval": interval,
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
-                "grpc_health_check": {"service_name": HEALTH_SERVICE[name]},
+                "grpc_health_check": {"service_name": service_names.HEALTH_CHECKED[name]},
             }
         ],
         # Never send traffic to hosts known to be unhealthy ("panic mode"):
@@ -190,9 +184,9 @@ def render_envoy_config(topology: StackTopology) -> dict[str, Any]:
         )
         for upstream in ("metadata", "blobstore")
     ] + [
-        _route("metadata", {"prefix": "/registry.MetadataService/"}, **connect_retry),
+        _route("metadata", {"prefix": f"/{service_names.METADATA}/"}, **connect_retry),
         # For operators (grpcurl DescribeReplica...): the frontends call replicas directly.
-        _route("blobstore", {"prefix": "/registry.BlobStore/"}, **connect_retry),
+        _route("blobstore", {"prefix": f"/{service_names.BLOBSTORE}/"}, **connect_retry),
     ]
     clusters = [
         _cluster("frontend", topology.frontends, topology, "ROUND_ROBIN"),

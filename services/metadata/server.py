@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health
-from registry import metadata_pb2, metadata_pb2_grpc
+from registry import metadata_pb2_grpc
 
+from services.common import service_names
 from services.common.config import ConfigError
 from services.common.errors import Unavailable
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server, run_until_signalled
@@ -23,9 +24,6 @@ from services.metadata.servicer import MetadataServicer
 from services.metadata.store.sqlite import SqliteMetadataStore, SqliteReader
 
 log = logging.getLogger("registry.metadata")
-
-# "registry.MetadataService": the name Envoy health-checks.
-SERVICE_NAME = metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
 
 
 @dataclass(frozen=True)
@@ -69,13 +67,13 @@ async def create_server(config: MetadataConfig, *, registry: MetadataRegistry | 
     given; health turns SERVING once it is open, and then follows the
     database (a `HealthFollower`). `on_stop` closes the registry."""
     server, health_servicer = create_aio_server(config.max_message_bytes)
-    for service in ("", SERVICE_NAME):
+    for service in ("", service_names.METADATA):
         await health_servicer.set(service, NOT_SERVING)
     port = bind(server, config.bind_host, config.port)
     if registry is None:
         registry = await open_registry(config)
     metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(registry), server)
-    for service in ("", SERVICE_NAME):
+    for service in ("", service_names.METADATA):
         await health_servicer.set(service, SERVING)
     interval = config.database_check_interval_seconds
 
@@ -86,7 +84,12 @@ async def create_server(config: MetadataConfig, *, registry: MetadataRegistry | 
     # NOT_SERVING while the database does not answer: Envoy routes to the
     # other replicas, and the stack's health says what is wrong.
     database_health = HealthFollower(
-        health_servicer, ("", SERVICE_NAME), database_problem, interval, what="the metadata database", serving=True
+        health_servicer,
+        ("", service_names.METADATA),
+        database_problem,
+        interval,
+        what="the metadata database",
+        serving=True,
     )
     database_health.start()
 

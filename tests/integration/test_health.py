@@ -11,6 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import service_names
+
 from conftest import Stack, free_port, stack_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -25,7 +27,7 @@ def check(stack: Stack, service: str = "") -> int:
 
 
 def test_public_health_is_serving(stack):
-    for service in ("", "cogmentAPI.ModelRegistrySP", "cogment.ModelRegistrySP"):
+    for service in ("", *service_names.PUBLIC):
         assert check(stack, service) == SERVING
 
 

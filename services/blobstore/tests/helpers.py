@@ -19,6 +19,7 @@ from registry import blobstore_pb2, blobstore_pb2_grpc
 from services.blobstore.config import BlobstoreConfig
 from services.blobstore.server import create_server
 from services.blobstore.store import BlobTier
+from services.common.service_names import BLOBSTORE
 
 MIB = 1024 * 1024
 
@@ -79,7 +80,7 @@ class Blobstore:
     async def raw_put(self, messages: Iterable[bytes]) -> int:
         """PutBlob with the given encoded messages, sent as they are."""
         put = self.channel.stream_unary(
-            "/registry.BlobStore/PutBlob",
+            f"/{BLOBSTORE}/PutBlob",
             request_serializer=None,
             response_deserializer=blobstore_pb2.PutBlobReply.FromString,
         )
@@ -88,13 +89,13 @@ class Blobstore:
     async def raw_get(self, key: str, *, archived: bool, **fields) -> list[bytes]:
         """GetBlob's replies as the bytes received (not parsed)."""
         get = self.channel.unary_stream(
-            "/registry.BlobStore/GetBlob",
+            f"/{BLOBSTORE}/GetBlob",
             request_serializer=blobstore_pb2.GetBlobRequest.SerializeToString,
             response_deserializer=None,
         )
         return [raw async for raw in get(blobstore_pb2.GetBlobRequest(key=key, archived=archived, **fields))]
 
-    async def status(self, service: str = "registry.BlobStore") -> int:
+    async def status(self, service: str = BLOBSTORE) -> int:
         return (await self.health.Check(health_pb2.HealthCheckRequest(service=service))).status
 
 
@@ -148,7 +149,7 @@ async def wait_serving(health: health_pb2_grpc.HealthStub, timeout: float = 5.0)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        reply = await health.Check(health_pb2.HealthCheckRequest(service="registry.BlobStore"))
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=BLOBSTORE))
         if reply.status == health_pb2.HealthCheckResponse.SERVING:
             return
         if loop.time() > deadline:

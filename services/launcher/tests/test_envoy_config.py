@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common import service_names
 from services.launcher.compose import compose_topology
 from services.launcher.envoy_config import render_envoy_config, render_envoy_yaml
 from services.launcher.topology import Endpoint, StackTopology
@@ -61,7 +62,7 @@ def test_no_route_timeout_can_cut_a_stream():
 
 def test_every_blobstore_replica_is_a_health_checked_host():
     config = render_envoy_config(local_topology())
-    (blob_route,) = [r for r in routes(config, "internal") if r["match"].get("prefix") == "/registry.BlobStore/"]
+    (blob_route,) = [r for r in routes(config, "internal") if r["match"].get("prefix") == f"/{service_names.BLOBSTORE}/"]
     assert "hash_policy" not in blob_route["route"]  # frontends pick replicas themselves
     (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "blobstore"]
     assert cluster["lb_policy"] == "ROUND_ROBIN"
