@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
-import grpc
 
 from cogment import model_registry_pb2_grpc as legacy_grpc
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
-from grpc_health.v1 import health
 
 from services.common import service_names
 from services.common.grpc_client import internal_channel
-from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server, run_until_signalled
+from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
 from services.common.health_status import HealthFollower
-from services.common.logging_setup import configure_logging
-from services.common.telemetry import configure_tracing, shutdown_tracing
+from services.common.service import ServiceApp, run_service
 from services.frontend.config import FrontendConfig
 from services.frontend.reflection import enable_reflection
 from services.frontend.registry import ModelRegistry
@@ -26,22 +19,11 @@ from services.frontend.blob_replicas import BlobReplicas
 from services.frontend.servicer import ModelRegistryServicer, add_to_server
 from services.frontend.upstream import METADATA, BlobStoreClient, MetadataClient, UpstreamHealth
 
-log = logging.getLogger("registry.frontend")
 
-@dataclass(frozen=True)
-class Frontend:
-    """A built frontend server and the hooks its shutdown runs."""
-
-    server: grpc.aio.Server
-    health: health.aio.HealthServicer
-    port: int
-    on_draining: Callable[[], None]
-    on_stop: Callable[[], Awaitable[None]]
-
-
-async def create_server(config: FrontendConfig) -> Frontend:
+async def create_server(config: FrontendConfig) -> ServiceApp:
     """Builds the frontend (not started)."""
-    server, health_servicer = create_aio_server(config.max_message_bytes)
+    grpc_server = create_aio_server(config.max_message_bytes)
+    server, health_servicer = grpc_server.server, grpc_server.health
     channel = internal_channel(config.internal_address, config.max_message_bytes)
     blobstores = BlobReplicas(
         config.blobstore_addresses,
@@ -96,30 +78,15 @@ async def create_server(config: FrontendConfig) -> Frontend:
         await blobstores.close()
         await channel.close()
 
-    return Frontend(server, health_servicer, port, registry.stop_following, on_stop)
-
-
-async def serve() -> None:
-    configure_logging("frontend")
-    configure_tracing("frontend")
-    config = FrontendConfig.from_env()
-    frontend = await create_server(config)
-    await frontend.server.start()
-    log.info(
-        "frontend listening on %s:%d, metadata at %s, blobstores at %s",
-        config.bind_host,
-        frontend.port,
-        config.internal_address,
-        ",".join(config.blobstore_addresses),
+    return ServiceApp(
+        grpc_server,
+        port,
+        on_draining=registry.stop_following,
+        on_stop=on_stop,
+        summary=f"metadata at {config.internal_address}, blobstores at {','.join(config.blobstore_addresses)}",
     )
-    try:
-        await run_until_signalled(
-            frontend.server,
-            frontend.health,
-            grace_seconds=config.shutdown_grace_seconds,
-            on_draining=frontend.on_draining,
-            on_stop=frontend.on_stop,
-        )
-    finally:
-        shutdown_tracing()
 
+
+def serve() -> None:
+    """`python -m services.frontend`: serves until SIGTERM/SIGINT."""
+    run_service("frontend", FrontendConfig.from_env, create_server)

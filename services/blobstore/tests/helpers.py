@@ -164,11 +164,11 @@ def make_config(tmp_path: Path, **overrides) -> BlobstoreConfig:
 
 
 async def start_blobstore(config: BlobstoreConfig, *, wait: bool = True):
-    server, health_servicer, port, on_stop = await create_server(config)
-    await server.start()
+    app = await create_server(config)
+    await app.server.start()
     limit = config.max_message_bytes
     channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}",
+        f"127.0.0.1:{app.port}",
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
     blobstore = Blobstore(
@@ -183,7 +183,7 @@ async def start_blobstore(config: BlobstoreConfig, *, wait: bool = True):
 
     async def stop() -> None:
         await channel.close()
-        await server.stop(0)
-        await on_stop()
+        await app.server.stop(0)
+        await app.on_stop()
 
     return blobstore, stop

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.blobstore.server import build_app
+from services.blobstore.server import create_server
 from services.blobstore.tests.helpers import make_config, start_blobstore
 from services.common.blob_keys import new_archived_key, new_transient_key
 from services.common.errors import Unavailable
@@ -159,7 +159,7 @@ async def test_the_refresh_loop_keeps_the_view_current(tmp_path: Path):
 
 async def test_a_draining_replica_takes_no_new_blob_but_still_serves_its_own(tmp_path: Path):
     config = make_config(tmp_path / "draining", port=free_port())
-    app = await build_app(config)
+    app = await create_server(config)
     await app.server.start()
     await app.ready
     replicas = replicas_of([f"127.0.0.1:{config.port}"])
