@@ -31,7 +31,8 @@ log = logging.getLogger("registry.requests")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-_HEALTH_PREFIX = f"/{service_names.HEALTH}/"
+# The path of every health call: Envoy's probes, logged at DEBUG only.
+HEALTH_METHOD_PREFIX = f"/{service_names.HEALTH}/"
 
 
 def _trace_suffix() -> str:
@@ -197,7 +198,7 @@ def rebuild_handler(
 def wrap_handler(method: str, handler: grpc.RpcMethodHandler, in_flight: InFlightCalls) -> grpc.RpcMethodHandler:
     """`handler` with the request interceptor's behaviour around each call,
     counting each in `in_flight`."""
-    level = logging.DEBUG if method.startswith(_HEALTH_PREFIX) else logging.INFO
+    level = logging.DEBUG if method.startswith(HEALTH_METHOD_PREFIX) else logging.INFO
     wrap = _wrap_stream_response if handler.response_streaming else _wrap_unary_response
     return rebuild_handler(
         handler,

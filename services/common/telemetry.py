@@ -13,10 +13,6 @@ from services.common import service_names
 _enabled = False
 
 
-def tracing_enabled() -> bool:
-    return _enabled
-
-
 def configure_tracing(service_name: str) -> bool:
     """Installs the tracer provider and gRPC instrumentation. Call before
     creating any gRPC server or channel. Returns whether tracing is on."""

@@ -19,12 +19,9 @@ from registry import blobstore_pb2, metadata_pb2, metadata_pb2_grpc
 from services.common import service_names
 from services.common.blob_keys import new_archived_key, new_transient_key
 from services.common.errors import Unavailable
-from services.common.grpc_client import call_idempotent, upstream_error
+from services.common.grpc_client import UPSTREAM_HEADER, call_idempotent, upstream_error
 from services.frontend.blob_replicas import BlobReplicas, Replica
 from services.frontend.config import FrontendConfig
-
-# Lets Envoy route health checks (all on one path) to the right cluster.
-UPSTREAM_HEADER = "x-registry-upstream"
 
 METADATA = "metadata"
 BLOBSTORE = "blobstore"
@@ -206,9 +203,10 @@ class BlobStoreClient:
 
 
 class UpstreamHealth:
-    """Asks Envoy whether each internal service has a healthy replica."""
+    """Asks Envoy whether an internal service has a healthy replica (only
+    metadata's is asked: the frontend sees the blobstores it calls itself)."""
 
-    _SERVICES = {METADATA: service_names.METADATA, BLOBSTORE: service_names.BLOBSTORE}
+    _SERVICES = {METADATA: service_names.METADATA}
 
     def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
         self._stub = health_pb2_grpc.HealthStub(channel)

@@ -3,9 +3,10 @@
 Two listeners:
 - public (COGMENT_MODEL_REGISTRY_PORT): every gRPC call goes to a frontend;
 - internal: the frontends' (and the blobstores' sweepers') way to metadata,
-  and the stack's health as a whole. Blob bytes do not pass here: frontends
-  call the blobstore replicas directly (one proxy hop less per byte), but
-  the blobstore cluster is still health-checked, so Envoy's admin page shows
+  and metadata's health as a whole (a health check with the
+  `UPSTREAM_HEADER` naming it). Blob bytes do not pass here: frontends call
+  the blobstore replicas directly (one proxy hop less per byte), but the
+  blobstore cluster is still health-checked, so Envoy's admin page shows
   every replica of every service.
 Every cluster is HTTP/2 and actively health-checked with grpc.health.v1.
 No timeout can cut a long stream: route timeouts and stream idle timeouts
@@ -20,14 +21,13 @@ from typing import Any
 import yaml
 
 from services.common import service_names
+from services.common.grpc_client import UPSTREAM_HEADER
+from services.common.grpc_server import HEALTH_METHOD_PREFIX
 from services.launcher.topology import Endpoint, StackTopology
 
 # Measured: 4/8 MiB HTTP/2 windows move data as fast as Envoy's defaults
 # with ~25 MiB less memory.
 _HTTP2 = {"initial_stream_window_size": 4 * 1024 * 1024, "initial_connection_window_size": 8 * 1024 * 1024}
-
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"
-UPSTREAM_HEADER = "x-registry-upstream"
 
 
 def _duration(seconds: float) -> str:
@@ -175,15 +175,14 @@ def render_envoy_config(topology: StackTopology) -> dict[str, Any]:
         }
     }
     internal_routes = [
+        # The frontends' question "has metadata a healthy replica?"
         _route(
-            upstream,
+            "metadata",
             {
-                "prefix": _HEALTH_PREFIX,
-                "headers": [{"name": UPSTREAM_HEADER, "string_match": {"exact": upstream}}],
+                "prefix": HEALTH_METHOD_PREFIX,
+                "headers": [{"name": UPSTREAM_HEADER, "string_match": {"exact": "metadata"}}],
             },
-        )
-        for upstream in ("metadata", "blobstore")
-    ] + [
+        ),
         _route("metadata", {"prefix": f"/{service_names.METADATA}/"}, **connect_retry),
         # For operators (grpcurl DescribeReplica...): the frontends call replicas directly.
         _route("blobstore", {"prefix": f"/{service_names.BLOBSTORE}/"}, **connect_retry),

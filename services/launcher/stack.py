@@ -23,12 +23,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import config as c
-from services.common.ports import free_ports
 from services.launcher.envoy_config import render_envoy_yaml
+from services.launcher.ports import LOOPBACK, free_ports
 from services.launcher.topology import Endpoint, StackTopology
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LOOPBACK = "127.0.0.1"
 
 # glibc malloc settings for the Python services (the images set the same).
 # Every 1 MiB chunk is a fresh allocation; by default glibc serves many of

@@ -12,10 +12,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import service_names
+from services.common.grpc_server import SERVING
 
 from conftest import Stack, free_port, stack_env
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def check(stack: Stack, service: str = "") -> int:

@@ -19,9 +19,8 @@ from registry import blobstore_pb2, blobstore_pb2_grpc
 from services.blobstore.config import BlobstoreConfig
 from services.blobstore.server import create_server
 from services.blobstore.store import BlobTier
+from services.common.config import MIB  # noqa: F401 - the tests take it from here
 from services.common.service_names import BLOBSTORE
-
-MIB = 1024 * 1024
 
 
 async def store(tier: BlobTier, key: str, chunks: Iterable[bytes]) -> None:

@@ -15,8 +15,8 @@ import pytest
 
 from services.common.config import PREFIX
 from services.common.grpc_server import bind, create_aio_server
-from services.common.ports import LOOPBACK
 from services.common.service import ServiceApp
+from services.launcher.ports import LOOPBACK
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 HOLD = "/test.Holder/Hold"

@@ -14,11 +14,12 @@ import pytest
 from services.blobstore.server import create_server
 from services.blobstore.tests.helpers import make_config, start_blobstore
 from services.common.blob_keys import new_archived_key, new_transient_key
+from services.common.config import MIB
 from services.common.errors import Unavailable
-from services.common.ports import free_port
 from services.frontend.blob_replicas import BlobReplicas, resolve_address, split_address
+from services.launcher.ports import free_port
 
-MESSAGE_LIMIT = 16 * 1024 * 1024
+MESSAGE_LIMIT = 16 * MIB
 
 
 def replicas_of(addresses, resolver=resolve_address) -> BlobReplicas:

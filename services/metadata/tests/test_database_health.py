@@ -15,8 +15,8 @@ from cogmentAPI import model_registry_pb2 as api
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import metadata_pb2_grpc
 
-from services.common.ports import free_port
 from services.common.service_names import METADATA
+from services.launcher.ports import free_port
 from services.metadata.server import create_server, open_registry
 from services.metadata.tests.helpers import test_config
 

@@ -18,8 +18,8 @@ from registry import metadata_pb2 as pb
 from registry import metadata_pb2_grpc
 
 from services.common.config import PREFIX
-from services.common.ports import free_port
 from services.common.service_names import METADATA
+from services.launcher.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
