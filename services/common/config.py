@@ -16,6 +16,13 @@ DEFAULT_BLOBSTORE_PORT = 9030
 DEFAULT_ENVOY_INTERNAL_PORT = 9100
 DEFAULT_ENVOY_ADMIN_PORT = 9901
 
+# The variable each kind of service reads its port from, and its default.
+SERVICE_PORTS = {
+    "frontend": (PREFIX + "FRONTEND_PORT", DEFAULT_FRONTEND_PORT),
+    "metadata": (PREFIX + "METADATA_PORT", DEFAULT_METADATA_PORT),
+    "blobstore": (PREFIX + "BLOBSTORE_PORT", DEFAULT_BLOBSTORE_PORT),
+}
+
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.common.config import PREFIX
+from services.common.config import PREFIX, SERVICE_PORTS
 from services.common.grpc_server import bind, create_aio_server
 from services.common.service import ServiceApp
 from services.launcher.ports import LOOPBACK
@@ -62,14 +62,14 @@ async def test_a_server_drains_its_own_calls_not_another_servers():
         await asyncio.gather(busy.server.stop(0), idle.server.stop(0))
 
 
-@pytest.mark.parametrize("kind", ["blobstore", "frontend", "metadata"])
+@pytest.mark.parametrize("kind", sorted(SERVICE_PORTS))
 def test_a_bad_variable_stops_the_start_with_one_line_naming_it(kind, tmp_path):
     env = {key: value for key, value in os.environ.items() if not key.startswith((PREFIX, "OTEL_"))}
     env.update(
         {
             PREFIX + "ARCHIVE_DIR": str(tmp_path),
             PREFIX + "BIND_HOST": LOOPBACK,
-            f"{PREFIX}{kind.upper()}_PORT": "0",
+            SERVICE_PORTS[kind][0]: "0",
             PREFIX + "SHUTDOWN_GRACE_SECONDS": "abc",
         }
     )
