@@ -27,8 +27,8 @@ from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
 from bench.ideal import MESSAGE_LIMIT
+from services.common.config import MIB
 
-MIB = 1024 * 1024
 UPLOAD_CHUNK_SIZE = MIB
 CONNECT_TIMEOUT_SECONDS = 30.0
 _BLOCK = os.urandom(UPLOAD_CHUNK_SIZE)

@@ -27,7 +27,8 @@ import grpc
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
-MIB = 1024 * 1024
+from services.common.config import MIB
+
 # Same limit as the stack's hops, so the same client chunks are accepted.
 MESSAGE_LIMIT = 32 * MIB
 SENT_CHUNK_SIZE = MIB

@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 
+from services.common.config import MIB
+
 SAMPLE_INTERVAL_SECONDS = 0.05
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-MIB = 1024 * 1024
 
 
 def rss_bytes(pid: int) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MIB = 1024 * 1024
+from services.common.config import MIB
+
 TRACING_SIZE = 64 * MIB
 
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import grpc
 
-MIB = 1024 * 1024
+from services.common.config import MIB
+
 
 
 def format_size(size: int) -> str:

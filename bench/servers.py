@@ -23,10 +23,10 @@ from types import TracebackType
 import grpc
 
 from bench.ideal import SENT_CHUNK_SIZE
-from services.common.ports import free_port
+from services.common.config import GIB
+from services.launcher.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GIB = 1024**3
 LAUNCHER_TIMEOUT_SECONDS = 180
 
 

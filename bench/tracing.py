@@ -29,7 +29,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from bench.monitor import ProcessMonitor, ProcessUsage
 from bench.plan import Plan
 from bench.report import Figure, Target, format_size
-from bench.transfers import BYTES_PER_SMALL_RUN, MAX_REPEATS, MIB, StackSide, _usage_details
+from bench.transfers import BYTES_PER_SMALL_RUN, MAX_REPEATS, StackSide, _usage_details
+from services.common.config import MIB
 
 SPANS_TIMEOUT_SECONDS = 15.0  # > the 5 s batch delay of the SDK and of Envoy
 _OFF, _ON = "tracing off", "tracing on"

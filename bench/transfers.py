@@ -24,9 +24,8 @@ from bench.ideal import ideal_model_id
 from bench.monitor import ProcessMonitor, ProcessUsage
 from bench.plan import Plan
 from bench.report import Figure, Target, format_size
+from services.common.config import GIB, MIB
 
-MIB = 1024 * 1024
-GIB = 1024 * MIB
 # Sizes from here up carry the throughput targets.
 TARGET_MIN_SIZE = 64 * MIB
 # Smaller transfers repeat within a run, to time more than one call's latency.

@@ -26,7 +26,7 @@ import pytest
 
 from model_registry_client import RegistryClient
 from model_registry_client._proto import pb, pb_grpc
-from services.common.ports import free_port
+from services.launcher.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

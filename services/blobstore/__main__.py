@@ -1,5 +1,3 @@
-import asyncio
-
 from services.blobstore.server import serve
 
-asyncio.run(serve())
+serve()

@@ -101,7 +101,7 @@ class BlobstoreConfig:
         archive_url = c.env_str(ARCHIVE_URL_VARIABLE, "", env)
         return cls(
             bind_host=c.env_str(p + "BIND_HOST", "0.0.0.0", env),
-            port=c.env_int(p + "BLOBSTORE_PORT", c.DEFAULT_BLOBSTORE_PORT, env, minimum=0),
+            port=c.env_int(*c.SERVICE_PORTS["blobstore"], env, minimum=0),
             archive_dir=Path(c.env_str(p + "ARCHIVE_DIR", "./data", env)).expanduser(),
             archive_s3=parse_archive_url(archive_url) if archive_url else None,
             memory_max_bytes=c.env_int(

@@ -4,44 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
-import grpc
-from grpc_health.v1 import health
 
 from services.blobstore.blobs import BlobService
 from services.blobstore.config import BlobstoreConfig
-from services.blobstore.servicer import SERVICE_NAME, BlobStoreServicer, add_to_server
+from services.blobstore.servicer import BlobStoreServicer, add_to_server
 from services.blobstore.store import BlobTier, FileTier, MemoryTier
 from services.blobstore.sweeper import Sweeper, metadata_lookup
-from services.common.config import ConfigError
+from services.common import service_names
 from services.common.grpc_client import internal_channel
-from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server, run_until_signalled
-from services.common.logging_setup import configure_logging
-from services.common.telemetry import configure_tracing, shutdown_tracing
+from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
+from services.common.service import ServiceApp, run_service
 
 log = logging.getLogger("registry.blobstore")
 
-HEALTH_SERVICES = ("", SERVICE_NAME)
-
-
-@dataclass
-class BlobstoreApp:
-    """A built blobstore: the server (not started yet) and what it runs on."""
-
-    server: grpc.aio.Server
-    health_servicer: health.aio.HealthServicer
-    port: int
-    blobs: BlobService
-    sweeper: Sweeper
-    # Prepares the tiers, then turns health to SERVING and starts the sweeper.
-    ready: asyncio.Task[None]
-    on_stop: Callable[[], Awaitable[None]]
-
-    def on_draining(self) -> None:
-        # Frontends learn it from DescribeReplica and stop picking this replica.
-        self.blobs.draining = True
+HEALTH_SERVICES = ("", service_names.BLOBSTORE)
 
 
 def archive_tier(config: BlobstoreConfig) -> BlobTier:
@@ -58,11 +34,13 @@ def archive_tier(config: BlobstoreConfig) -> BlobTier:
     )
 
 
-async def build_app(config: BlobstoreConfig) -> BlobstoreApp:
-    """Builds the blobstore. The tiers are prepared in the background (temp
-    cleanup may take a while, a bucket may not be reachable yet): health is
-    NOT_SERVING until they are ready."""
-    server, health_servicer = create_aio_server(config.max_message_bytes)
+async def create_server(config: BlobstoreConfig) -> ServiceApp:
+    """Builds the blobstore (not started). The tiers are prepared in the
+    background, by the app's `ready` task (temp cleanup may take a while, a
+    bucket may not be reachable yet): health is NOT_SERVING until they are
+    ready, then the sweeper starts."""
+    grpc_server = create_aio_server(config.max_message_bytes)
+    server, health_servicer = grpc_server.server, grpc_server.health
     blobs = BlobService(
         MemoryTier(config.memory_max_bytes),
         archive_tier(config),
@@ -89,7 +67,10 @@ async def build_app(config: BlobstoreConfig) -> BlobstoreApp:
     )
 
     async def prepare() -> None:
-        await blobs.open()
+        try:
+            await blobs.open()
+        except Exception as exc:
+            raise RuntimeError(f"cannot prepare the blob storage in {config.archive_location}: {exc}") from exc
         for service in HEALTH_SERVICES:
             await health_servicer.set(service, SERVING)
         sweeper.start()
@@ -107,46 +88,13 @@ async def build_app(config: BlobstoreConfig) -> BlobstoreApp:
             await channel.close()
         await blobs.close()
 
-    return BlobstoreApp(server, health_servicer, port, blobs, sweeper, ready, on_stop)
+    def on_draining() -> None:
+        # Frontends learn it from DescribeReplica and stop picking this replica.
+        blobs.draining = True
+
+    return ServiceApp(grpc_server, port, on_draining=on_draining, on_stop=on_stop, ready=ready)
 
 
-async def create_server(config: BlobstoreConfig):  # type: ignore[no-untyped-def]
-    """Builds the blobstore: returns (server, health_servicer, port, on_stop)."""
-    app = await build_app(config)
-    return app.server, app.health_servicer, app.port, app.on_stop
-
-
-async def serve() -> None:
-    configure_logging("blobstore")
-    configure_tracing("blobstore")
-    try:
-        config = BlobstoreConfig.from_env()
-    except ConfigError as exc:
-        raise SystemExit(f"blobstore: {exc}") from None
-    app = await build_app(config)
-    await app.server.start()
-    log.info("blobstore listening on %s:%d", config.bind_host, app.port)
-    try:
-        # Signals are handled while the storage is still being prepared (a
-        # bucket may stay unreachable for long): a stop then is a clean one.
-        serving = asyncio.ensure_future(
-            run_until_signalled(
-                app.server,
-                app.health_servicer,
-                grace_seconds=config.shutdown_grace_seconds,
-                on_draining=app.on_draining,
-                on_stop=app.on_stop,
-            )
-        )
-        await asyncio.wait([app.ready, serving], return_when=asyncio.FIRST_COMPLETED)
-        if app.ready.done() and not app.ready.cancelled() and app.ready.exception() is not None:
-            exc = app.ready.exception()
-            log.critical("cannot prepare the blob storage in %s: %s", config.archive_location, exc)
-            serving.cancel()
-            await asyncio.gather(serving, return_exceptions=True)
-            await app.server.stop(0)
-            await app.on_stop()
-            raise SystemExit(1) from exc
-        await serving
-    finally:
-        shutdown_tracing()
+def serve() -> None:
+    """`python -m services.blobstore`: serves until SIGTERM/SIGINT."""
+    run_service("blobstore", BlobstoreConfig.from_env, create_server)

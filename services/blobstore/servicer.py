@@ -19,12 +19,10 @@ from google.protobuf.message import DecodeError
 from registry import blobstore_pb2, blobstore_pb2_grpc
 
 from services.blobstore.blobs import BlobService, PutMessage
+from services.common import service_names
 from services.common.errors import InvalidArgument
 from services.common.passthrough import add_servicer
 from services.common.wire import data_chunk_message, upload_body_data
-
-SERVICE_NAME = "registry.BlobStore"
-
 
 class BlobStoreServicer(blobstore_pb2_grpc.BlobStoreServicer):
     """The internal blob API the frontend calls (directly, replica by replica).
@@ -88,7 +86,7 @@ def add_to_server(servicer: BlobStoreServicer, server: grpc.aio.Server) -> None:
     add_servicer(
         server,
         servicer,
-        SERVICE_NAME,
+        service_names.BLOBSTORE,
         blobstore_pb2_grpc.add_BlobStoreServicer_to_server,
         raw_requests=["PutBlob"],
         raw_responses=["GetBlob"],

@@ -20,6 +20,10 @@ from services.common.errors import RegistryError, UpstreamError
 
 T = TypeVar("T")
 
+# Names the cluster a health check sent to Envoy's internal listener is
+# meant for: every health check has the same path, whatever the service.
+UPSTREAM_HEADER = "x-registry-upstream"
+
 _FIRST_RETRY_DELAY_SECONDS = 0.05
 
 # Statuses a caller can act on: passed through to our own client unchanged.

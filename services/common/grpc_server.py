@@ -1,19 +1,21 @@
 """gRPC server plumbing shared by every service.
 
 - `RequestInterceptor`: one log line per request (method, status, duration)
-  and the single place where domain errors become gRPC statuses.
+  and the single place where domain errors become gRPC statuses; it counts
+  the server's calls in flight (`InFlightCalls`), which shutdown drains.
 - `server_options` / `create_aio_server`: message limits and port clash
   detection identical across services.
-- `run_until_signalled`: health-aware start and graceful SIGTERM shutdown.
+
+Starting, draining and stopping a server is `services.common.service`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -21,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from services.common import service_names
 from services.common.errors import RegistryError
 
 log = logging.getLogger("registry.requests")
@@ -28,7 +31,8 @@ log = logging.getLogger("registry.requests")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# The path of every health call: Envoy's probes, logged at DEBUG only.
+HEALTH_METHOD_PREFIX = f"/{service_names.HEALTH}/"
 
 
 def _trace_suffix() -> str:
@@ -64,7 +68,7 @@ def _abort_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> 
 
 
 class InFlightCalls:
-    """Calls not yet finished on the wire.
+    """Calls not yet finished on the wire, on one server.
 
     A handler returns once its last message is queued, which can be long
     before a slow client has read it (flow control holds it in gRPC's
@@ -88,14 +92,14 @@ class InFlightCalls:
             self._idle.set()
 
     async def wait_idle(self, timeout: float) -> bool:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+        # a cancel that lands as the event is set.
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
             return False
         return True
-
-
-IN_FLIGHT = InFlightCalls()
 
 
 def _log_request(level: int, method: str, code: grpc.StatusCode, started: float) -> None:
@@ -129,11 +133,11 @@ def _failure_code(context: grpc.aio.ServicerContext, exc: BaseException) -> grpc
 
 
 def _wrap_unary_response(
-    method: str, level: int, behavior: Callable[..., Awaitable[Any]]
+    method: str, level: int, behavior: Callable[..., Awaitable[Any]], in_flight: InFlightCalls
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started, code = time.perf_counter(), grpc.StatusCode.OK
-        IN_FLIGHT.started(context)
+        in_flight.started(context)
         try:
             return await behavior(request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
@@ -149,11 +153,11 @@ def _wrap_unary_response(
 
 
 def _wrap_stream_response(
-    method: str, level: int, behavior: Callable[..., AsyncIterator[Any]]
+    method: str, level: int, behavior: Callable[..., AsyncIterator[Any]], in_flight: InFlightCalls
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started, code = time.perf_counter(), grpc.StatusCode.OK
-        IN_FLIGHT.started(context)
+        in_flight.started(context)
         try:
             async for item in behavior(request, context):
                 yield item
@@ -191,13 +195,14 @@ def rebuild_handler(
     return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer, response_serializer)
 
 
-def wrap_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """`handler` with the request interceptor's behaviour around each call."""
-    level = logging.DEBUG if method.startswith(_HEALTH_PREFIX) else logging.INFO
+def wrap_handler(method: str, handler: grpc.RpcMethodHandler, in_flight: InFlightCalls) -> grpc.RpcMethodHandler:
+    """`handler` with the request interceptor's behaviour around each call,
+    counting each in `in_flight`."""
+    level = logging.DEBUG if method.startswith(HEALTH_METHOD_PREFIX) else logging.INFO
     wrap = _wrap_stream_response if handler.response_streaming else _wrap_unary_response
     return rebuild_handler(
         handler,
-        wrap(method, level, handler_behavior(handler)),
+        wrap(method, level, handler_behavior(handler), in_flight),
         handler.request_deserializer,
         handler.response_serializer,
     )
@@ -207,7 +212,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     """Logs every request once and maps `RegistryError` to its status code.
 
     Unexpected exceptions become INTERNAL with the trace id in the message,
-    never UNKNOWN.
+    never UNKNOWN. Its `in_flight` counts the calls of the one server it
+    intercepts: another server's calls never delay this one's shutdown.
 
     gRPC asks for a method's handler on every call, and gets the same
     handler object every time: its wrapped version is built once per method
@@ -215,6 +221,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(self) -> None:
+        self.in_flight = InFlightCalls()
         # method -> (the handler gRPC returned, its wrapped version). Bounded
         # by the methods the server implements: unknown ones have no handler.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -233,7 +240,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         # with a new handler (never the case for generated servicers).
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = wrap_handler(method, handler)
+        wrapped = wrap_handler(method, handler, self.in_flight)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -250,16 +257,24 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-def create_aio_server(max_message_bytes: int) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+@dataclass(frozen=True)
+class GrpcServer:
+    """A grpc.aio server with the request interceptor, the calls in flight on
+    it (counted by that interceptor) and its health servicer."""
+
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    in_flight: InFlightCalls
+
+
+def create_aio_server(max_message_bytes: int) -> GrpcServer:
     """A server with the request interceptor and a health servicer that
     answers NOT_SERVING until the caller declares the service ready."""
-    server = grpc.aio.server(
-        interceptors=[RequestInterceptor()],
-        options=server_options(max_message_bytes),
-    )
+    interceptor = RequestInterceptor()
+    server = grpc.aio.server(interceptors=[interceptor], options=server_options(max_message_bytes))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    return server, health_servicer
+    return GrpcServer(server, health_servicer, interceptor.in_flight)
 
 
 def bind(server: grpc.aio.Server, host: str, port: int) -> int:
@@ -269,34 +284,3 @@ def bind(server: grpc.aio.Server, host: str, port: int) -> int:
     except RuntimeError as exc:
         raise SystemExit(f"cannot listen on {address}: {exc} (is another process using the port?)") from exc
     return bound
-
-
-async def run_until_signalled(
-    server: grpc.aio.Server,
-    health_servicer: health.aio.HealthServicer,
-    *,
-    grace_seconds: float,
-    on_draining: Callable[[], None] | None = None,
-    on_stop: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Waits for SIGTERM/SIGINT, then: NOT_SERVING first (so Envoy stops
-    routing new calls here), `on_draining` (end calls that would never end by
-    themselves, e.g. watches), drain in-flight calls for up to
-    `grace_seconds`, and finally run `on_stop` (close stores)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logging.getLogger("registry").info("shutting down: draining for up to %.0fs", grace_seconds)
-    await health_servicer.enter_graceful_shutdown()
-    if on_draining is not None:
-        on_draining()
-    deadline = loop.time() + grace_seconds
-    # Health checks are calls too: only Envoy's probes arrive now, and they are short.
-    if not await IN_FLIGHT.wait_idle(grace_seconds):
-        logging.getLogger("registry").warning("%d calls still in flight after the grace period", IN_FLIGHT.count)
-    await server.stop(max(0.0, deadline - loop.time()))
-    if on_stop is not None:
-        await on_stop()
-    logging.getLogger("registry").info("stopped")

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 
+from services.common import service_names
+
 _enabled = False
-
-
-def tracing_enabled() -> bool:
-    return _enabled
 
 
 def configure_tracing(service_name: str) -> bool:
@@ -36,7 +34,7 @@ def configure_tracing(service_name: str) -> bool:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     # Health checks run every second per host: tracing them drowns real traffic.
-    os.environ.setdefault("OTEL_PYTHON_GRPC_EXCLUDED_SERVICES", "grpc.health.v1.Health")
+    os.environ.setdefault("OTEL_PYTHON_GRPC_EXCLUDED_SERVICES", service_names.HEALTH)
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))

@@ -39,7 +39,7 @@ class FrontendConfig:
         p = c.PREFIX
         return cls(
             bind_host=c.env_str(p + "BIND_HOST", "0.0.0.0", env),
-            port=c.env_int(p + "FRONTEND_PORT", c.DEFAULT_FRONTEND_PORT, env, minimum=0),
+            port=c.env_int(*c.SERVICE_PORTS["frontend"], env, minimum=0),
             internal_address=c.env_str(
                 p + "INTERNAL_ADDRESS", f"127.0.0.1:{c.DEFAULT_ENVOY_INTERNAL_PORT}", env
             ),

@@ -15,6 +15,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from services.common import service_names
+
 _FILES = (api_pb2, legacy_pb2, health_pb2, reflection_pb2)
 
 
@@ -43,8 +45,8 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
     return pool
 
 
-def enable_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
+def enable_reflection(server: grpc.aio.Server, services: tuple[str, ...]) -> None:
     reflection.enable_server_reflection(
-        (*service_names, "grpc.health.v1.Health", reflection.SERVICE_NAME), server, pool=reflection_pool()
+        (*services, service_names.HEALTH, reflection.SERVICE_NAME), server, pool=reflection_pool()
     )
 

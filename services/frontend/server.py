@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-
-import grpc
 
 from cogment import model_registry_pb2_grpc as legacy_grpc
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
-from grpc_health.v1 import health
 
+from services.common import service_names
 from services.common.grpc_client import internal_channel
-from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server, run_until_signalled
+from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
 from services.common.health_status import HealthFollower
-from services.common.logging_setup import configure_logging
-from services.common.telemetry import configure_tracing, shutdown_tracing
+from services.common.service import ServiceApp, run_service
 from services.frontend.config import FrontendConfig
 from services.frontend.reflection import enable_reflection
 from services.frontend.background import BackgroundTasks
@@ -29,28 +23,11 @@ from services.frontend.servicer import ModelRegistryServicer, add_to_server
 from services.frontend.uploads import Uploads
 from services.frontend.upstream import METADATA, BlobStoreClient, MetadataClient, UpstreamHealth
 
-log = logging.getLogger("registry.frontend")
 
-PUBLIC_SERVICES = ("cogmentAPI.ModelRegistrySP", "cogment.ModelRegistrySP")
-# What Envoy checks: this process alone is up (not its upstreams), so a
-# metadata outage does not eject every frontend.
-LIVENESS_SERVICE = "registry.Frontend"
-
-
-@dataclass(frozen=True)
-class Frontend:
-    """A built frontend server and the hooks its shutdown runs."""
-
-    server: grpc.aio.Server
-    health: health.aio.HealthServicer
-    port: int
-    on_draining: Callable[[], None]
-    on_stop: Callable[[], Awaitable[None]]
-
-
-async def create_server(config: FrontendConfig) -> Frontend:
+async def create_server(config: FrontendConfig) -> ServiceApp:
     """Builds the frontend (not started)."""
-    server, health_servicer = create_aio_server(config.max_message_bytes)
+    grpc_server = create_aio_server(config.max_message_bytes)
+    server, health_servicer = grpc_server.server, grpc_server.health
     channel = internal_channel(config.internal_address, config.max_message_bytes)
     blobstores = BlobReplicas(
         config.blobstore_addresses,
@@ -68,17 +45,17 @@ async def create_server(config: FrontendConfig) -> Frontend:
         Downloads(metadata, blobs, background),
         followers,
     )
-    add_to_server(servicer, server, "cogmentAPI.ModelRegistrySP", api_grpc.add_ModelRegistrySPServicer_to_server)
-    add_to_server(servicer, server, "cogment.ModelRegistrySP", legacy_grpc.add_ModelRegistrySPServicer_to_server)
+    add_to_server(servicer, server, service_names.MODEL_REGISTRY, api_grpc.add_ModelRegistrySPServicer_to_server)
+    add_to_server(servicer, server, service_names.LEGACY_MODEL_REGISTRY, legacy_grpc.add_ModelRegistrySPServicer_to_server)
     if config.grpc_reflection:
-        enable_reflection(server, PUBLIC_SERVICES)
+        enable_reflection(server, service_names.PUBLIC)
     port = bind(server, config.bind_host, config.port)
 
-    for service in ("", *PUBLIC_SERVICES):
+    for service in ("", *service_names.PUBLIC):
         await health_servicer.set(service, NOT_SERVING)
     # Live (in Envoy's rotation) only once it knows the blobstore replicas:
     # without them it would take every transient version for lost.
-    await health_servicer.set(LIVENESS_SERVICE, NOT_SERVING)
+    await health_servicer.set(service_names.FRONTEND_LIVENESS, NOT_SERVING)
     upstream = UpstreamHealth(channel, timeout=max(config.upstream_health_interval_seconds, 1.0))
 
     async def stack_problem() -> str | None:
@@ -90,7 +67,7 @@ async def create_server(config: FrontendConfig) -> Frontend:
 
     stack_health = HealthFollower(
         health_servicer,
-        ("", *PUBLIC_SERVICES),
+        ("", *service_names.PUBLIC),
         stack_problem,
         config.upstream_health_interval_seconds,
         what="the stack's upstreams",
@@ -100,7 +77,7 @@ async def create_server(config: FrontendConfig) -> Frontend:
     async def become_live() -> None:
         blobstores.start()
         await blobstores.wait_refreshed()
-        await health_servicer.set(LIVENESS_SERVICE, SERVING)
+        await health_servicer.set(service_names.FRONTEND_LIVENESS, SERVING)
         stack_health.start()
 
     live = asyncio.get_running_loop().create_task(become_live(), name="frontend start-up")
@@ -113,30 +90,15 @@ async def create_server(config: FrontendConfig) -> Frontend:
         await blobstores.close()
         await channel.close()
 
-    return Frontend(server, health_servicer, port, followers.stop_following, on_stop)
-
-
-async def serve() -> None:
-    configure_logging("frontend")
-    configure_tracing("frontend")
-    config = FrontendConfig.from_env()
-    frontend = await create_server(config)
-    await frontend.server.start()
-    log.info(
-        "frontend listening on %s:%d, metadata at %s, blobstores at %s",
-        config.bind_host,
-        frontend.port,
-        config.internal_address,
-        ",".join(config.blobstore_addresses),
+    return ServiceApp(
+        grpc_server,
+        port,
+        on_draining=followers.stop_following,
+        on_stop=on_stop,
+        summary=f"metadata at {config.internal_address}, blobstores at {','.join(config.blobstore_addresses)}",
     )
-    try:
-        await run_until_signalled(
-            frontend.server,
-            frontend.health,
-            grace_seconds=config.shutdown_grace_seconds,
-            on_draining=frontend.on_draining,
-            on_stop=frontend.on_stop,
-        )
-    finally:
-        shutdown_tracing()
 
+
+def serve() -> None:
+    """`python -m services.frontend`: serves until SIGTERM/SIGINT."""
+    run_service("frontend", FrontendConfig.from_env, create_server)

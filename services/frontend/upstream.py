@@ -16,12 +16,10 @@ from cogmentAPI import model_registry_pb2 as api
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import blobstore_pb2, metadata_pb2, metadata_pb2_grpc
 
-from services.common.grpc_client import call_idempotent, upstream_error
+from services.common import service_names
+from services.common.grpc_client import UPSTREAM_HEADER, call_idempotent, upstream_error
 from services.frontend.blob_replicas import Replica
 from services.frontend.config import FrontendConfig
-
-# Lets Envoy route health checks (all on one path) to the right cluster.
-UPSTREAM_HEADER = "x-registry-upstream"
 
 METADATA = "metadata"
 BLOBSTORE = "blobstore"
@@ -90,8 +88,8 @@ class BlobStoreClient:
     they already are, so the frontend never re-encodes a chunk.
     """
 
-    _PUT = "/registry.BlobStore/PutBlob"
-    _GET = "/registry.BlobStore/GetBlob"
+    _PUT = f"/{service_names.BLOBSTORE}/PutBlob"
+    _GET = f"/{service_names.BLOBSTORE}/GetBlob"
 
     def __init__(self, config: FrontendConfig) -> None:
         self._config = config
@@ -134,9 +132,10 @@ class BlobStoreClient:
 
 
 class UpstreamHealth:
-    """Asks Envoy whether each internal service has a healthy replica."""
+    """Asks Envoy whether an internal service has a healthy replica (only
+    metadata's is asked: the frontend sees the blobstores it calls itself)."""
 
-    _SERVICES = {METADATA: "registry.MetadataService", BLOBSTORE: "registry.BlobStore"}
+    _SERVICES = {METADATA: service_names.METADATA}
 
     def __init__(self, channel: grpc.aio.Channel, timeout: float) -> None:
         self._stub = health_pb2_grpc.HealthStub(channel)

@@ -3,9 +3,10 @@
 Two listeners:
 - public (COGMENT_MODEL_REGISTRY_PORT): every gRPC call goes to a frontend;
 - internal: the frontends' (and the blobstores' sweepers') way to metadata,
-  and the stack's health as a whole. Blob bytes do not pass here: frontends
-  call the blobstore replicas directly (one proxy hop less per byte), but
-  the blobstore cluster is still health-checked, so Envoy's admin page shows
+  and metadata's health as a whole (a health check with the
+  `UPSTREAM_HEADER` naming it). Blob bytes do not pass here: frontends call
+  the blobstore replicas directly (one proxy hop less per byte), but the
+  blobstore cluster is still health-checked, so Envoy's admin page shows
   every replica of every service.
 Every cluster is HTTP/2 and actively health-checked with grpc.health.v1.
 No timeout can cut a long stream: route timeouts and stream idle timeouts
@@ -19,21 +20,14 @@ from typing import Any
 
 import yaml
 
+from services.common import service_names
+from services.common.grpc_client import UPSTREAM_HEADER
+from services.common.grpc_server import HEALTH_METHOD_PREFIX
 from services.launcher.topology import Endpoint, StackTopology
 
 # Measured: 4/8 MiB HTTP/2 windows move data as fast as Envoy's defaults
 # with ~25 MiB less memory.
 _HTTP2 = {"initial_stream_window_size": 4 * 1024 * 1024, "initial_connection_window_size": 8 * 1024 * 1024}
-
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"
-UPSTREAM_HEADER = "x-registry-upstream"
-
-# The grpc.health.v1 service name each cluster is checked with.
-HEALTH_SERVICE = {
-    "frontend": "registry.Frontend",
-    "metadata": "registry.MetadataService",
-    "blobstore": "registry.BlobStore",
-}
 
 
 def _duration(seconds: float) -> str:
@@ -145,7 +139,7 @@ def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology
                 "no_traffic_interval": interval,
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
-                "grpc_health_check": {"service_name": HEALTH_SERVICE[name]},
+                "grpc_health_check": {"service_name": service_names.HEALTH_CHECKED[name]},
             }
         ],
         # Never send traffic to hosts known to be unhealthy ("panic mode"):
@@ -181,18 +175,17 @@ def render_envoy_config(topology: StackTopology) -> dict[str, Any]:
         }
     }
     internal_routes = [
+        # The frontends' question "has metadata a healthy replica?"
         _route(
-            upstream,
+            "metadata",
             {
-                "prefix": _HEALTH_PREFIX,
-                "headers": [{"name": UPSTREAM_HEADER, "string_match": {"exact": upstream}}],
+                "prefix": HEALTH_METHOD_PREFIX,
+                "headers": [{"name": UPSTREAM_HEADER, "string_match": {"exact": "metadata"}}],
             },
-        )
-        for upstream in ("metadata", "blobstore")
-    ] + [
-        _route("metadata", {"prefix": "/registry.MetadataService/"}, **connect_retry),
+        ),
+        _route("metadata", {"prefix": f"/{service_names.METADATA}/"}, **connect_retry),
         # For operators (grpcurl DescribeReplica...): the frontends call replicas directly.
-        _route("blobstore", {"prefix": "/registry.BlobStore/"}, **connect_retry),
+        _route("blobstore", {"prefix": f"/{service_names.BLOBSTORE}/"}, **connect_retry),
     ]
     clusters = [
         _cluster("frontend", topology.frontends, topology, "ROUND_ROBIN"),

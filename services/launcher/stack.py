@@ -23,12 +23,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import config as c
-from services.common.ports import free_ports
 from services.launcher.envoy_config import render_envoy_yaml
+from services.launcher.ports import LOOPBACK, free_ports
 from services.launcher.topology import Endpoint, StackTopology
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LOOPBACK = "127.0.0.1"
 
 # glibc malloc settings for the Python services (the images set the same).
 # Every 1 MiB chunk is a fresh allocation; by default glibc serves many of
@@ -172,11 +171,12 @@ class LocalStack:
         envoy_bin = str(Path(python).parent / "envoy")
         envoy_config = s.run_dir / "envoy.yaml"
         processes: list[dict] = []
-        for kind, port_var, endpoints in (
-            ("metadata", "METADATA_PORT", topology.metadata),
-            ("blobstore", "BLOBSTORE_PORT", topology.blobstores),
-            ("frontend", "FRONTEND_PORT", topology.frontends),
+        for kind, endpoints in (
+            ("metadata", topology.metadata),
+            ("blobstore", topology.blobstores),
+            ("frontend", topology.frontends),
         ):
+            port_variable, _ = c.SERVICE_PORTS[kind]
             for index, endpoint in enumerate(endpoints):
                 name = f"{kind}-{index}"
                 processes.append(
@@ -186,7 +186,7 @@ class LocalStack:
                         "argv": [python, "-m", f"services.{kind}"],
                         "marker": f"services.{kind}",
                         "env": {
-                            c.PREFIX + port_var: str(endpoint.port),
+                            port_variable: str(endpoint.port),
                             "OTEL_SERVICE_NAME": kind,
                             "COGMENT_MODEL_REGISTRY_INSTANCE": name,
                             "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", MALLOC_TUNABLES),

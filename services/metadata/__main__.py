@@ -1,5 +1,3 @@
-import asyncio
-
 from services.metadata.server import serve
 
-asyncio.run(serve())
+serve()

@@ -66,7 +66,7 @@ class MetadataConfig:
             database_path = archive_dir.resolve() / DATABASE_FILE_NAME
         return cls(
             bind_host=c.env_str(p + "BIND_HOST", "0.0.0.0", env),
-            port=c.env_int(p + "METADATA_PORT", c.DEFAULT_METADATA_PORT, env, minimum=0),
+            port=c.env_int(*c.SERVICE_PORTS["metadata"], env, minimum=0),
             database_path=database_path,
             version_cache_max_items=c.env_int(
                 p + "VERSION_CACHE_MAX_ITEMS", c.DEFAULT_VERSION_CACHE_MAX_ITEMS, env, minimum=1

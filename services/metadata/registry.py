@@ -171,7 +171,11 @@ class MetadataRegistry:
     async def check_store(self, timeout: float) -> None:
         """Raises unless the database answers a trivial query within
         `timeout` seconds (on the worker thread, behind any call in progress)."""
-        await asyncio.wait_for(self._run(self._store.check), timeout)
+        # Not `asyncio.wait_for`: on Python 3.11 it returns normally when
+        # cancelled in the step its result arrives, and a health follower
+        # cancelled that way went on checking forever.
+        async with asyncio.timeout(timeout):
+            await self._run(self._store.check)
 
     def _notify(self, callback: Callable[[str], None], model_id: str) -> None:
         """Hands a hub notification from the worker thread to the loop."""

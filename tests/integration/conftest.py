@@ -16,7 +16,7 @@ import grpc
 import pytest
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
-from services.common.ports import free_port
+from services.launcher.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,5 +1,6 @@
-"""docker-compose.yml checked statically (no Docker engine runs here): it
-parses, and every service, port, env variable and command in it agrees with
+"""docker-compose.yml and the Dockerfile checked statically (no Docker
+engine runs here): the compose file parses, builds the one Dockerfile once
+per service, and every service, port, env variable and command agrees with
 the Envoy config and with what the services actually read."""
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.common import service_names
+from services.common.config import PREFIX, SERVICE_PORTS
 from services.launcher.compose import ENVOY_YAML, compose_topology, render
+from services.launcher.stack import MALLOC_TUNABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("frontend", "metadata", "blobstore")
-PREFIX = "COGMENT_MODEL_REGISTRY_"
+DOCKERFILE = ROOT / "Dockerfile"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,9 @@ def test_services_and_published_ports(compose, envoy):
 def test_service_wiring_matches_envoy(compose, envoy, service):
     definition = compose["services"][service]
     env = definition["environment"]
-    port = int(env[f"{PREFIX}{service.upper()}_PORT"])
+    variable, default_port = SERVICE_PORTS[service]
+    port = int(env[variable])
+    assert port == default_port, "the image's HEALTHCHECK asks the default port"
     assert cluster_endpoints(envoy, service) == [(service, port)], "Envoy must reach the service where it listens"
     if f"{PREFIX}INTERNAL_ADDRESS" in env:
         assert env[f"{PREFIX}INTERNAL_ADDRESS"] == f"envoy:{listener_port(envoy, 'internal')}"
@@ -74,14 +80,32 @@ def test_service_wiring_matches_envoy(compose, envoy, service):
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_commands_and_images_exist(compose, service):
+def test_each_service_builds_the_one_dockerfile_with_its_name(compose, service):
     definition = compose["services"][service]
-    dockerfile = ROOT / definition["build"]["dockerfile"]
-    assert dockerfile.exists()
-    assert definition["command"] == ["python", "-m", f"services.{service}"]
+    assert definition["build"] == {"context": ".", "dockerfile": "Dockerfile", "args": {"SERVICE": service}}
+    assert "command" not in definition, "the image's CMD runs the service its build argument names"
     assert (ROOT / "services" / service / "__main__.py").exists()
-    assert f'CMD ["python", "-m", "services.{service}"]' in dockerfile.read_text()
-    assert "USER registry" in dockerfile.read_text(), "images run as non-root"
+
+
+def test_the_dockerfile_runs_the_service_named_by_its_build_argument():
+    lines = DOCKERFILE.read_text().splitlines()
+    assert not list((ROOT / "services").glob("*/Dockerfile")), "one Dockerfile for every service"
+    assert "ARG SERVICE" in lines
+    assert "ENV REGISTRY_SERVICE=${SERVICE} \\" in lines
+    assert "COPY services/${SERVICE} services/${SERVICE}" in lines
+    assert 'CMD exec python -m "services.$REGISTRY_SERVICE"' in lines
+    assert '  CMD python -m services.common.healthcheck "$REGISTRY_SERVICE"' in lines
+    assert "USER registry" in lines, "images run as non-root"
+    # Health names and ports are the code's (services.common), not retyped here.
+    text = DOCKERFILE.read_text()
+    for name in (*service_names.HEALTH_CHECKED.values(), *service_names.PUBLIC):
+        assert name not in text
+    for _, port in SERVICE_PORTS.values():
+        assert str(port) not in text
+
+
+def test_the_image_tunes_malloc_as_the_launcher_does():
+    assert f"    GLIBC_TUNABLES={MALLOC_TUNABLES} \\" in DOCKERFILE.read_text().splitlines()
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -11,9 +11,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import Stack, free_port, stack_env
+from services.common import service_names
+from services.common.grpc_server import SERVING
 
-SERVING = health_pb2.HealthCheckResponse.SERVING
+from conftest import Stack, free_port, stack_env
 
 
 def check(stack: Stack, service: str = "") -> int:
@@ -25,7 +26,7 @@ def check(stack: Stack, service: str = "") -> int:
 
 
 def test_public_health_is_serving(stack):
-    for service in ("", "cogmentAPI.ModelRegistrySP", "cogment.ModelRegistrySP"):
+    for service in ("", *service_names.PUBLIC):
         assert check(stack, service) == SERVING
 
 

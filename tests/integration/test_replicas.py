@@ -12,6 +12,8 @@ import grpc
 import pytest
 from cogmentAPI import model_registry_pb2 as api
 
+from services.common.service_names import BLOBSTORE
+
 from conftest import REPLICATED, create_version, read_data
 
 pytestmark = pytest.mark.skipif(not REPLICATED, reason="needs REGISTRY_TEST_SHAPE=replicated")
@@ -24,7 +26,7 @@ def processes(stack, kind: str) -> list[dict]:
 
 def blobstore_log_counts(stack) -> dict[str, int]:
     return {
-        p["name"]: open(p["log"]).read().count("rpc=/registry.BlobStore/PutBlob status=OK") for p in processes(stack, "blobstore")
+        p["name"]: open(p["log"]).read().count(f"rpc=/{BLOBSTORE}/PutBlob status=OK") for p in processes(stack, "blobstore")
     }
 
 

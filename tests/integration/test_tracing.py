@@ -12,6 +12,8 @@ import pytest
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
+from services.common import service_names
+
 from conftest import Stack, free_port, stack_env, version_chunks
 from otlp_receiver import OtlpReceiver, span_tree
 
@@ -81,9 +83,9 @@ def test_create_and_read_each_produce_one_trace(traced_stack, receiver, capsys):
     spans = receiver.wait_for(trace_id, ALL_SERVICES, root_parent=span_id)
     assert_one_connected_trace(spans, span_id)
     names = {(s.service, s.name) for s in spans}
-    assert ("frontend", "/cogmentAPI.ModelRegistrySP/CreateVersion") in names
-    assert ("metadata", "/registry.MetadataService/CommitVersion") in names
-    assert ("blobstore", "/registry.BlobStore/PutBlob") in names
+    assert ("frontend", f"/{service_names.MODEL_REGISTRY}/CreateVersion") in names
+    assert ("metadata", f"/{service_names.METADATA}/CommitVersion") in names
+    assert ("blobstore", f"/{service_names.BLOBSTORE}/PutBlob") in names
     with capsys.disabled():
         print("\nCreateVersion trace (4 MiB archived):\n" + span_tree(spans))
 
@@ -94,7 +96,7 @@ def test_create_and_read_each_produce_one_trace(traced_stack, receiver, capsys):
     assert b"".join(c.data_chunk for c in chunks) == data
     spans = receiver.wait_for(trace_id, ALL_SERVICES, root_parent=span_id)
     assert_one_connected_trace(spans, span_id)
-    assert ("blobstore", "/registry.BlobStore/GetBlob") in {(s.service, s.name) for s in spans}
+    assert ("blobstore", f"/{service_names.BLOBSTORE}/GetBlob") in {(s.service, s.name) for s in spans}
 
 
 def test_failed_call_carries_an_error_status(traced_stack, receiver):

@@ -56,13 +56,13 @@ from opentelemetry import trace
 
 from services.blobstore.store.base import BlobReader, BlobWriter, Chunk, StoredBlob, not_found
 from services.blobstore.store.blocking import ThreadedTier, VerifyingReader
+from services.common.config import MIB
 from services.common.errors import Aborted, AlreadyExists, DataLoss, ResourceExhausted, Unavailable
 
 log = logging.getLogger("registry.blobstore")
 
 T = TypeVar("T")
 
-MIB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MIB
 # S3's limits: parts of at least 5 MiB (but the last), 10,000 parts, objects of 5 TiB.
 MIN_PART_SIZE = 5 * MIB

@@ -19,8 +19,8 @@ from registry import blobstore_pb2, blobstore_pb2_grpc
 from services.blobstore.config import BlobstoreConfig
 from services.blobstore.server import create_server
 from services.blobstore.store import BlobTier
-
-MIB = 1024 * 1024
+from services.common.config import MIB  # noqa: F401 - the tests take it from here
+from services.common.service_names import BLOBSTORE
 
 
 async def store(tier: BlobTier, key: str, chunks: Iterable[bytes]) -> None:
@@ -104,7 +104,7 @@ class Blobstore:
     async def raw_put(self, messages: Iterable[bytes]) -> int:
         """PutBlob with the given encoded messages, sent as they are."""
         put = self.channel.stream_unary(
-            "/registry.BlobStore/PutBlob",
+            f"/{BLOBSTORE}/PutBlob",
             request_serializer=None,
             response_deserializer=blobstore_pb2.PutBlobReply.FromString,
         )
@@ -113,13 +113,13 @@ class Blobstore:
     async def raw_get(self, key: str, *, archived: bool, **fields) -> list[bytes]:
         """GetBlob's replies as the bytes received (not parsed)."""
         get = self.channel.unary_stream(
-            "/registry.BlobStore/GetBlob",
+            f"/{BLOBSTORE}/GetBlob",
             request_serializer=blobstore_pb2.GetBlobRequest.SerializeToString,
             response_deserializer=None,
         )
         return [raw async for raw in get(blobstore_pb2.GetBlobRequest(key=key, archived=archived, **fields))]
 
-    async def status(self, service: str = "registry.BlobStore") -> int:
+    async def status(self, service: str = BLOBSTORE) -> int:
         return (await self.health.Check(health_pb2.HealthCheckRequest(service=service))).status
 
 
@@ -173,7 +173,7 @@ async def wait_serving(health: health_pb2_grpc.HealthStub, timeout: float = 5.0)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        reply = await health.Check(health_pb2.HealthCheckRequest(service="registry.BlobStore"))
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=BLOBSTORE))
         if reply.status == health_pb2.HealthCheckResponse.SERVING:
             return
         if loop.time() > deadline:
@@ -188,11 +188,11 @@ def make_config(tmp_path: Path, **overrides) -> BlobstoreConfig:
 
 
 async def start_blobstore(config: BlobstoreConfig, *, wait: bool = True):
-    server, health_servicer, port, on_stop = await create_server(config)
-    await server.start()
+    app = await create_server(config)
+    await app.server.start()
     limit = config.max_message_bytes
     channel = grpc.aio.insecure_channel(
-        f"127.0.0.1:{port}",
+        f"127.0.0.1:{app.port}",
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
     blobstore = Blobstore(
@@ -207,7 +207,7 @@ async def start_blobstore(config: BlobstoreConfig, *, wait: bool = True):
 
     async def stop() -> None:
         await channel.close()
-        await server.stop(0)
-        await on_stop()
+        await app.server.stop(0)
+        await app.on_stop()
 
     return blobstore, stop

@@ -36,7 +36,7 @@ def test_an_unusable_archive_url_stops_the_start(tmp_path: Path):
         text=True,
         timeout=60,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == (
         "blobstore: COGMENT_MODEL_REGISTRY_ARCHIVE_URL='/srv/archive' is not usable: it has no scheme "
         "(expected s3://bucket or s3://bucket/prefix; leave it unset to archive in the archive directory)"

@@ -33,6 +33,7 @@ from services.blobstore.tests.helpers import (
     temp_files,
     wait_serving,
 )
+from services.common.service_names import BLOBSTORE
 
 BOTH_TIERS = pytest.mark.parametrize("archived", [False, True], ids=["memory", "archive"])
 
@@ -298,7 +299,7 @@ async def test_health_is_serving_only_once_the_tiers_are_ready(tmp_path: Path, m
     monkeypatch.setattr(FileTier, "_open_sync", slow_open)
     blobstore, stop = await start_blobstore(make_config(tmp_path), wait=False)
     try:
-        for service in ("", "registry.BlobStore"):
+        for service in ("", BLOBSTORE):
             assert await blobstore.status(service) == health_pb2.HealthCheckResponse.NOT_SERVING
         # A call arriving meanwhile waits for the storage instead of failing.
         early = asyncio.ensure_future(blobstore.put("early", b"abc", archived=True))

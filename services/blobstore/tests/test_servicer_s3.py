@@ -28,6 +28,7 @@ from services.blobstore.tests.helpers import (
     start_blobstore,
     wait_serving,
 )
+from services.common.service_names import BLOBSTORE
 
 PREFIX = "registry/blobs"
 
@@ -115,7 +116,7 @@ async def test_not_serving_until_the_bucket_is_reachable(
     blobstore, stop = await start_blobstore(make_config(tmp_path, archive_s3=S3Location(bucket)), wait=False)
     try:
         await asyncio.sleep(0.3)  # a few HeadBucket attempts
-        for service in ("", "registry.BlobStore"):
+        for service in ("", BLOBSTORE):
             assert await blobstore.status(service) == health_pb2.HealthCheckResponse.NOT_SERVING
         early = asyncio.ensure_future(blobstore.put("early", b"abc", archived=True))
         await asyncio.sleep(0.05)

@@ -25,6 +25,7 @@ from services.blobstore.tests.helpers import MIB, put_requests
 from services.blobstore.tests.tiers import Archive, FileArchive, S3Archive
 from services.common.errors import DataLoss
 from services.common.grpc_server import RequestInterceptor, server_options
+from services.common.service_names import BLOBSTORE
 
 DATA = os.urandom(3 * MIB + 1)
 SHA = hashlib.sha256(DATA).digest()
@@ -190,10 +191,10 @@ async def test_the_raw_bytes_handlers_run_inside_the_interceptors(tmp_path: Path
     spans = exporter.get_finished_spans()
     calls = [span for span in spans if span.kind == SpanKind.SERVER]
     assert [span.name for span in calls] == [
-        "/registry.BlobStore/PutBlob",
-        "/registry.BlobStore/GetBlob",
-        "/registry.BlobStore/PutBlob",
-        "/registry.BlobStore/GetBlob",
+        f"/{BLOBSTORE}/PutBlob",
+        f"/{BLOBSTORE}/GetBlob",
+        f"/{BLOBSTORE}/PutBlob",
+        f"/{BLOBSTORE}/GetBlob",
     ]
     own = [span for span in spans if span.name in ("write blob", "read blob")]
     # Each of the blobstore's spans is a child of its call's span.

@@ -23,7 +23,7 @@ import pytest
 
 from services.blobstore.store import BlobTier, FileTier, MemoryTier
 from services.blobstore.tests.helpers import blob_files, temp_files
-from services.common.ports import free_port
+from services.launcher.ports import free_port
 
 # Nothing of the developer's AWS setup may leak into the tests.
 AWS_ENV = {

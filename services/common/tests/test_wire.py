@@ -9,9 +9,9 @@ from cogmentAPI import model_registry_pb2 as api
 from google.protobuf.message import DecodeError
 from registry import blobstore_pb2
 
+from services.common.config import MIB
 from services.common.wire import data_chunk_message, upload_body_data
 
-MIB = 1024 * 1024
 # Around every boundary of the varint lengths (1, 2 and 3 bytes), and a real chunk.
 SIZES = [0, 1, 127, 128, 16383, 16384, MIB]
 

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from services.blobstore.server import build_app
+from services.blobstore.server import create_server
 from services.blobstore.tests.helpers import make_config, start_blobstore
 from services.common.blob_keys import new_archived_key, new_transient_key
+from services.common.config import MIB
 from services.common.errors import Unavailable
-from services.common.ports import free_port
 from services.frontend.blob_replicas import BlobReplicas, resolve_address, split_address
+from services.launcher.ports import free_port
 
-MESSAGE_LIMIT = 16 * 1024 * 1024
+MESSAGE_LIMIT = 16 * MIB
 
 
 def replicas_of(addresses, resolver=resolve_address) -> BlobReplicas:
@@ -159,7 +160,7 @@ async def test_the_refresh_loop_keeps_the_view_current(tmp_path: Path):
 
 async def test_a_draining_replica_takes_no_new_blob_but_still_serves_its_own(tmp_path: Path):
     config = make_config(tmp_path / "draining", port=free_port())
-    app = await build_app(config)
+    app = await create_server(config)
     await app.server.start()
     await app.ready
     replicas = replicas_of([f"127.0.0.1:{config.port}"])

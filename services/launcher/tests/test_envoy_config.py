@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from services.common import service_names
+from services.common.grpc_client import UPSTREAM_HEADER
+from services.common.grpc_server import HEALTH_METHOD_PREFIX
+from services.frontend.upstream import METADATA
 from services.launcher.compose import compose_topology
 from services.launcher.envoy_config import render_envoy_config, render_envoy_yaml
 from services.launcher.topology import Endpoint, StackTopology
@@ -61,13 +65,23 @@ def test_no_route_timeout_can_cut_a_stream():
 
 def test_every_blobstore_replica_is_a_health_checked_host():
     config = render_envoy_config(local_topology())
-    (blob_route,) = [r for r in routes(config, "internal") if r["match"].get("prefix") == "/registry.BlobStore/"]
+    (blob_route,) = [r for r in routes(config, "internal") if r["match"].get("prefix") == f"/{service_names.BLOBSTORE}/"]
     assert "hash_policy" not in blob_route["route"]  # frontends pick replicas themselves
     (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "blobstore"]
     assert cluster["lb_policy"] == "ROUND_ROBIN"
     assert cluster["health_checks"]
     endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert len(endpoints) == 3
+
+
+def test_the_internal_listener_answers_for_metadata_health_only():
+    """The frontends ask Envoy whether metadata has a healthy replica (the
+    blobstores they call themselves): a health check naming its cluster."""
+    internal = routes(render_envoy_config(local_topology()), "internal")
+    health_routes = [r for r in internal if r["match"]["prefix"] == HEALTH_METHOD_PREFIX]
+    assert [(r["match"]["headers"], r["route"]["cluster"]) for r in health_routes] == [
+        ([{"name": UPSTREAM_HEADER, "string_match": {"exact": METADATA}}], "metadata")
+    ]
 
 
 def test_every_cluster_is_http2_and_health_checked():

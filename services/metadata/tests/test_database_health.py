@@ -15,8 +15,9 @@ from cogmentAPI import model_registry_pb2 as api
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import metadata_pb2_grpc
 
-from services.common.ports import free_port
-from services.metadata.server import SERVICE_NAME, create_server, open_registry
+from services.common.service_names import METADATA
+from services.launcher.ports import free_port
+from services.metadata.server import create_server, open_registry
 from services.metadata.tests.helpers import test_config
 
 pytestmark = pytest.mark.postgres
@@ -66,7 +67,7 @@ class Relay:
 async def wait_for_status(health: health_pb2_grpc.HealthStub, expected: int, timeout: float = 15.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=METADATA))
         if reply.status == expected:
             return
         assert asyncio.get_running_loop().time() < deadline, f"health stayed {reply.status}, expected {expected}"
@@ -113,7 +114,7 @@ async def test_draining_is_not_undone_by_the_database_checks(tmp_path):
             health = health_pb2_grpc.HealthStub(channel)
             await wait_for_status(health, health_pb2.HealthCheckResponse.SERVING)
             # What run_until_signalled does on SIGTERM.
-            for service in ("", SERVICE_NAME):
+            for service in ("", METADATA):
                 await app.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
             app.on_draining()
             await asyncio.sleep(0.3)  # several check intervals

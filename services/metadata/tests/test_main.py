@@ -18,7 +18,8 @@ from registry import metadata_pb2 as pb
 from registry import metadata_pb2_grpc
 
 from services.common.config import PREFIX
-from services.common.ports import free_port
+from services.common.service_names import METADATA
+from services.launcher.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -57,7 +58,7 @@ def wait_serving(channel: grpc.Channel, process: subprocess.Popen, timeout: floa
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1]
         try:
-            reply = stub.Check(health_pb2.HealthCheckRequest(service="registry.MetadataService"), timeout=1)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=METADATA), timeout=1)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
         except grpc.RpcError:

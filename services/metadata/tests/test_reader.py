@@ -16,6 +16,7 @@ from registry import metadata_pb2 as pb
 
 from services.common.errors import NotFound, Unavailable
 from services.common.grpc_server import RequestInterceptor
+from services.common.service_names import METADATA
 from services.metadata.errors import StoreOpenError
 from services.metadata.records import Model
 from services.metadata.registry import MetadataRegistry
@@ -223,10 +224,10 @@ async def test_every_call_leaves_one_log_line_with_its_status(service, caplog):
             await asyncio.sleep(0.01)
     statuses = [line.split(" duration_ms=")[0] for line in lines]
     assert statuses == [
-        "rpc=/registry.MetadataService/UpsertModel status=OK",
-        *["rpc=/registry.MetadataService/RetrieveModels status=OK"] * 3,
-        "rpc=/registry.MetadataService/RetrieveVersionInfos status=NOT_FOUND",
-        "rpc=/registry.MetadataService/ForgetLostVersion status=INVALID_ARGUMENT",
+        f"rpc=/{METADATA}/UpsertModel status=OK",
+        *[f"rpc=/{METADATA}/RetrieveModels status=OK"] * 3,
+        f"rpc=/{METADATA}/RetrieveVersionInfos status=NOT_FOUND",
+        f"rpc=/{METADATA}/ForgetLostVersion status=INVALID_ARGUMENT",
     ]
     assert all(float(line.split("duration_ms=")[1]) >= 0 for line in lines)
 

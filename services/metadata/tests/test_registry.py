@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -249,3 +250,25 @@ async def test_a_model_replaced_by_another_writer_ends_the_watch(registry, datab
     registry.hub.version_committed("m")
     with pytest.raises(NotFound, match="model 'm' was deleted"):
         await next_number(watch)
+
+
+async def test_a_store_check_cancelled_as_the_database_answers_ends_cancelled(registry):
+    """Wherever a cancel lands, even in the loop step that delivers the
+    answer, the check raises CancelledError. One that returned instead kept
+    the health follower of a stopping server checking forever (Python
+    3.11's `asyncio.wait_for` swallows a cancel that coincides with the
+    result)."""
+    cancelled = 0
+    for steps in range(12):
+        check = asyncio.ensure_future(registry.check_store(timeout=5))
+        await asyncio.sleep(0)  # submitted to the store thread
+        time.sleep(0.05)  # the loop blocked: the store thread answers meanwhile
+        for _ in range(steps):
+            await asyncio.sleep(0)  # the answer travels one loop step further
+        if check.cancel():
+            cancelled += 1
+            with pytest.raises(asyncio.CancelledError):
+                await check
+        else:
+            await check
+    assert cancelled > 0

@@ -8,8 +8,9 @@ from cogmentAPI import model_registry_pb2 as api
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import metadata_pb2 as pb
 
+from services.common.service_names import METADATA
 from services.metadata.errors import StoreOpenError
-from services.metadata.server import SERVICE_NAME, create_server
+from services.metadata.server import create_server
 from services.metadata.tests.helpers import SERVICE_CACHE_MAX_BYTES, new_blob_key, test_config
 
 
@@ -33,7 +34,7 @@ def version_request(model_id: str = "m", *, key: str | None = None, **fields) ->
 
 
 async def test_health_is_serving_once_the_store_is_open(service):
-    for name in ("", SERVICE_NAME):
+    for name in ("", METADATA):
         reply = await service.health.Check(health_pb2.HealthCheckRequest(service=name))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
@@ -43,7 +44,7 @@ async def test_create_server_opens_the_configured_database(tmp_path):
     await app.server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=METADATA))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         assert (tmp_path / "metadata.sqlite3").is_file()
     finally:

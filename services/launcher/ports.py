@@ -1,4 +1,5 @@
-"""Free loopback ports, for the local launcher, the tests and the benchmark."""
+"""Free loopback ports, for the local launcher, the tests and the benchmark
+(not for the services: they bind the port they are given)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,81 @@
+"""The service shell (services.common.service): each server drains its own
+calls only, and every service refuses a bad setting the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.common.config import PREFIX, SERVICE_PORTS
+from services.common.grpc_server import bind, create_aio_server
+from services.common.service import ServiceApp
+from services.launcher.ports import LOOPBACK
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+HOLD = "/test.Holder/Hold"
+
+
+async def started_app(release: asyncio.Event) -> ServiceApp:
+    """A server with one method, which returns once `release` is set."""
+
+    async def hold(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await release.wait()
+        return request
+
+    grpc_server = create_aio_server(4 * 1024 * 1024)
+    grpc_server.server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("test.Holder", {"Hold": grpc.unary_unary_rpc_method_handler(hold)})]
+    )
+    port = bind(grpc_server.server, LOOPBACK, 0)
+    await grpc_server.server.start()
+    return ServiceApp(grpc_server, port)
+
+
+async def test_a_server_drains_its_own_calls_not_another_servers():
+    release = asyncio.Event()
+    busy, idle = await started_app(release), await started_app(release)
+    try:
+        async with grpc.aio.insecure_channel(f"{LOOPBACK}:{busy.port}") as channel:
+            call = channel.unary_unary(HOLD)(b"")
+            while busy.in_flight.count == 0:
+                await asyncio.sleep(0.01)
+            assert idle.in_flight.count == 0
+            started = time.monotonic()
+            await idle.shut_down(grace_seconds=5)
+            assert time.monotonic() - started < 2, "the idle server waited for the other server's call"
+
+            # The busy one does drain its call: it ends within the grace period.
+            asyncio.get_running_loop().call_later(0.3, release.set)
+            started = time.monotonic()
+            await busy.shut_down(grace_seconds=5)
+            assert 0.3 <= time.monotonic() - started < 2
+            assert await call == b""
+    finally:
+        release.set()
+        await asyncio.gather(busy.server.stop(0), idle.server.stop(0))
+
+
+@pytest.mark.parametrize("kind", sorted(SERVICE_PORTS))
+def test_a_bad_variable_stops_the_start_with_one_line_naming_it(kind, tmp_path):
+    env = {key: value for key, value in os.environ.items() if not key.startswith((PREFIX, "OTEL_"))}
+    env.update(
+        {
+            PREFIX + "ARCHIVE_DIR": str(tmp_path),
+            PREFIX + "BIND_HOST": LOOPBACK,
+            SERVICE_PORTS[kind][0]: "0",
+            PREFIX + "SHUTDOWN_GRACE_SECONDS": "abc",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", f"services.{kind}"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"{kind}: {PREFIX}SHUTDOWN_GRACE_SECONDS='abc' is not a number"]
+    assert not any(tmp_path.iterdir()), "nothing started"
