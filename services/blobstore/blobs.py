@@ -29,7 +29,7 @@ _tracer = trace.get_tracer("registry.blobstore")
 # without parsing them: see services.common.wire).
 PutMessage = blobstore_pb2.PutBlobRequest | Chunk
 
-_SHA256_BYTES = 32
+_SHA256_BYTES = hashlib.sha256().digest_size
 # Room left in a gRPC message for the framing around a data chunk.
 _MESSAGE_OVERHEAD = 1024
 

@@ -13,7 +13,7 @@ import hashlib
 
 from services.common.errors import InvalidArgument, RegistryError
 
-_SHA256_BYTES = 32
+_SHA256_BYTES = hashlib.sha256().digest_size
 
 
 def decode_data_hash(data_hash: str) -> bytes:

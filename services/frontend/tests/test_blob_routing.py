@@ -21,7 +21,7 @@ from registry import blobstore_pb2, blobstore_pb2_grpc
 from services.blobstore.tests.helpers import make_config, start_blobstore
 from services.common.blob_keys import holder_of, new_archived_key, new_replica_id, new_transient_key
 from services.common.errors import Unavailable
-from services.common.ports import free_port
+from services.launcher.ports import free_port
 from services.frontend.blob_replicas import BlobMissing, BlobReplicas, BlobRouter, Replica
 from services.frontend.config import FrontendConfig
 from services.frontend.upstream import BlobStoreClient
