@@ -11,6 +11,7 @@ the event loop, where the current span is the request's.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 
