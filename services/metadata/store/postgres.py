@@ -37,7 +37,7 @@ import psycopg
 from psycopg import conninfo, errors
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.metadata.config import redacted_url
+from services.metadata.database_url import redacted_url
 from services.metadata.errors import StoreOpenError
 from services.metadata.records import (
     BlobRef,
