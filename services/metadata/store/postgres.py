@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -37,17 +37,8 @@ from services.common.errors import InvalidArgument, Unavailable
 from services.metadata.database_url import redacted_url
 from services.metadata.errors import StoreOpenError
 from services.metadata.postgres_session import CHANNEL, change_payload, connection_parameters, new_origin, reason
-from services.metadata.records import (
-    BlobRef,
-    CacheBudget,
-    Commit,
-    Model,
-    ModelPage,
-    ResolvedVersion,
-    VersionBatch,
-    VersionDraft,
-    VersionPage,
-)
+from services.metadata.records import CacheBudget
+from services.metadata.store.base import MetadataStore
 from services.metadata.store.sql import Cursor, SqlMetadataStore, apply_migrations
 
 log = logging.getLogger("registry.metadata")
@@ -120,6 +111,39 @@ def _placeholders(statement: str) -> str:
     return statement.replace("?", "%s")
 
 
+def _contract_through_call(cls: type[PostgresMetadataStore]) -> type[PostgresMetadataStore]:
+    """Makes every method of the contract (the abstract methods of
+    `MetadataStore`) but `close` run through `cls._call`.
+
+    Driven by the contract rather than a list, so that a method added to it
+    cannot miss the reconnect-and-translate step. A class decorator rather
+    than `__init_subclass__`: the wrapping belongs to this one class and is
+    done once, where the class is defined, whereas `__init_subclass__` would
+    run again for every subclass (the tests' failure-injecting stores) and
+    wrap what is wrapped already, nesting retries. Rather than
+    `__getattribute__`: the names are known when the class is made, and the
+    wrappers are ordinary methods, visible as such.
+
+    `check` goes through `_call` too: a lost connection is replaced first, so
+    the check says whether the database can be reached now. `close` does
+    not: it must not reconnect, and closing a lost connection cannot fail.
+    """
+    for name in MetadataStore.__abstractmethods__ - {"close"}:
+        method = _through_call(getattr(cls, name))
+        method.__qualname__ = f"{cls.__qualname__}.{name}"
+        setattr(cls, name, method)
+    return cls
+
+
+def _through_call(implementation: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(implementation)
+    def method(self: PostgresMetadataStore, *args: Any, **kwargs: Any) -> T:
+        return self._call(implementation, self, *args, **kwargs)
+
+    return method
+
+
+@_contract_through_call
 class PostgresMetadataStore(SqlMetadataStore):
     """`MetadataStore` in a PostgreSQL database (the schema is created or
     migrated at start); see `base` for the contract.
@@ -128,9 +152,10 @@ class PostgresMetadataStore(SqlMetadataStore):
     `search_path` (e.g. `?options=-csearch_path%3Dregistry`). `origin` tags
     the changes this store announces (`PostgresChangeFeed` ignores its own).
 
-    Each call is retried once, on a new connection, when the connection was
-    lost before the transaction could have committed (a restarted server, a
-    terminated backend); otherwise database failures are `Unavailable`.
+    Each call of the contract (`_contract_through_call`) is retried once, on
+    a new connection, when the connection was lost before the transaction
+    could have committed (a restarted server, a terminated backend);
+    otherwise database failures are `Unavailable`.
     """
 
     def __init__(self, url: str, budget: CacheBudget, *, origin: str | None = None) -> None:
@@ -258,40 +283,6 @@ class PostgresMetadataStore(SqlMetadataStore):
     def backend_pid(self) -> int | None:
         """The server process of the current connection (for tests and logs)."""
         return None if self._connection.closed else self._connection.info.backend_pid
-
-    # -- the contract, each call through `_call` ---------------------------
-
-    def upsert_model(self, model: Model) -> None:
-        self._call(super().upsert_model, model)
-
-    def delete_model(self, model_id: str) -> tuple[BlobRef, ...]:
-        return self._call(super().delete_model, model_id)
-
-    def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
-        return self._call(super().retrieve_models, model_ids, count, handle)
-
-    def retrieve_versions(self, model_id: str, numbers: Sequence[int], count: int, handle: str) -> VersionPage:
-        return self._call(super().retrieve_versions, model_id, numbers, count, handle)
-
-    def resolve_version(self, model_id: str, number: int, *, touch: bool) -> ResolvedVersion:
-        return self._call(super().resolve_version, model_id, number, touch=touch)
-
-    def commit_version(self, draft: VersionDraft, blob_key: str) -> Commit:
-        return self._call(super().commit_version, draft, blob_key)
-
-    def read_latest_version(self, model_id: str) -> VersionBatch:
-        return self._call(super().read_latest_version, model_id)
-
-    def read_versions_after(self, model_id: str, after_number: int, limit: int) -> VersionBatch:
-        return self._call(super().read_versions_after, model_id, after_number, limit)
-
-    def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
-        return self._call(super().find_unreferenced_blobs, keys)
-
-    def check(self) -> None:
-        # Through `_call`: a lost connection is replaced first, so the check
-        # says whether the database can be reached now.
-        self._call(super().check)
 
     def close(self) -> None:
         self._closed = True
