@@ -272,24 +272,38 @@ def test_racing_commits_of_one_blob_key_create_one_version(open_replica):
     assert numbers(one, "m") == list(range(1, 31))
 
 
+def start_another_commit(sql, model_id: str, blob_key: str) -> int:
+    """Another replica's commit of `blob_key` as the next version of
+    `model_id`, on the `sql` connection: inserted, not yet committed.
+    Returns its number."""
+    other = sql.connection
+    other.execute("BEGIN")
+    ((seq, number),) = other.execute(
+        "UPDATE models SET next_version = next_version + 1 WHERE model_id = %s RETURNING seq, next_version",
+        (model_id,),
+    ).fetchall()
+    other.execute("INSERT INTO versions VALUES (%s, %s, 1, TRUE, 'h', 1, '{}', %s, 1)", (seq, number, blob_key))
+    return number
+
+
+def commit_behind_the_other(store: PostgresMetadataStore, sql, blob_key: str) -> Commit:
+    """Commits `blob_key` to model "m" while `start_another_commit` is in
+    flight: once the store waits for it (on the model's row lock, or on the
+    key's unique index entry), the other commits. The store's answer."""
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(store.commit_version, draft("m", archived=True), blob_key)
+        wait_until_blocked(sql, store.backend_pid)
+        sql.connection.execute("COMMIT")
+        return pending.result(timeout=5)
+
+
 def test_losing_the_race_on_a_blob_key_returns_the_winners_version(open_replica, sql):
     """Deterministic version of the race: the other replica has inserted the
     key but not committed when this one looks it up."""
     store = open_replica()
     store.upsert_model(Model("m"))
-    other = sql.connection
-    other.execute("BEGIN")
-    ((seq, number),) = other.execute(
-        "UPDATE models SET next_version = next_version + 1 WHERE model_id = 'm' RETURNING seq, next_version"
-    ).fetchall()
-    other.execute(
-        "INSERT INTO versions VALUES (%s, %s, 1, TRUE, 'h', 1, '{}', 'contested', 1)", (seq, number)
-    )
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(store.commit_version, draft("m", archived=True), "contested")
-        wait_until_blocked(sql, store.backend_pid)  # on the model's row lock
-        other.execute("COMMIT")
-        result = pending.result(timeout=5)
+    number = start_another_commit(sql, "m", "contested")
+    result = commit_behind_the_other(store, sql, "contested")
     assert not result.created and result.version.number == number == 1
     assert commit(store, "m").version.number == 2  # the loser's number was rolled back
 
@@ -298,18 +312,9 @@ def test_losing_the_race_on_a_blob_key_to_another_model_is_already_exists(open_r
     store = open_replica()
     store.upsert_model(Model("m"))
     store.upsert_model(Model("other"))
-    other = sql.connection
-    other.execute("BEGIN")
-    ((seq, number),) = other.execute(
-        "UPDATE models SET next_version = next_version + 1 WHERE model_id = 'other' RETURNING seq, next_version"
-    ).fetchall()
-    other.execute("INSERT INTO versions VALUES (%s, %s, 1, TRUE, 'h', 1, '{}', 'contested', 1)", (seq, number))
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(store.commit_version, draft("m", archived=True), "contested")
-        wait_until_blocked(sql, store.backend_pid)  # on the unique index entry
-        other.execute("COMMIT")
-        with pytest.raises(AlreadyExists, match="already committed as version 1 of model 'other'"):
-            pending.result(timeout=5)
+    start_another_commit(sql, "other", "contested")
+    with pytest.raises(AlreadyExists, match="already committed as version 1 of model 'other'"):
+        commit_behind_the_other(store, sql, "contested")
     assert commit(store, "m").version.number == 1
 
 
