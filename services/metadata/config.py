@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from services.common import config as c
+from services.metadata.database_url import redacted_url
 from services.metadata.records import CacheBudget
 
 DATABASE_FILE_NAME = "metadata.sqlite3"
@@ -133,11 +134,3 @@ def checked_postgres_url(url: str) -> str:
         ) from None
     return url
 
-
-def redacted_url(url: str) -> str:
-    """A database URL without its password and query options (which may
-    hold one too): `postgresql://user@host:port/database`."""
-    parts = urlsplit(url)
-    user_info, at, hosts = parts.netloc.rpartition("@")
-    user = user_info.partition(":")[0]
-    return f"{parts.scheme}://{user + '@' if at and user else ''}{hosts}{parts.path}"

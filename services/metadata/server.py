@@ -19,7 +19,7 @@ from services.metadata.store.sqlite import SqliteMetadataStore, SqliteReader
 async def open_registry(config: MetadataConfig) -> MetadataRegistry:
     """The registry over the configured database: a SQLite file (created if
     needed; reads served on the event loop thread), or PostgreSQL (schema created or migrated) shared with other
-    replicas, whose changes a `ChangeListener` feeds to the watchers."""
+    replicas, whose changes a `PostgresChangeFeed` feeds to the watchers."""
     if config.postgres_url is None:
         path = config.database_path
         assert path is not None
@@ -29,13 +29,15 @@ async def open_registry(config: MetadataConfig) -> MetadataRegistry:
             open_reader=lambda: SqliteReader(path, config.cache_budget),
         )
     # Imported here: a SQLite deployment never loads the PostgreSQL driver.
-    from services.metadata.store.postgres import ChangeListener, PostgresMetadataStore, new_origin
+    from services.metadata.change_feed import PostgresChangeFeed
+    from services.metadata.postgres_session import new_origin
+    from services.metadata.store.postgres import PostgresMetadataStore
 
     url, origin = config.postgres_url, new_origin()
     try:
         return await MetadataRegistry.open(
             lambda: PostgresMetadataStore(url, config.cache_budget, origin=origin),
-            feed=ChangeListener(url, origin),
+            feed=PostgresChangeFeed(url, origin),
         )
     except StoreOpenError as exc:
         raise StoreOpenError(f"{METADATA_URL_VARIABLE}: {exc}") from None

@@ -2,8 +2,8 @@
 
 `sql.SqlMetadataStore` holds the logic and portable SQL; `sqlite` and
 `postgres` add the connection, schema and the few statements specific to
-their database (`postgres` also the listener that carries notifications
-between replicas).
+their database (`postgres` also announces changes to the other replicas,
+whose `services.metadata.change_feed` hears them).
 """
 
 from services.metadata.store.base import MetadataStore

@@ -2,9 +2,9 @@
 
 Only what is specific to PostgreSQL lives here: connecting and reconnecting,
 the schema and its migrations, transaction statements, the model sequence,
-the transient-cache lock, and LISTEN/NOTIFY, which carries "a version was
-committed" from the replica that committed it to the watchers of every
-other replica (`ChangeListener`).
+the transient-cache lock, and announcing changes (NOTIFY), which carries "a
+version was committed" from the replica that committed it to the watchers
+of every other replica (their `change_feed.PostgresChangeFeed`).
 
 How concurrent replicas stay correct (docs/design.md, sections 1-3):
 
@@ -25,43 +25,25 @@ How concurrent replicas stay correct (docs/design.md, sections 1-3):
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-import random
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg import conninfo, errors
+from psycopg import errors
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.metadata.config import redacted_url
+from services.metadata.database_url import redacted_url
 from services.metadata.errors import StoreOpenError
-from services.metadata.records import (
-    BlobRef,
-    CacheBudget,
-    Commit,
-    Model,
-    ModelPage,
-    ResolvedVersion,
-    VersionBatch,
-    VersionDraft,
-    VersionPage,
-)
+from services.metadata.postgres_session import CHANNEL, change_payload, connection_parameters, new_origin, reason
+from services.metadata.records import CacheBudget
+from services.metadata.store.base import MetadataStore
 from services.metadata.store.sql import Cursor, SqlMetadataStore, apply_migrations
-from services.metadata.watch import VersionHub
 
 log = logging.getLogger("registry.metadata")
 
 T = TypeVar("T")
-
-# Every replica's commits and deletions are announced on this channel; the
-# payload is "<origin>:<model_id>" (`_payload`).
-CHANNEL = "registry_versions"
-# NOTIFY payloads must be shorter than 8000 bytes.
-_MAX_PAYLOAD_BYTES = 7999
 
 BLOB_KEY_CONSTRAINT = "versions_blob_key_unique"
 
@@ -75,17 +57,6 @@ _CACHE_LOCK = "SELECT pg_advisory_xact_lock(726002, hashtext(current_schema()))"
 _BEGIN_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED, READ WRITE"
 _BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
-# Connection parameters used unless the URL sets them.
-_CONNECTION_DEFAULTS = {
-    "connect_timeout": "10",
-    "application_name": "cogment-model-registry-metadata",
-    # Notice a vanished server (or a network partition) in about a minute
-    # instead of the kernel's two hours.
-    "keepalives": "1",
-    "keepalives_idle": "30",
-    "keepalives_interval": "10",
-    "keepalives_count": "3",
-}
 # Our transactions never wait on the client between statements: one left
 # open (a replica stopped mid-transaction) must not hold row locks that
 # other replicas wait for.
@@ -122,19 +93,6 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def new_origin() -> str:
-    """A random id for one replica, which tags the changes it announces."""
-    return uuid.uuid4().hex
-
-
-def connection_parameters(url: str, application_name: str | None = None) -> dict[str, Any]:
-    """libpq parameters: the URL's, completed by `_CONNECTION_DEFAULTS`."""
-    defaults = dict(_CONNECTION_DEFAULTS)
-    if application_name is not None:
-        defaults["application_name"] = application_name
-    return {**defaults, **conninfo.conninfo_to_dict(url)}
-
-
 def _connect(url: str) -> psycopg.Connection:
     # autocommit: the driver opens no transaction by itself; `_begin` does,
     # explicitly, as for SQLite.
@@ -153,32 +111,51 @@ def _placeholders(statement: str) -> str:
     return statement.replace("?", "%s")
 
 
-def _reason(error: BaseException) -> str:
-    """The first line of a driver error (libpq adds hints and SQL excerpts)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def _contract_through_call(cls: type[PostgresMetadataStore]) -> type[PostgresMetadataStore]:
+    """Makes every method of the contract (the abstract methods of
+    `MetadataStore`) but `close` run through `cls._call`.
+
+    Driven by the contract rather than a list, so that a method added to it
+    cannot miss the reconnect-and-translate step. A class decorator rather
+    than `__init_subclass__`: the wrapping belongs to this one class and is
+    done once, where the class is defined, whereas `__init_subclass__` would
+    run again for every subclass (the tests' failure-injecting stores) and
+    wrap what is wrapped already, nesting retries. Rather than
+    `__getattribute__`: the names are known when the class is made, and the
+    wrappers are ordinary methods, visible as such.
+
+    `check` goes through `_call` too: a lost connection is replaced first, so
+    the check says whether the database can be reached now. `close` does
+    not: it must not reconnect, and closing a lost connection cannot fail.
+    """
+    for name in MetadataStore.__abstractmethods__ - {"close"}:
+        method = _through_call(getattr(cls, name))
+        method.__qualname__ = f"{cls.__qualname__}.{name}"
+        setattr(cls, name, method)
+    return cls
 
 
-def _payload(origin: str, model_id: str) -> str:
-    """The NOTIFY payload for a change of `model_id`; an id too long to fit
-    is left out, which listeners read as "wake every watcher"."""
-    payload = f"{origin}:{model_id}"
-    if len(payload.encode()) > _MAX_PAYLOAD_BYTES:
-        return f"{origin}:"
-    return payload
+def _through_call(implementation: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(implementation)
+    def method(self: PostgresMetadataStore, *args: Any, **kwargs: Any) -> T:
+        return self._call(implementation, self, *args, **kwargs)
+
+    return method
 
 
+@_contract_through_call
 class PostgresMetadataStore(SqlMetadataStore):
     """`MetadataStore` in a PostgreSQL database (the schema is created or
     migrated at start); see `base` for the contract.
 
     `url` is a libpq URL; tables live in the first schema of its
     `search_path` (e.g. `?options=-csearch_path%3Dregistry`). `origin` tags
-    the changes this store announces (`ChangeListener` ignores its own).
+    the changes this store announces (`PostgresChangeFeed` ignores its own).
 
-    Each call is retried once, on a new connection, when the connection was
-    lost before the transaction could have committed (a restarted server, a
-    terminated backend); otherwise database failures are `Unavailable`.
+    Each call of the contract (`_contract_through_call`) is retried once, on
+    a new connection, when the connection was lost before the transaction
+    could have committed (a restarted server, a terminated backend);
+    otherwise database failures are `Unavailable`.
     """
 
     def __init__(self, url: str, budget: CacheBudget, *, origin: str | None = None) -> None:
@@ -189,7 +166,7 @@ class PostgresMetadataStore(SqlMetadataStore):
             connection = _connect(url)
         except psycopg.Error as exc:
             raise StoreOpenError(
-                f"cannot connect to the metadata database {self.description}: {_reason(exc)}"
+                f"cannot connect to the metadata database {self.description}: {reason(exc)}"
             ) from None
         try:
             _migrate(connection, self.description)
@@ -197,7 +174,7 @@ class PostgresMetadataStore(SqlMetadataStore):
         except psycopg.Error as exc:
             connection.close()
             raise StoreOpenError(
-                f"cannot prepare the metadata database {self.description}: {_reason(exc)}"
+                f"cannot prepare the metadata database {self.description}: {reason(exc)}"
             ) from None
         except BaseException:
             connection.close()
@@ -253,7 +230,7 @@ class PostgresMetadataStore(SqlMetadataStore):
 
     def _announce_change(self, cursor: Cursor, model_id: str) -> None:
         # Delivered to listeners only if, and when, the transaction commits.
-        cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, _payload(self.origin, model_id)))
+        cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, change_payload(self.origin, model_id)))
 
     def _is_duplicate_blob_key(self, error: Exception) -> bool:
         return isinstance(error, errors.UniqueViolation) and error.diag.constraint_name == BLOB_KEY_CONSTRAINT
@@ -276,19 +253,19 @@ class PostgresMetadataStore(SqlMetadataStore):
                 # The only data PostgreSQL refuses that SQLite takes: NUL
                 # characters in text (ids, keys, hashes).
                 raise InvalidArgument(
-                    f"the request holds a value the metadata database cannot store: {_reason(exc)}"
+                    f"the request holds a value the metadata database cannot store: {reason(exc)}"
                 ) from None
             except psycopg.OperationalError as exc:
                 lost = self._connection.closed
                 if lost and self._committing and self._writing:
                     raise Unavailable(
                         "the connection to the metadata database was lost while committing; "
-                        f"the change may or may not have been made: {_reason(exc)}"
+                        f"the change may or may not have been made: {reason(exc)}"
                     ) from exc
                 if attempt == 1 and (lost or isinstance(exc, errors.TransactionRollbackError)):
-                    log.warning("metadata database call failed (%s); retrying once", _reason(exc))
+                    log.warning("metadata database call failed (%s); retrying once", reason(exc))
                     continue
-                raise Unavailable(f"the metadata database {self.description} is unavailable: {_reason(exc)}") from exc
+                raise Unavailable(f"the metadata database {self.description} is unavailable: {reason(exc)}") from exc
         raise AssertionError("unreachable")
 
     def _reconnect_if_lost(self) -> None:
@@ -299,47 +276,13 @@ class PostgresMetadataStore(SqlMetadataStore):
         try:
             self._connection = _connect(self._url)
         except psycopg.Error as exc:
-            raise Unavailable(f"cannot reach the metadata database {self.description}: {_reason(exc)}") from None
+            raise Unavailable(f"cannot reach the metadata database {self.description}: {reason(exc)}") from None
         log.info("reconnected to the metadata database %s", self.description)
 
     @property
     def backend_pid(self) -> int | None:
         """The server process of the current connection (for tests and logs)."""
         return None if self._connection.closed else self._connection.info.backend_pid
-
-    # -- the contract, each call through `_call` ---------------------------
-
-    def upsert_model(self, model: Model) -> None:
-        self._call(super().upsert_model, model)
-
-    def delete_model(self, model_id: str) -> tuple[BlobRef, ...]:
-        return self._call(super().delete_model, model_id)
-
-    def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
-        return self._call(super().retrieve_models, model_ids, count, handle)
-
-    def retrieve_versions(self, model_id: str, numbers: Sequence[int], count: int, handle: str) -> VersionPage:
-        return self._call(super().retrieve_versions, model_id, numbers, count, handle)
-
-    def resolve_version(self, model_id: str, number: int, *, touch: bool) -> ResolvedVersion:
-        return self._call(super().resolve_version, model_id, number, touch=touch)
-
-    def commit_version(self, draft: VersionDraft, blob_key: str) -> Commit:
-        return self._call(super().commit_version, draft, blob_key)
-
-    def read_latest_version(self, model_id: str) -> VersionBatch:
-        return self._call(super().read_latest_version, model_id)
-
-    def read_versions_after(self, model_id: str, after_number: int, limit: int) -> VersionBatch:
-        return self._call(super().read_versions_after, model_id, after_number, limit)
-
-    def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
-        return self._call(super().find_unreferenced_blobs, keys)
-
-    def check(self) -> None:
-        # Through `_call`: a lost connection is replaced first, so the check
-        # says whether the database can be reached now.
-        self._call(super().check)
 
     def close(self) -> None:
         self._closed = True
@@ -354,129 +297,3 @@ def _migrate(connection: psycopg.Connection, description: str) -> None:
         connection.execute(_MIGRATION_LOCK)
         apply_migrations(connection.execute, MIGRATIONS, description, "%s")
 
-
-class ChangeListener:
-    """Wakes this replica's watchers when another replica commits a version
-    of their model or deletes it.
-
-    One dedicated connection per replica LISTENs on `CHANNEL`, as an async
-    psycopg connection on the event loop (where the hub lives). Changes this
-    replica announced itself are skipped: the registry woke its watchers
-    already. A deletion is a wake-up too: the woken watcher re-reads and
-    ends with NOT_FOUND itself, which, unlike ending every current watcher
-    of the id, is right even if the model was re-created meanwhile.
-
-    Notifications sent while the connection is down are lost, so after
-    reconnecting (with backoff) the listener wakes every watcher: each
-    re-reads the store and misses nothing. A connection that stays silent is
-    probed every `probe_seconds`, so a dead network does not go unnoticed.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        origin: str,
-        *,
-        probe_seconds: float = 10.0,
-        retry_seconds: tuple[float, float] = (0.1, 5.0),
-    ) -> None:
-        self._url = url
-        self._origin = origin
-        self._description = redacted_url(url)
-        self._probe_seconds = probe_seconds
-        self._first_retry, self._max_retry = retry_seconds
-        self._hub: VersionHub | None = None
-        self._connection: psycopg.AsyncConnection | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.reconnections = 0  # for tests and logs
-
-    @property
-    def backend_pid(self) -> int | None:
-        """The server process of the listening connection, if connected."""
-        connection = self._connection
-        return None if connection is None or connection.closed else connection.info.backend_pid
-
-    async def start(self, hub: VersionHub) -> None:
-        """Returns once listening: no change committed afterwards is missed."""
-        self._hub = hub
-        try:
-            self._connection = await self._connect()
-        except psycopg.Error as exc:
-            raise StoreOpenError(
-                f"cannot listen for version notifications on {self._description}: {_reason(exc)}"
-            ) from None
-        self._task = asyncio.create_task(self._run(), name="metadata-change-listener")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        await self._drop_connection()
-
-    async def _connect(self) -> psycopg.AsyncConnection:
-        parameters = connection_parameters(self._url, "cogment-model-registry-metadata-listener")
-        connection = await psycopg.AsyncConnection.connect(**parameters, autocommit=True)
-        try:
-            await connection.execute(f"LISTEN {CHANNEL}")
-        except BaseException:
-            await connection.close()
-            raise
-        return connection
-
-    async def _drop_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            try:
-                await connection.close()
-            except psycopg.Error:
-                pass
-
-    async def _run(self) -> None:
-        assert self._hub is not None
-        while True:
-            try:
-                await self._listen()
-            except Exception as exc:  # noqa: BLE001 - whatever broke, listen again
-                log.warning(
-                    "lost the notification connection to %s (%s); reconnecting", self._description, _reason(exc)
-                )
-            await self._drop_connection()
-            await self._reconnect()
-            self.reconnections += 1
-            # Whatever was announced while we were deaf is lost: every
-            # watcher re-reads the store instead.
-            self._hub.wake_all()
-
-    async def _listen(self) -> None:
-        connection = self._connection
-        assert connection is not None
-        while True:
-            async for notify in connection.notifies(timeout=self._probe_seconds):
-                self._dispatch(notify.payload)
-            # Notifications arriving during the probe wait in the driver's
-            # backlog for the next `notifies()`.
-            await asyncio.wait_for(connection.execute("SELECT 1"), self._probe_seconds)
-
-    async def _reconnect(self) -> None:
-        delay = self._first_retry
-        while True:
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: replicas do not reconnect in step
-            try:
-                self._connection = await self._connect()
-            except psycopg.Error as exc:
-                log.warning("cannot listen on %s yet (%s)", self._description, _reason(exc))
-                delay = min(delay * 2, self._max_retry)
-                continue
-            log.info("listening for version notifications on %s again", self._description)
-            return
-
-    def _dispatch(self, payload: str) -> None:
-        assert self._hub is not None
-        origin, _, model_id = payload.partition(":")
-        if origin == self._origin:
-            return
-        if model_id:
-            self._hub.version_committed(model_id)
-        else:
-            self._hub.wake_all()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -15,8 +16,10 @@ from cogmentAPI import model_registry_pb2 as api
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import metadata_pb2_grpc
 
+from services.common.service import ServiceApp
 from services.common.service_names import METADATA
 from services.launcher.ports import free_port
+from services.metadata.config import MetadataConfig
 from services.metadata.server import create_server, open_registry
 from services.metadata.tests.helpers import test_config
 
@@ -74,19 +77,33 @@ async def wait_for_status(health: health_pb2_grpc.HealthStub, expected: int, tim
         await asyncio.sleep(0.1)
 
 
-async def test_health_follows_the_database(postgres_url: str, tmp_path):
-    host, port = POSTGRES_ADDRESS.split(":")
-    relay = Relay(free_port(), host, int(port))
-    await relay.restore()
-    url = postgres_url.replace(POSTGRES_ADDRESS, f"127.0.0.1:{relay.port}", 1)
-    config = test_config(tmp_path, METADATA_URL=url, DATABASE_CHECK_INTERVAL_SECONDS="0.2")
+@contextlib.asynccontextmanager
+async def serving(
+    config: MetadataConfig,
+) -> AsyncIterator[tuple[ServiceApp, grpc.aio.Channel, health_pb2_grpc.HealthStub]]:
+    """The metadata server of `config`, started and SERVING, with a channel
+    to it; drained and stopped on exit."""
     app = await create_server(config, registry=await open_registry(config))
     await app.server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             await wait_for_status(health, health_pb2.HealthCheckResponse.SERVING)
+            yield app, channel, health
+    finally:
+        app.on_draining()
+        await app.server.stop(0)
+        await app.on_stop()
 
+
+async def test_health_follows_the_database(postgres_url: str, tmp_path):
+    host, port = POSTGRES_ADDRESS.split(":")
+    relay = Relay(free_port(), host, int(port))
+    await relay.restore()
+    url = postgres_url.replace(POSTGRES_ADDRESS, f"127.0.0.1:{relay.port}", 1)
+    config = test_config(tmp_path, METADATA_URL=url, DATABASE_CHECK_INTERVAL_SECONDS="0.2")
+    try:
+        async with serving(config) as (_, channel, health):
             await relay.cut()
             await wait_for_status(health, health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -99,26 +116,15 @@ async def test_health_follows_the_database(postgres_url: str, tmp_path):
             reply = await stub.RetrieveModels(api.RetrieveModelsRequest(model_ids=["after-the-outage"]))
             assert [m.model_id for m in reply.model_infos] == ["after-the-outage"]
     finally:
-        app.on_draining()
-        await app.server.stop(0)
-        await app.on_stop()
         await relay.cut()
 
 
 async def test_draining_is_not_undone_by_the_database_checks(tmp_path):
     config = test_config(tmp_path, DATABASE_CHECK_INTERVAL_SECONDS="0.05")
-    app = await create_server(config, registry=await open_registry(config))
-    await app.server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            await wait_for_status(health, health_pb2.HealthCheckResponse.SERVING)
-            # What run_until_signalled does on SIGTERM.
-            for service in ("", METADATA):
-                await app.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-            app.on_draining()
-            await asyncio.sleep(0.3)  # several check intervals
-            await wait_for_status(health, health_pb2.HealthCheckResponse.NOT_SERVING, timeout=0)
-    finally:
-        await app.server.stop(0)
-        await app.on_stop()
+    async with serving(config) as (app, _, health):
+        # What run_until_signalled does on SIGTERM.
+        for service in ("", METADATA):
+            await app.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        app.on_draining()
+        await asyncio.sleep(0.3)  # several check intervals
+        await wait_for_status(health, health_pb2.HealthCheckResponse.NOT_SERVING, timeout=0)

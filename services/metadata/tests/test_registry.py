@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from services.common.errors import NotFound, Unavailable
-from services.metadata.records import Model
+from services.metadata.records import Commit, Model
 from services.metadata.registry import MetadataRegistry
 from services.metadata.store.base import MetadataStore
 from services.metadata.store.postgres import PostgresMetadataStore
@@ -151,12 +151,10 @@ async def test_a_commit_right_after_a_later_read_is_not_missed(registry):
     await watch.aclose()
 
 
-async def test_watchers_are_woken_even_when_the_committer_gave_up(registry):
-    """A commit whose caller is cancelled once it is running still commits,
-    so its watchers must still hear of it."""
-    watch = registry.watch_versions("m", 0)
-    first = asyncio.ensure_future(anext(watch))
-    await asyncio.sleep(0.05)  # the watcher is waiting
+async def start_held_commit(registry: MetadataRegistry) -> tuple[asyncio.Future[Commit], threading.Event]:
+    """Starts a commit to "m"; returns once it holds the store thread,
+    waiting right before its transaction until the returned event is set
+    (later commits are not held)."""
     started, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -166,24 +164,25 @@ async def test_watchers_are_woken_even_when_the_committer_gave_up(registry):
     store_of(registry).before_commit = hold
     committer = asyncio.ensure_future(registry.commit_version(draft("m"), new_blob_key()))
     await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
-    committer.cancel()
     store_of(registry).before_commit = None
+    return committer, release
+
+
+async def test_watchers_are_woken_even_when_the_committer_gave_up(registry):
+    """A commit whose caller is cancelled once it is running still commits,
+    so its watchers must still hear of it."""
+    watch = registry.watch_versions("m", 0)
+    first = asyncio.ensure_future(anext(watch))
+    await asyncio.sleep(0.05)  # the watcher is waiting
+    committer, release = await start_held_commit(registry)
+    committer.cancel()
     release.set()
     assert (await asyncio.wait_for(first, 2)).number == 1
     await watch.aclose()
 
 
 async def test_a_queued_call_is_dropped_when_its_caller_is_cancelled(registry):
-    started, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        started.set()
-        release.wait(5)
-
-    store_of(registry).before_commit = hold
-    running = asyncio.ensure_future(registry.commit_version(draft("m"), new_blob_key()))
-    await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
-    store_of(registry).before_commit = None
+    running, release = await start_held_commit(registry)
     queued = asyncio.ensure_future(registry.commit_version(draft("m"), new_blob_key()))
     await asyncio.sleep(0.01)
     queued.cancel()

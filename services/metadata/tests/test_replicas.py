@@ -6,13 +6,15 @@ when the database is gone."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from cogmentAPI import model_registry_pb2 as api
 
 from services.common.errors import NotFound
-from services.metadata.records import Model
+from services.metadata.change_feed import PostgresChangeFeed
+from services.metadata.records import Model, Version
 from services.metadata.registry import MetadataRegistry
 from services.metadata.server import open_registry
 from services.metadata.tests.helpers import draft, new_blob_key
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 async def replicas(database, tmp_path):
     """Two registries over the test's PostgreSQL schema, wired as the
-    service wires them (store + change listener)."""
+    service wires them (store + change feed)."""
     config = database.config(tmp_path)
     one = await open_registry(config)
     two = await open_registry(config)
@@ -47,15 +49,24 @@ async def next_number(watch, timeout: float = 1.0) -> int:
     return (await asyncio.wait_for(anext(watch), timeout)).number
 
 
-def listener_of(registry: MetadataRegistry):
-    return registry._feed
+async def start_waiting_watch(
+    registry: MetadataRegistry, model_id: str = "m", timeout: float = 1.0
+) -> tuple[AsyncIterator[Version], asyncio.Future[int]]:
+    """A watch of `model_id` from the latest version, once it has read the
+    (empty) state and waits; and its next number, awaited meanwhile."""
+    watch = registry.watch_versions(model_id, 0)
+    waiting = asyncio.ensure_future(next_number(watch, timeout))
+    await asyncio.sleep(0.1)
+    return watch, waiting
+
+
+def listener_of(registry: MetadataRegistry) -> PostgresChangeFeed:
+    return registry._feed  # type: ignore[return-value]
 
 
 async def test_a_watcher_wakes_within_a_second_for_a_commit_on_another_replica(replicas):
     one, two = replicas
-    watch = one.watch_versions("m", 0)
-    waiting = asyncio.ensure_future(next_number(watch))
-    await asyncio.sleep(0.1)  # the watcher read the (empty) state and waits
+    watch, waiting = await start_waiting_watch(one)
     assert await commit(two) == 1
     assert await waiting == 1
     for expected in (2, 3, 4):
@@ -93,9 +104,7 @@ async def test_a_model_id_too_long_for_a_notification_still_wakes_its_watchers(r
     one, two = replicas
     long_id = "x" * 9000
     await one.upsert_model(Model(long_id))
-    watch = one.watch_versions(long_id, 0)
-    waiting = asyncio.ensure_future(next_number(watch))
-    await asyncio.sleep(0.1)
+    watch, waiting = await start_waiting_watch(one, long_id)
     await commit(two, long_id)
     assert await waiting == 1
     await watch.aclose()
@@ -115,9 +124,7 @@ async def wait_for_reconnection(listener, count: int, timeout: float = 5.0) -> N
 async def test_watchers_get_later_versions_after_the_listener_lost_its_connection(replicas, postgres_admin):
     one, two = replicas
     listener = listener_of(one)
-    watch = one.watch_versions("m", 0)
-    waiting = asyncio.ensure_future(next_number(watch, timeout=5))
-    await asyncio.sleep(0.1)
+    watch, waiting = await start_waiting_watch(one, timeout=5)
     old_pid = listener.backend_pid
     await terminate(postgres_admin, old_pid)
     # Committed while the listener is deaf: its notification is lost, the
@@ -134,9 +141,7 @@ async def test_watchers_get_later_versions_after_the_listener_lost_its_connectio
 async def test_the_listener_keeps_retrying_while_the_database_refuses_it(replicas, postgres_admin, monkeypatch):
     one, two = replicas
     listener = listener_of(one)
-    watch = one.watch_versions("m", 0)
-    waiting = asyncio.ensure_future(next_number(watch, timeout=10))
-    await asyncio.sleep(0.1)
+    watch, waiting = await start_waiting_watch(one, timeout=10)
     real_url = listener._url
     listener._url = "postgresql://postgres@127.0.0.1:1/test?connect_timeout=1"  # the server is "down"
     await terminate(postgres_admin, listener.backend_pid)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import psycopg
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from services.metadata.errors import StoreOpenError
 from services.metadata.records import CacheBudget, Commit, Model
+from services.metadata.store.base import MetadataStore
 from services.metadata.store.postgres import SCHEMA_VERSION, PostgresMetadataStore
 from services.metadata.tests.helpers import LARGE_BUDGET, commit, draft, new_blob_key, numbers
 
@@ -270,24 +272,38 @@ def test_racing_commits_of_one_blob_key_create_one_version(open_replica):
     assert numbers(one, "m") == list(range(1, 31))
 
 
+def start_another_commit(sql, model_id: str, blob_key: str) -> int:
+    """Another replica's commit of `blob_key` as the next version of
+    `model_id`, on the `sql` connection: inserted, not yet committed.
+    Returns its number."""
+    other = sql.connection
+    other.execute("BEGIN")
+    ((seq, number),) = other.execute(
+        "UPDATE models SET next_version = next_version + 1 WHERE model_id = %s RETURNING seq, next_version",
+        (model_id,),
+    ).fetchall()
+    other.execute("INSERT INTO versions VALUES (%s, %s, 1, TRUE, 'h', 1, '{}', %s, 1)", (seq, number, blob_key))
+    return number
+
+
+def commit_behind_the_other(store: PostgresMetadataStore, sql, blob_key: str) -> Commit:
+    """Commits `blob_key` to model "m" while `start_another_commit` is in
+    flight: once the store waits for it (on the model's row lock, or on the
+    key's unique index entry), the other commits. The store's answer."""
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(store.commit_version, draft("m", archived=True), blob_key)
+        wait_until_blocked(sql, store.backend_pid)
+        sql.connection.execute("COMMIT")
+        return pending.result(timeout=5)
+
+
 def test_losing_the_race_on_a_blob_key_returns_the_winners_version(open_replica, sql):
     """Deterministic version of the race: the other replica has inserted the
     key but not committed when this one looks it up."""
     store = open_replica()
     store.upsert_model(Model("m"))
-    other = sql.connection
-    other.execute("BEGIN")
-    ((seq, number),) = other.execute(
-        "UPDATE models SET next_version = next_version + 1 WHERE model_id = 'm' RETURNING seq, next_version"
-    ).fetchall()
-    other.execute(
-        "INSERT INTO versions VALUES (%s, %s, 1, TRUE, 'h', 1, '{}', 'contested', 1)", (seq, number)
-    )
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(store.commit_version, draft("m", archived=True), "contested")
-        wait_until_blocked(sql, store.backend_pid)  # on the model's row lock
-        other.execute("COMMIT")
-        result = pending.result(timeout=5)
+    number = start_another_commit(sql, "m", "contested")
+    result = commit_behind_the_other(store, sql, "contested")
     assert not result.created and result.version.number == number == 1
     assert commit(store, "m").version.number == 2  # the loser's number was rolled back
 
@@ -296,18 +312,9 @@ def test_losing_the_race_on_a_blob_key_to_another_model_is_already_exists(open_r
     store = open_replica()
     store.upsert_model(Model("m"))
     store.upsert_model(Model("other"))
-    other = sql.connection
-    other.execute("BEGIN")
-    ((seq, number),) = other.execute(
-        "UPDATE models SET next_version = next_version + 1 WHERE model_id = 'other' RETURNING seq, next_version"
-    ).fetchall()
-    other.execute("INSERT INTO versions VALUES (%s, %s, 1, TRUE, 'h', 1, '{}', 'contested', 1)", (seq, number))
-    with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(store.commit_version, draft("m", archived=True), "contested")
-        wait_until_blocked(sql, store.backend_pid)  # on the unique index entry
-        other.execute("COMMIT")
-        with pytest.raises(AlreadyExists, match="already committed as version 1 of model 'other'"):
-            pending.result(timeout=5)
+    start_another_commit(sql, "other", "contested")
+    with pytest.raises(AlreadyExists, match="already committed as version 1 of model 'other'"):
+        commit_behind_the_other(store, sql, "contested")
     assert commit(store, "m").version.number == 1
 
 
@@ -326,11 +333,21 @@ def test_a_connection_lost_while_idle_is_replaced_and_the_call_made(store_with_m
 
 
 class DyingStore(PostgresMetadataStore):
-    """Loses its connection (the server ends it) at a chosen point, once."""
+    """Loses its connection (the server ends it) at a chosen point, once;
+    counts the transactions it begins."""
 
+    die_after_begin = False
     die_before_commit = False
     die_mid_transaction = False
     killer: Callable[[int], None]
+    transactions_begun = 0
+
+    def _begin(self, cursor, *, write):
+        self.transactions_begun += 1
+        super()._begin(cursor, write=write)
+        if self.die_after_begin:
+            self.die_after_begin = False
+            self.killer(self.backend_pid)
 
     def _next_use_stamp(self, cursor):
         if self.die_mid_transaction:
@@ -383,3 +400,63 @@ def test_an_unreachable_database_makes_calls_unavailable(store_with_model, sql):
     with pytest.raises(Unavailable):
         commit(store_with_model, "m")
 
+
+
+# -- a lost connection, for each call of the contract ------------------------------------
+
+
+@dataclass(frozen=True)
+class ContractCall:
+    """How the test below calls one method of the contract, on a store
+    holding model "m" with one transient version stored under LOST_KEY."""
+
+    make: Callable[[PostgresMetadataStore], object]
+    writes: bool  # in a write transaction: a COMMIT left unanswered may have committed
+
+
+LOST_KEY = "lost-key"
+CONTRACT_CALLS: dict[str, ContractCall] = {
+    "upsert_model": ContractCall(lambda store: store.upsert_model(Model("m", {"k": "v"})), writes=True),
+    "delete_model": ContractCall(lambda store: store.delete_model("m"), writes=True),
+    "retrieve_models": ContractCall(lambda store: store.retrieve_models([], 0, ""), writes=False),
+    "retrieve_versions": ContractCall(lambda store: store.retrieve_versions("m", [], 0, ""), writes=False),
+    "resolve_version": ContractCall(lambda store: store.resolve_version("m", -1, touch=True), writes=True),
+    "commit_version": ContractCall(lambda store: commit(store, "m"), writes=True),
+    "read_latest_version": ContractCall(lambda store: store.read_latest_version("m"), writes=False),
+    "read_versions_after": ContractCall(lambda store: store.read_versions_after("m", 0, 10), writes=False),
+    "find_unreferenced_blobs": ContractCall(
+        lambda store: store.find_unreferenced_blobs([LOST_KEY, "unknown"]), writes=False
+    ),
+    "forget_lost_version": ContractCall(lambda store: store.forget_lost_version(LOST_KEY), writes=True),
+    "check": ContractCall(lambda store: store.check(), writes=False),
+}
+# From the contract itself, so that a method added to it gets its cases
+# here (which fail until CONTRACT_CALLS says how to call it). `close` must
+# not reconnect.
+CONTRACT_METHODS = sorted(MetadataStore.__abstractmethods__ - {"close"})
+
+
+@pytest.mark.parametrize("method", CONTRACT_METHODS)
+@pytest.mark.parametrize("moment", ["while-idle", "after-begin", "before-commit"])
+def test_each_call_survives_a_lost_connection_or_is_unavailable(dying_store, sql, method, moment):
+    """Retried once on a new connection, unless the lost connection was a
+    write's COMMIT (the outcome is unknown): then `Unavailable`. Never a
+    driver error, which the service would answer as INTERNAL."""
+    call = CONTRACT_CALLS.get(method)
+    assert call is not None, f"say in CONTRACT_CALLS how to call {method}"
+    commit(dying_store, "m", key=LOST_KEY)
+    before = dying_store.backend_pid
+    dying_store.transactions_begun = 0
+    if moment == "while-idle":
+        terminate(sql, before)
+    dying_store.die_after_begin = moment == "after-begin"
+    dying_store.die_before_commit = moment == "before-commit"
+    if moment == "before-commit" and call.writes:
+        with pytest.raises(Unavailable, match="may or may not have been made"):
+            call.make(dying_store)
+        assert dying_store.transactions_begun == 1
+    else:
+        call.make(dying_store)
+        assert dying_store.transactions_begun == 2  # the one retry
+    dying_store.check()
+    assert dying_store.backend_pid not in (None, before)

@@ -7,7 +7,12 @@ import asyncio
 import pytest
 
 from services.common.errors import NotFound, Unavailable
-from services.metadata.watch import VersionHub
+from services.metadata.watch import Subscription, VersionHub
+
+
+async def assert_not_woken(subscription: Subscription) -> None:
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(subscription.wait(), 0.05)
 
 
 async def test_a_commit_wakes_only_that_models_subscribers():
@@ -15,8 +20,7 @@ async def test_a_commit_wakes_only_that_models_subscribers():
     with hub.subscribe("a") as a, hub.subscribe("b") as b:
         hub.version_committed("a")
         await asyncio.wait_for(a.wait(), 1)
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(b.wait(), 0.05)
+        await assert_not_woken(b)
 
 
 async def test_a_wake_up_before_wait_is_not_lost_but_clear_forgets_it():
@@ -26,8 +30,7 @@ async def test_a_wake_up_before_wait_is_not_lost_but_clear_forgets_it():
         hub.version_committed("a")  # coalesced: O(1) state, not a queue
         await asyncio.wait_for(subscription.wait(), 1)
         subscription.clear()
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(subscription.wait(), 0.05)
+        await assert_not_woken(subscription)
 
 
 async def test_deletion_ends_current_subscribers_only():
@@ -37,8 +40,7 @@ async def test_deletion_ends_current_subscribers_only():
         with pytest.raises(NotFound, match="model 'a' was deleted"):
             await asyncio.wait_for(old.wait(), 1)
         with hub.subscribe("a") as new:  # the model re-created
-            with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(new.wait(), 0.05)
+            await assert_not_woken(new)
             assert hub.subscriber_count("a") == 1
     assert hub.subscriber_count() == 0
 
