@@ -107,9 +107,7 @@ class BlobstoreConfig:
             memory_max_bytes=c.env_int(
                 MEMORY_MAX_BYTES_VARIABLE, DEFAULT_MEMORY_MAX_BYTES, env, minimum=0
             ),
-            sent_chunk_size=c.env_int(
-                p + "SENT_MODEL_VERSION_DATA_CHUNK_SIZE", c.DEFAULT_SENT_CHUNK_SIZE, env, minimum=1
-            ),
+            sent_chunk_size=c.env_sent_chunk_size(env),
             internal_address=c.env_str(p + "INTERNAL_ADDRESS", "", env) or None,
             internal_call_timeout_seconds=c.env_float(p + "INTERNAL_CALL_TIMEOUT_SECONDS", 10.0, env),
             sweep_interval_seconds=c.env_float(p + "BLOBSTORE_SWEEP_INTERVAL_SECONDS", 300.0, env),

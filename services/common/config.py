@@ -26,7 +26,16 @@ SERVICE_PORTS = {
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
-DEFAULT_SENT_CHUNK_SIZE = 5 * MIB
+# The largest data reply chunk: 2 MiB, as Cogment 2.x. Every gRPC client
+# left at its defaults (the Cogment SDK's included) refuses a message over
+# 4 MiB, and a reply chunk is a message: the original's 5 MiB default made
+# every download of a version over 4 MiB fail in those clients.
+SENT_CHUNK_SIZE_VARIABLE = PREFIX + "SENT_MODEL_VERSION_DATA_CHUNK_SIZE"
+DEFAULT_SENT_CHUNK_SIZE = 2 * MIB
+DEFAULT_CLIENT_RECEIVE_LIMIT = 4 * MIB
+# Above this a reply chunk, with its few bytes of framing, may not fit a
+# default client's limit (measured: 4 MiB - 5 data bytes is the most that does).
+SAFE_SENT_CHUNK_SIZE = DEFAULT_CLIENT_RECEIVE_LIMIT - 1024
 DEFAULT_VERSION_CACHE_MAX_ITEMS = 100
 DEFAULT_VERSION_CACHE_MAX_BYTES = 2048 * MIB
 
@@ -106,6 +115,27 @@ def env_bool(name: str, default: bool, env: Mapping[str, str] | None = None) -> 
     if lowered in _FALSE:
         return False
     raise ConfigError(f"{name}={value!r} is not a boolean (use true/false)")
+
+
+def env_sent_chunk_size(env: Mapping[str, str] | None = None) -> int:
+    """COGMENT_MODEL_REGISTRY_SENT_MODEL_VERSION_DATA_CHUNK_SIZE: the most
+    data bytes a RetrieveVersionData reply carries (every service reads it:
+    the blobstore slices by it, every hop sizes its message limit by it)."""
+    return env_int(SENT_CHUNK_SIZE_VARIABLE, DEFAULT_SENT_CHUNK_SIZE, env, minimum=1)
+
+
+def sent_chunk_size_warning(chunk_size: int) -> str | None:
+    """What to tell the operator at start when `chunk_size` breaks downloads
+    for clients left at gRPC's defaults; None when it does not."""
+    if chunk_size <= SAFE_SENT_CHUNK_SIZE:
+        return None
+    return (
+        f"{SENT_CHUNK_SIZE_VARIABLE}={chunk_size} is above {SAFE_SENT_CHUNK_SIZE} (4 MiB - 1 KiB): "
+        f"gRPC clients left at their default receive limit of {DEFAULT_CLIENT_RECEIVE_LIMIT} bytes, the Cogment SDK's "
+        "included, cannot download any version larger than that (the Cogment SDK's retrieve_model then returns None "
+        "and track_latest_model never advances); leave it unset (2 MiB) unless every client raises "
+        "grpc.max_receive_message_length"
+    )
 
 
 def grpc_message_limit(chunk_size: int) -> int:

@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 import grpc
 from grpc_health.v1 import health
 
-from services.common.config import ConfigError
+from services.common.config import ConfigError, sent_chunk_size_warning
 from services.common.grpc_server import GrpcServer, InFlightCalls
 from services.common.logging_setup import configure_logging
 from services.common.telemetry import configure_tracing, shutdown_tracing
@@ -99,6 +99,9 @@ class ServiceConfig(Protocol):
     @property
     def shutdown_grace_seconds(self) -> float: ...
 
+    @property
+    def sent_chunk_size(self) -> int: ...
+
 
 Config = TypeVar("Config", bound=ServiceConfig)
 
@@ -150,6 +153,11 @@ async def _start_and_serve(
         # The message names the variable: a traceback would only hide it.
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTING
+    # Usable, but it breaks downloads for some clients: said by every
+    # service that reads it, so whichever log an operator reads shows it.
+    warning = sent_chunk_size_warning(config.sent_chunk_size)
+    if warning is not None:
+        log.warning("%s", warning)
     return await _serve(app, config, name)
 
 

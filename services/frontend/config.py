@@ -46,9 +46,7 @@ class FrontendConfig:
             blobstore_addresses=c.env_addresses(
                 p + "BLOBSTORE_ADDRESSES", (f"127.0.0.1:{c.DEFAULT_BLOBSTORE_PORT}",), env
             ),
-            sent_chunk_size=c.env_int(
-                p + "SENT_MODEL_VERSION_DATA_CHUNK_SIZE", c.DEFAULT_SENT_CHUNK_SIZE, env, minimum=1
-            ),
+            sent_chunk_size=c.env_sent_chunk_size(env),
             version_cache_max_bytes=c.env_int(
                 p + "VERSION_CACHE_MAX_BYTES", c.DEFAULT_VERSION_CACHE_MAX_BYTES, env, minimum=1
             ),

@@ -75,9 +75,7 @@ class MetadataConfig:
             version_cache_max_bytes=c.env_int(
                 p + "VERSION_CACHE_MAX_BYTES", c.DEFAULT_VERSION_CACHE_MAX_BYTES, env, minimum=1
             ),
-            sent_chunk_size=c.env_int(
-                p + "SENT_MODEL_VERSION_DATA_CHUNK_SIZE", c.DEFAULT_SENT_CHUNK_SIZE, env, minimum=1
-            ),
+            sent_chunk_size=c.env_sent_chunk_size(env),
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
             database_check_interval_seconds=c.env_float(p + "DATABASE_CHECK_INTERVAL_SECONDS", 2.0, env),
             postgres_url=postgres_url,

@@ -17,7 +17,7 @@ def test_defaults():
     assert config.archive_dir == Path("data")
     assert config.archive_s3 is None and config.archive_location == "data"
     assert config.memory_max_bytes == 4 * 1024**3
-    assert config.sent_chunk_size == 5 * 1024 * 1024
+    assert config.sent_chunk_size == 2 * 1024 * 1024
     assert config.max_message_bytes == 16 * 1024 * 1024
     assert config.internal_address is None
     assert (config.sweep_interval_seconds, config.orphan_grace_seconds) == (300, 600)

@@ -79,3 +79,33 @@ def test_a_bad_variable_stops_the_start_with_one_line_naming_it(kind, tmp_path):
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"{kind}: {PREFIX}SHUTDOWN_GRACE_SECONDS='abc' is not a number"]
     assert not any(tmp_path.iterdir()), "nothing started"
+
+
+def _start_service(kind: str, tmp_path: Path, **settings: str) -> list[str]:
+    """Starts `kind` on a free port, returns its log lines up to "listening", stops it."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith((PREFIX, "OTEL_"))}
+    env.update({PREFIX + "ARCHIVE_DIR": str(tmp_path), PREFIX + "BIND_HOST": LOOPBACK, SERVICE_PORTS[kind][0]: "0"})
+    env.update(settings)
+    process = subprocess.Popen(
+        [sys.executable, "-m", f"services.{kind}"], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append(line)
+            if " listening on " in line:
+                break
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert any(" listening on " in line for line in lines), "".join(lines)
+    return lines
+
+
+@pytest.mark.parametrize("kind", sorted(SERVICE_PORTS))
+def test_every_service_warns_at_start_of_a_reply_chunk_default_clients_refuse(kind, tmp_path):
+    variable = PREFIX + "SENT_MODEL_VERSION_DATA_CHUNK_SIZE"
+    warned = [line for line in _start_service(kind, tmp_path, **{variable: str(5 * 1024 * 1024)}) if " WARNING " in line]
+    assert any(variable in line and "Cogment SDK" in line for line in warned), warned
+    assert not any(variable in line for line in _start_service(kind, tmp_path / "default"))
