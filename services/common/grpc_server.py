@@ -78,16 +78,21 @@ class InFlightCalls:
 
     def __init__(self) -> None:
         self.count = 0
+        # The same, per method path (what a load figure is made of: a
+        # subscription that idles for hours is not load, a download is).
+        self.by_method: dict[str, int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def started(self, context: grpc.aio.ServicerContext) -> None:
+    def started(self, method: str, context: grpc.aio.ServicerContext) -> None:
         self.count += 1
+        self.by_method[method] = self.by_method.get(method, 0) + 1
         self._idle.clear()
-        context.add_done_callback(self._finished)
+        context.add_done_callback(lambda _context: self._finished(method))
 
-    def _finished(self, _context: object) -> None:
+    def _finished(self, method: str) -> None:
         self.count -= 1
+        self.by_method[method] -= 1
         if self.count == 0:
             self._idle.set()
 
@@ -137,7 +142,7 @@ def _wrap_unary_response(
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started, code = time.perf_counter(), grpc.StatusCode.OK
-        in_flight.started(context)
+        in_flight.started(method, context)
         try:
             return await behavior(request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
@@ -157,7 +162,7 @@ def _wrap_stream_response(
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started, code = time.perf_counter(), grpc.StatusCode.OK
-        in_flight.started(context)
+        in_flight.started(method, context)
         try:
             async for item in behavior(request, context):
                 yield item

@@ -39,6 +39,9 @@ class HealthFollower:
         self._what = what
         self._serving = serving
         self._task: asyncio.Task[None] | None = None
+        self._became_serving = asyncio.Event()
+        if serving:
+            self._became_serving.set()
 
     async def _follow(self) -> None:
         while True:
@@ -49,12 +52,23 @@ class HealthFollower:
             if (problem is None) != self._serving:
                 self._serving = problem is None
                 if self._serving:
+                    self._became_serving.set()
+                if self._serving:
                     log.info("%s: SERVING again", self._what)
                 else:
                     log.error("%s: NOT_SERVING (%s)", self._what, problem)
                 for service in self._services:
                     await self._servicer.set(service, SERVING if self._serving else NOT_SERVING)
             await asyncio.sleep(self._interval)
+
+    @property
+    def serving(self) -> bool:
+        """What it last published: whether the check passed."""
+        return self._serving
+
+    async def wait_serving(self) -> None:
+        """Returns once the check has passed (at least once)."""
+        await self._became_serving.wait()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._follow(), name=f"health of {self._what}")

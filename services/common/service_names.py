@@ -7,7 +7,7 @@ from __future__ import annotations
 from cogment import model_registry_pb2 as legacy_api_pb2
 from cogmentAPI import model_registry_pb2 as api_pb2
 from grpc_health.v1 import health_pb2
-from registry import blobstore_pb2, metadata_pb2
+from registry import admin_pb2, blobstore_pb2, metadata_pb2
 
 BLOBSTORE = blobstore_pb2.DESCRIPTOR.services_by_name["BlobStore"].full_name
 METADATA = metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
@@ -15,6 +15,8 @@ MODEL_REGISTRY = api_pb2.DESCRIPTOR.services_by_name["ModelRegistrySP"].full_nam
 # The 1.x name of the same API, still served for older clients.
 LEGACY_MODEL_REGISTRY = legacy_api_pb2.DESCRIPTOR.services_by_name["ModelRegistrySP"].full_name
 PUBLIC = (MODEL_REGISTRY, LEGACY_MODEL_REGISTRY)
+# The registry's own administration calls (importing another registry's archive).
+ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 # A health name only, no service of that name exists: what Envoy checks a

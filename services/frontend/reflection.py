@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import grpc
 from cogment import model_registry_pb2 as legacy_pb2
+from cogmentAPI import common_pb2
 from cogmentAPI import model_registry_pb2 as api_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2
@@ -17,7 +18,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from services.common import service_names
 
-_FILES = (api_pb2, legacy_pb2, health_pb2, reflection_pb2)
+# Dependencies before the files that import them.
+_FILES = (common_pb2, api_pb2, legacy_pb2, health_pb2, reflection_pb2)
 
 
 def json_name(field_name: str) -> str:

@@ -1,9 +1,11 @@
-"""Frontend process wiring: gRPC server, upstream channel, health, reflection."""
+"""Frontend process wiring: gRPC server, upstream channel, health,
+reflection, the Cogment Directory registration."""
 
 from __future__ import annotations
 
 import asyncio
 
+import grpc
 from cogment import model_registry_pb2_grpc as legacy_grpc
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
@@ -13,13 +15,21 @@ from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_s
 from services.common.health_status import HealthFollower
 from services.common.service import ServiceApp, run_service
 from services.frontend.config import FrontendConfig
+from services.frontend.directory import (
+    DirectoryClient,
+    DirectoryRegistration,
+    outbound_ipv4,
+    registration_request,
+)
 from services.frontend.reflection import enable_reflection
 from services.frontend.background import BackgroundTasks
 from services.frontend.blob_replicas import BlobReplicas, BlobRouter
 from services.frontend.downloads import Downloads
 from services.frontend.following import Followers
+from services.frontend.imports import Imports
 from services.frontend.models import Models
-from services.frontend.servicer import ModelRegistryServicer, add_to_server
+from services.frontend.servicer import AdminServicer, ModelRegistryServicer, add_admin_to_server, add_to_server
+from services.frontend.status import RegistryStatus
 from services.frontend.uploads import Uploads
 from services.frontend.upstream import METADATA, BlobStoreClient, MetadataClient, UpstreamHealth
 
@@ -39,14 +49,22 @@ async def create_server(config: FrontendConfig) -> ServiceApp:
     blobs = BlobRouter(blobstores, BlobStoreClient(config))
     background = BackgroundTasks()
     followers = Followers(metadata)
+    draining = False
+    status = RegistryStatus(
+        grpc_server.in_flight,
+        full_load_calls=config.full_load_calls,
+        serving=lambda: not draining and stack_health.serving,
+    )
     servicer = ModelRegistryServicer(
         Models(metadata, blobs),
         Uploads(metadata, blobs, background, version_cache_max_bytes=config.version_cache_max_bytes),
         Downloads(metadata, blobs, background),
         followers,
+        status,
     )
     add_to_server(servicer, server, service_names.MODEL_REGISTRY, api_grpc.add_ModelRegistrySPServicer_to_server)
     add_to_server(servicer, server, service_names.LEGACY_MODEL_REGISTRY, legacy_grpc.add_ModelRegistrySPServicer_to_server)
+    add_admin_to_server(AdminServicer(Imports(metadata, blobs, background)), server)
     if config.grpc_reflection:
         enable_reflection(server, service_names.PUBLIC)
     port = bind(server, config.bind_host, config.port)
@@ -82,9 +100,36 @@ async def create_server(config: FrontendConfig) -> ServiceApp:
 
     live = asyncio.get_running_loop().create_task(become_live(), name="frontend start-up")
 
+    registration = None
+    directory_channel = None
+    if config.directory is not None:
+        settings = config.directory
+        directory_channel = grpc.aio.insecure_channel(settings.address)
+        registration = DirectoryRegistration(
+            DirectoryClient(directory_channel, token=settings.token, call_timeout_seconds=settings.call_timeout_seconds),
+            registration_request(settings, settings.registration_host or outbound_ipv4()),
+            directory=settings.address,
+            check_interval_seconds=settings.check_interval_seconds,
+            deregister_timeout_seconds=settings.call_timeout_seconds,
+        )
+        # Registered once the stack serves: the directory health-checks the
+        # endpoint right away, and hides an entry whose check failed.
+        registration.start(stack_health.wait_serving())
+
+    def on_draining() -> None:
+        nonlocal draining
+        draining = True
+        if registration is not None:
+            registration.begin_stop()  # the directory stops handing out this entry
+        followers.stop_following()
+
     async def on_stop() -> None:
         live.cancel()
         await asyncio.gather(live, return_exceptions=True)
+        if registration is not None:
+            await registration.stop()
+        if directory_channel is not None:
+            await directory_channel.close()
         await stack_health.stop()
         await background.drain()
         await blobstores.close()
@@ -93,7 +138,7 @@ async def create_server(config: FrontendConfig) -> ServiceApp:
     return ServiceApp(
         grpc_server,
         port,
-        on_draining=followers.stop_following,
+        on_draining=on_draining,
         on_stop=on_stop,
         summary=f"metadata at {config.internal_address}, blobstores at {','.join(config.blobstore_addresses)}",
     )

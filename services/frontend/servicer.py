@@ -1,5 +1,6 @@
-"""`cogmentAPI.ModelRegistrySP` over gRPC: thin handlers around the use
-cases (models.py, uploads.py, downloads.py, following.py).
+"""`cogmentAPI.ModelRegistrySP` and `registry.Admin` over gRPC: thin
+handlers around the use cases (models.py, uploads.py, downloads.py,
+following.py, status.py, imports.py).
 
 The same servicer also answers the 1.x name `cogment.ModelRegistrySP`.
 Errors are raised as `RegistryError`s and mapped by the request interceptor.
@@ -10,24 +11,32 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+from cogmentAPI import common_pb2
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
+from registry import admin_pb2, admin_pb2_grpc
 
+from services.common import service_names
 from services.common.passthrough import add_servicer
 from services.frontend.downloads import Downloads
 from services.frontend.following import Followers
+from services.frontend.imports import Imports
 from services.frontend.models import Models
+from services.frontend.status import RegistryStatus
 from services.frontend.uploads import Uploads
 
 
 class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
-    """The public registry API."""
+    """The public registry API (Version and Status only under the 2.x name)."""
 
-    def __init__(self, models: Models, uploads: Uploads, downloads: Downloads, followers: Followers) -> None:
+    def __init__(
+        self, models: Models, uploads: Uploads, downloads: Downloads, followers: Followers, status: RegistryStatus
+    ) -> None:
         self._models = models
         self._uploads = uploads
         self._downloads = downloads
         self._followers = followers
+        self._status = status
 
     async def CreateOrUpdateModel(
         self, request: api.CreateOrUpdateModelRequest, context: grpc.aio.ServicerContext
@@ -78,6 +87,17 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         async for info in self._followers.follow_versions(request.model_id):
             yield api.VersionUpdateReply(version_info=info)
 
+    async def Version(self, request: common_pb2.VersionRequest, context: grpc.aio.ServicerContext) -> common_pb2.VersionInfo:
+        """This product and its version, the Cogment API version it speaks, gRPC's."""
+        reply = common_pb2.VersionInfo()
+        for name, version in self._status.versions():
+            reply.versions.add(name=name, version=version)
+        return reply
+
+    async def Status(self, request: common_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> common_pb2.StatusReply:
+        """The statuses asked for ("overall_load", or "*"); unknown names are absent."""
+        return common_pb2.StatusReply(statuses=self._status.statuses(request.names))
+
 
 def add_to_server(servicer: ModelRegistryServicer, server: grpc.aio.Server, service: str, add_generated) -> None:  # type: ignore[no-untyped-def]
     """Registers `servicer` under `service` (the public name or its 1.x
@@ -87,4 +107,31 @@ def add_to_server(servicer: ModelRegistryServicer, server: grpc.aio.Server, serv
     re-encoded."""
     add_servicer(
         server, servicer, service, add_generated, raw_requests=["CreateVersion"], raw_responses=["RetrieveVersionData"]
+    )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    """Administration: importing another registry's archive."""
+
+    def __init__(self, imports: Imports) -> None:
+        self._imports = imports
+
+    async def ImportModel(
+        self, request: admin_pb2.ImportModelRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ImportModelReply:
+        """Creates the model unless it exists (an existing one keeps its user_data)."""
+        return await self._imports.import_model(request.model_info)
+
+    async def ImportVersion(
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ImportVersionReply:
+        """Imports one archived version with its own number and timestamp
+        (received encoded, as CreateVersion is)."""
+        return await self._imports.import_version(request_iterator)
+
+
+def add_admin_to_server(servicer: AdminServicer, server: grpc.aio.Server) -> None:
+    """Registers `servicer`, ImportVersion receiving its chunks encoded."""
+    add_servicer(
+        server, servicer, service_names.ADMIN, admin_pb2_grpc.add_AdminServicer_to_server, raw_requests=["ImportVersion"]
     )

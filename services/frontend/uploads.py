@@ -12,8 +12,8 @@ the two steps).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable
+from typing import Protocol, TypeVar
 
 import grpc
 from cogmentAPI import model_registry_pb2 as api
@@ -31,6 +31,8 @@ from services.frontend.upload_check import UploadCheck, decode_data_hash
 from services.frontend.upstream import BLOBSTORE
 
 tracer = trace.get_tracer("registry.frontend")
+
+T = TypeVar("T")
 
 _FINISH = blobstore_pb2.PutBlobRequest(finish=blobstore_pb2.PutBlobRequest.Finish()).SerializeToString()
 
@@ -81,6 +83,85 @@ def _decode_chunk(raw: bytes, position: int) -> api.CreateVersionRequestChunk:
         raise InvalidArgument(f"message {position} of CreateVersion is not a CreateVersionRequestChunk") from None
 
 
+async def read_header(stream: AsyncIterator[bytes]) -> api.ModelVersionInfo:
+    """The version announced by the first message of an upload stream
+    (CreateVersion, or an admin import): a header naming a model."""
+    try:
+        first = _decode_chunk(await stream.__anext__(), 1)
+    except StopAsyncIteration:
+        raise InvalidArgument("empty stream: the first message must be a header with version_info") from None
+    if first.WhichOneof("msg") != "header":
+        raise InvalidArgument("the first message of CreateVersion must be a header, not a body")
+    info = api.ModelVersionInfo()
+    info.CopyFrom(first.header.version_info)
+    if not info.model_id:
+        raise InvalidArgument("header.version_info.model_id must not be empty")
+    return info
+
+
+async def store_checked_blob(blob: PlacedBlob, archived: bool, stream: AsyncIterator[bytes], check: UploadCheck) -> None:
+    """Streams the bodies of `stream` into `blob`, counted and hashed by
+    `check`; the blob is stored only if they match what it expects (else
+    the blobstore gets no `finish` and discards it, and `check.error` is raised)."""
+
+    async def blob_requests() -> AsyncIterator[bytes]:
+        header = blobstore_pb2.PutBlobRequest.Header(key=blob.key, size=check.expected_size, archived=archived)
+        yield blobstore_pb2.PutBlobRequest(header=header).SerializeToString()
+        async for raw in stream:
+            data = upload_body_data(raw)
+            if data is None:
+                # Not the usual encoding: decode it, and re-encode what we forward.
+                try:
+                    message = _decode_chunk(raw, check.chunks + 2)
+                except InvalidArgument as exc:
+                    check.error = exc
+                    return
+                if message.WhichOneof("msg") != "body":
+                    check.error = InvalidArgument(
+                        f"message {check.chunks + 2} of CreateVersion is not a body: only the first message is a header"
+                    )
+                    return
+                data = message.body.data_chunk
+                raw = blobstore_pb2.PutBlobRequest(body=message.body).SerializeToString()
+            if not check.add(data):
+                return
+            # The client's body message is a PutBlobRequest body as is.
+            yield raw
+        # Without `finish` the blobstore discards the upload.
+        if check.finish():
+            yield _FINISH
+
+    with tracer.start_as_current_span(
+        "upload and hash", attributes={"blob_key": blob.key, "blobstore": blob.address}
+    ) as span:
+        try:
+            await blob.put(check.expected_size, blob_requests())
+        except grpc.aio.AioRpcError as exc:
+            if check.error is not None:
+                raise check.error from None
+            raise upstream_error(BLOBSTORE, exc) from None
+        finally:
+            span.set_attributes({"bytes": check.received, "chunks": check.chunks})
+    if check.error is not None:  # pragma: no cover - the blobstore must have refused
+        raise check.error
+
+
+async def commit_stored_blob(
+    commit: Awaitable[T], blobs: UploadBlobs, background: BackgroundTasks, blob_key: str, *, archived: bool
+) -> T:
+    """Awaits the commit of the stored blob `blob_key`, and decides the
+    blob's fate when it fails: deleted when metadata refused (no version
+    has it), kept when the outcome is unknown (the sweeper removes it if
+    nothing references it)."""
+    try:
+        return await commit
+    except RegistryError as exc:
+        if exc.code in _COMMIT_REFUSED:
+            # Metadata refused: the version does not exist, so neither may its data.
+            background.spawn(delete_blobs(blobs, [metadata_pb2.BlobRef(key=blob_key, archived=archived)]))
+        raise
+
+
 class Uploads:
     """CreateVersion: checks the header, streams the data to a blobstore
     replica while checking it, then commits the version."""
@@ -107,7 +188,9 @@ class Uploads:
         forwarded to the blobstore as they came (see upstream.BlobStoreClient).
         """
         stream = requests.__aiter__()
-        info, expected_digest = await self._read_header(stream)
+        info = await read_header(stream)
+        expected_digest = decode_data_hash(info.data_hash) if info.data_hash else None
+        check_version_fits_cache(archived=info.archived, size=info.data_size, max_bytes=self._version_cache_max_bytes)
         trace.get_current_span().set_attributes(
             {"model_id": info.model_id, "archived": info.archived, "data_size": info.data_size}
         )
@@ -116,91 +199,16 @@ class Uploads:
 
         blob = await self._blobs.place(info.archived)
         check = UploadCheck(info.data_size, expected_digest)
-        with tracer.start_as_current_span(
-            "upload and hash", attributes={"blob_key": blob.key, "blobstore": blob.address}
-        ) as span:
-            try:
-                await self._store_blob(blob, info.archived, stream, check)
-            finally:
-                span.set_attributes({"bytes": check.received, "chunks": check.chunks})
+        await store_checked_blob(blob, info.archived, stream, check)
 
         info.data_hash = check.data_hash
         info.version_number = 0
-        reply = await self._commit(info, blob.key)
+        reply = await commit_stored_blob(
+            self._metadata.commit_version(info, blob.key), self._blobs, self._background, blob.key, archived=info.archived
+        )
         trace.get_current_span().set_attributes(
             {"version_number": reply.version_info.version_number, "evicted": len(reply.evicted_blobs)}
         )
         if reply.evicted_blobs:
             self._background.spawn(delete_blobs(self._blobs, reply.evicted_blobs))
         return reply.version_info
-
-    async def _read_header(self, stream: AsyncIterator[bytes]) -> tuple[api.ModelVersionInfo, bytes | None]:
-        """The version announced by the first message, and the digest its
-        data must have (None when the client gave no data_hash)."""
-        try:
-            first = _decode_chunk(await stream.__anext__(), 1)
-        except StopAsyncIteration:
-            raise InvalidArgument("empty stream: the first message must be a header with version_info") from None
-        if first.WhichOneof("msg") != "header":
-            raise InvalidArgument("the first message of CreateVersion must be a header, not a body")
-        info = api.ModelVersionInfo()
-        info.CopyFrom(first.header.version_info)
-        if not info.model_id:
-            raise InvalidArgument("header.version_info.model_id must not be empty")
-        expected_digest = decode_data_hash(info.data_hash) if info.data_hash else None
-        check_version_fits_cache(archived=info.archived, size=info.data_size, max_bytes=self._version_cache_max_bytes)
-        return info, expected_digest
-
-    async def _store_blob(
-        self, blob: PlacedBlob, archived: bool, stream: AsyncIterator[bytes], check: UploadCheck
-    ) -> None:
-        async def blob_requests() -> AsyncIterator[bytes]:
-            header = blobstore_pb2.PutBlobRequest.Header(key=blob.key, size=check.expected_size, archived=archived)
-            yield blobstore_pb2.PutBlobRequest(header=header).SerializeToString()
-            async for raw in stream:
-                data = upload_body_data(raw)
-                if data is None:
-                    # Not the usual encoding: decode it, and re-encode what we forward.
-                    try:
-                        message = _decode_chunk(raw, check.chunks + 2)
-                    except InvalidArgument as exc:
-                        check.error = exc
-                        return
-                    if message.WhichOneof("msg") != "body":
-                        check.error = InvalidArgument(
-                            f"message {check.chunks + 2} of CreateVersion is not a body: only the first message is a header"
-                        )
-                        return
-                    data = message.body.data_chunk
-                    raw = blobstore_pb2.PutBlobRequest(body=message.body).SerializeToString()
-                if not check.add(data):
-                    return
-                # The client's body message is a PutBlobRequest body as is.
-                yield raw
-            # Without `finish` the blobstore discards the upload.
-            if check.finish():
-                yield _FINISH
-
-        try:
-            await blob.put(check.expected_size, blob_requests())
-        except grpc.aio.AioRpcError as exc:
-            if check.error is not None:
-                raise check.error from None
-            raise upstream_error(BLOBSTORE, exc) from None
-        if check.error is not None:  # pragma: no cover - the blobstore must have refused
-            raise check.error
-
-    async def _commit(self, info: api.ModelVersionInfo, blob_key: str) -> metadata_pb2.CommitVersionReply:
-        """Commits the version of the stored blob `blob_key`, and decides the
-        blob's fate when the commit fails."""
-        try:
-            return await self._metadata.commit_version(info, blob_key)
-        except RegistryError as exc:
-            if exc.code in _COMMIT_REFUSED:
-                # Metadata refused: the version does not exist, so neither may its data.
-                self._background.spawn(
-                    delete_blobs(self._blobs, [metadata_pb2.BlobRef(key=blob_key, archived=info.archived)])
-                )
-            # Otherwise (timeout, unavailable, cancelled) the commit may have
-            # happened: keep the blob; if it is unreferenced the sweeper removes it.
-            raise

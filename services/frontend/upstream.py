@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 from cogmentAPI import model_registry_pb2 as api
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from registry import blobstore_pb2, metadata_pb2, metadata_pb2_grpc
+from registry import admin_pb2, blobstore_pb2, metadata_pb2, metadata_pb2_grpc
 
 from services.common import service_names
 from services.common.grpc_client import UPSTREAM_HEADER, call_idempotent, upstream_error
@@ -63,6 +63,16 @@ class MetadataClient:
         # Idempotent per blob_key, so a retry after a lost reply is safe.
         request = metadata_pb2.CommitVersionRequest(version_info=info, blob_key=blob_key)
         return await call_idempotent(METADATA, lambda: self._stub.CommitVersion(request, timeout=self._timeout))
+
+    async def import_model(self, info: api.ModelInfo) -> admin_pb2.ImportModelReply:
+        # Creates only when missing: a retry after a lost reply answers the same.
+        request = admin_pb2.ImportModelRequest(model_info=info)
+        return await call_idempotent(METADATA, lambda: self._stub.ImportModel(request, timeout=self._timeout))
+
+    async def import_version(self, info: api.ModelVersionInfo, blob_key: str) -> admin_pb2.ImportVersionReply:
+        # Idempotent per blob_key, as a commit is.
+        request = metadata_pb2.CommitVersionRequest(version_info=info, blob_key=blob_key)
+        return await call_idempotent(METADATA, lambda: self._stub.ImportVersion(request, timeout=self._timeout))
 
     async def forget_lost_version(self, blob_key: str) -> bool:
         request = metadata_pb2.ForgetLostVersionRequest(blob_key=blob_key)

@@ -233,6 +233,8 @@ class LocalStack:
         base_env.update(
             {
                 c.PREFIX + "BIND_HOST": LOOPBACK,
+                # The public port, for what frontends register in a Cogment Directory.
+                c.PREFIX + "PORT": str(s.public_port),
                 c.PREFIX + "ARCHIVE_DIR": str(s.archive_dir),
                 c.PREFIX + "INTERNAL_ADDRESS": topology.internal_address,
                 c.PREFIX + "BLOBSTORE_ADDRESSES": ",".join(e.address for e in topology.blobstores),

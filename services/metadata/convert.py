@@ -39,6 +39,19 @@ def draft_from_proto(info: api.ModelVersionInfo) -> VersionDraft:
     )
 
 
+def version_from_proto(info: api.ModelVersionInfo) -> Version:
+    """An imported version, number and timestamp included."""
+    return Version(
+        model_id=info.model_id,
+        number=info.version_number,
+        creation_timestamp=info.creation_timestamp,
+        archived=True,
+        data_hash=info.data_hash,
+        data_size=info.data_size,
+        user_data=dict(info.user_data),
+    )
+
+
 def _version_fields(version: Version) -> dict[str, Any]:
     return {
         "model_id": version.model_id,

@@ -247,6 +247,30 @@ class MetadataRegistry:
             self._notify(self.hub.version_committed, draft.model_id)
         return commit
 
+    async def import_model(self, model: Model) -> tuple[Model, bool]:
+        """Creates the model unless it exists; (the model as stored, created)."""
+        _annotate(model_id=model.model_id)
+        return await self._run(self._store.import_model, model)
+
+    async def import_version(self, version: Version, blob_key: str) -> Commit:
+        """Commits an imported version (its own number and timestamp) and
+        wakes its model's watchers."""
+        _annotate(model_id=version.model_id, version_number=version.number, data_size=version.data_size)
+
+        def import_and_notify() -> Commit:
+            try:
+                commit = self._store.import_version(version, blob_key)
+            except Unavailable:
+                self._notify(self.hub.version_committed, version.model_id)  # perhaps committed after all
+                raise
+            if commit.created:
+                self._notify(self.hub.version_committed, version.model_id)
+            return commit
+
+        commit = await self._run(import_and_notify)
+        _annotate(created=commit.created)
+        return commit
+
     async def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
         # On the worker thread even with a reader: a sweep asks about
         # thousands of keys at once, too long a read to hold the loop for.

@@ -11,7 +11,7 @@ from contextlib import aclosing
 
 import grpc
 from cogmentAPI import model_registry_pb2 as api
-from registry import metadata_pb2, metadata_pb2_grpc
+from registry import admin_pb2, metadata_pb2, metadata_pb2_grpc
 
 from services.common.errors import InvalidArgument
 from services.metadata import convert
@@ -99,3 +99,19 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
             raise InvalidArgument("blob_key must not be empty")
         forgotten = await self._registry.forget_lost_version(request.blob_key)
         return metadata_pb2.ForgetLostVersionReply(forgotten=forgotten)
+
+    async def ImportModel(
+        self, request: admin_pb2.ImportModelRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ImportModelReply:
+        """Creates the model unless it exists; an existing one keeps its user_data."""
+        model, created = await self._registry.import_model(convert.model_from_proto(request.model_info))
+        return admin_pb2.ImportModelReply(created=created, model_info=convert.model_to_proto(model))
+
+    async def ImportVersion(
+        self, request: metadata_pb2.CommitVersionRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ImportVersionReply:
+        """Commits a stored archived blob as an imported version, with its own number and timestamp."""
+        commit = await self._registry.import_version(convert.version_from_proto(request.version_info), request.blob_key)
+        return admin_pb2.ImportVersionReply(
+            version_info=convert.version_to_proto(commit.version), already_imported=not commit.created
+        )

@@ -103,6 +103,27 @@ class MetadataStore(ABC):
         """
 
     @abstractmethod
+    def import_model(self, model: Model) -> tuple[Model, bool]:
+        """Creates the model unless it exists; an existing model keeps its
+        user_data. Returns the model as stored and whether it was created.
+        Empty model_id: InvalidArgument."""
+
+    @abstractmethod
+    def import_version(self, version: Version, blob_key: str) -> Commit:
+        """Makes a stored archived blob the version `version.number` of its
+        model, with its own creation_timestamp (importing another registry's
+        archive). The model's counter becomes at least that number; a number
+        with no version below it (a gap) may be filled. Nothing is evicted.
+
+        `created` is True when the version's data is `blob_key`'s (also for
+        a retried import of the same key), False when that number already
+        holds the same data (same data_hash and data_size): nothing changed,
+        and the blob is not referenced. That number holding other data:
+        AlreadyExists, nothing written. Unknown model: NotFound; number 0,
+        empty data_hash or blob_key, values out of range: InvalidArgument.
+        """
+
+    @abstractmethod
     def read_latest_version(self, model_id: str) -> VersionBatch:
         """The latest existing version (none if the model has none), for a
         watcher starting from the latest. Unknown model: NotFound."""

@@ -52,6 +52,8 @@ _tracer = trace.get_tracer("registry.metadata")
 
 # Columns are stored as signed 64-bit integers in both dialects.
 _INT64_MAX = 2**63 - 1
+# Version numbers are uint32 on the wire.
+_UINT32_MAX = 2**32 - 1
 # Bound on the parameters of one `IN (...)` list.
 _IN_LIST_CHUNK = 500
 
@@ -65,6 +67,14 @@ UPDATE_MODEL = "UPDATE models SET user_data = ? WHERE model_id = ?"
 INSERT_MODEL = (
     "INSERT INTO models (model_id, user_data, next_version) VALUES (?, ?, 0) "
     "ON CONFLICT (model_id) DO UPDATE SET user_data = excluded.user_data"
+)
+# An import creates a model only if it is missing, never changing an existing one.
+INSERT_MODEL_IF_MISSING = (
+    "INSERT INTO models (model_id, user_data, next_version) VALUES (?, ?, 0) ON CONFLICT (model_id) DO NOTHING"
+)
+# An imported number raises the counter, never lowers it.
+RAISE_VERSION_COUNTER = (
+    "UPDATE models SET next_version = CASE WHEN next_version < ? THEN ? ELSE next_version END WHERE seq = ?"
 )
 SELECT_MODEL = "SELECT seq, next_version FROM models WHERE model_id = ?"
 SELECT_MODEL_INFO = "SELECT user_data FROM models WHERE model_id = ?"
@@ -459,6 +469,97 @@ class SqlMetadataStore(MetadataStore):
             evicted = self._evict(cursor, keep=(seq, number), transient=not version.archived)
             self._announce_change(cursor, draft.model_id)
         return Commit(version=version, evicted=evicted, created=True)
+
+    def import_model(self, model: Model) -> tuple[Model, bool]:
+        require_model_id(model.model_id)
+        with self._transaction(write=True) as cursor:
+            created = (
+                self._execute(cursor, INSERT_MODEL_IF_MISSING, (model.model_id, _dump_user_data(model.user_data))).rowcount
+                == 1
+            )
+            (user_data,) = self._execute(cursor, SELECT_MODEL_INFO, (model.model_id,)).fetchone()
+        return Model(model_id=model.model_id, user_data=_load_user_data(user_data)), created
+
+    def import_version(self, version: Version, blob_key: str) -> Commit:
+        self._check_import(version, blob_key)
+        attributes = {"model_id": version.model_id, "version_number": version.number, "data_size": version.data_size}
+        with _tracer.start_as_current_span("import version", attributes=attributes) as span:
+            try:
+                commit = self._import_version(version, blob_key)
+            except Exception as error:
+                if not self._is_duplicate_blob_key(error):
+                    raise
+                span.add_event("concurrent import of the same blob_key")
+                commit = self._import_version(version, blob_key)
+            span.set_attribute("created", commit.created)
+        return commit
+
+    def _import_version(self, version: Version, blob_key: str) -> Commit:
+        """One attempt at `import_version`, in one transaction."""
+        with self._transaction(write=True) as cursor:
+            existing = self._execute(cursor, SELECT_VERSION_BY_BLOB, (blob_key,)).fetchone()
+            if existing is not None:  # a retry: this blob already is that version
+                stored = _version_from_row(existing[0], existing[1:])
+                if (stored.model_id, stored.number) != (version.model_id, version.number):
+                    raise AlreadyExists(
+                        f"blob_key {blob_key!r} is already committed as version {stored.number} "
+                        f"of model {stored.model_id!r}"
+                    )
+                return Commit(version=stored, evicted=(), created=True)
+            locked = self._execute(cursor, LOCK_MODEL, (version.model_id,)).fetchall()
+            if not locked:
+                raise model_not_found(version.model_id)
+            ((seq,),) = locked
+            row = self._execute(cursor, SELECT_VERSION, (seq, version.number)).fetchone()
+            if row is not None:
+                stored = _version_from_row(version.model_id, row)
+                if (stored.data_hash, stored.data_size) == (version.data_hash, version.data_size):
+                    return Commit(version=stored, evicted=(), created=False)
+                raise AlreadyExists(
+                    f"model {version.model_id!r} already has a version {version.number} with other data "
+                    f"({stored.data_size} bytes, data_hash {stored.data_hash}, not {version.data_size} bytes, "
+                    f"{version.data_hash}): nothing was imported"
+                )
+            self._execute(
+                cursor,
+                INSERT_VERSION,
+                (
+                    seq,
+                    version.number,
+                    version.creation_timestamp,
+                    True,
+                    version.data_hash,
+                    version.data_size,
+                    _dump_user_data(version.user_data),
+                    blob_key,
+                    self._next_use_stamp(cursor),
+                ),
+            )
+            self._execute(cursor, RAISE_VERSION_COUNTER, (version.number, version.number, seq))
+            self._announce_change(cursor, version.model_id)
+        imported = Version(
+            model_id=version.model_id,
+            number=version.number,
+            creation_timestamp=version.creation_timestamp,
+            archived=True,
+            data_hash=version.data_hash,
+            data_size=version.data_size,
+            user_data=dict(version.user_data),
+        )
+        return Commit(version=imported, evicted=(), created=True)
+
+    def _check_import(self, version: Version, blob_key: str) -> None:
+        """Rejects an import that cannot succeed, before anything is written."""
+        require_model_id(version.model_id, "version_info.model_id")
+        if not blob_key:
+            raise InvalidArgument("blob_key must not be empty")
+        if not version.data_hash:
+            raise InvalidArgument("an imported version needs its data_hash")
+        if not 0 < version.number <= _UINT32_MAX:
+            raise InvalidArgument(f"version_info.version_number {version.number} must be from 1 to {_UINT32_MAX}")
+        for name, value in (("data_size", version.data_size), ("creation_timestamp", version.creation_timestamp)):
+            if not 0 <= value <= _INT64_MAX:
+                raise InvalidArgument(f"version_info.{name} {value} is out of range (0 to {_INT64_MAX})")
 
     def _check_draft(self, draft: VersionDraft, blob_key: str) -> None:
         """Rejects a commit that cannot succeed, before anything is written."""

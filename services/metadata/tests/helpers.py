@@ -7,7 +7,7 @@ from pathlib import Path
 
 from services.common.config import PREFIX
 from services.metadata.config import MetadataConfig
-from services.metadata.records import CacheBudget, Commit, VersionDraft
+from services.metadata.records import CacheBudget, Commit, Version, VersionDraft
 from services.metadata.store.base import MetadataStore
 
 _keys = itertools.count(1)
@@ -34,6 +34,12 @@ def commit(
     """Commits a version with a fresh blob key unless `key` is given."""
     blob_key = new_blob_key() if key is None else key
     return store.commit_version(draft(model_id, archived=archived, size=size), blob_key)
+
+
+def imported(model_id: str, number: int, *, data_hash: str = "aGFzaA==", size: int = 10, **fields) -> Version:
+    """A version as an import gives it: its own number and timestamp."""
+    fields.setdefault("creation_timestamp", 1_796_118_000_123_456_789)
+    return Version(model_id=model_id, number=number, archived=True, data_hash=data_hash, data_size=size, **fields)
 
 
 def numbers(store: MetadataStore, model_id: str) -> list[int]:

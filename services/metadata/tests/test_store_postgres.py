@@ -23,7 +23,7 @@ from services.metadata.errors import StoreOpenError
 from services.metadata.records import CacheBudget, Commit, Model
 from services.metadata.store.base import MetadataStore
 from services.metadata.store.postgres import SCHEMA_VERSION, PostgresMetadataStore
-from services.metadata.tests.helpers import LARGE_BUDGET, commit, draft, new_blob_key, numbers
+from services.metadata.tests.helpers import LARGE_BUDGET, commit, draft, imported, new_blob_key, numbers
 
 pytestmark = pytest.mark.postgres
 
@@ -429,6 +429,8 @@ CONTRACT_CALLS: dict[str, ContractCall] = {
     ),
     "forget_lost_version": ContractCall(lambda store: store.forget_lost_version(LOST_KEY), writes=True),
     "check": ContractCall(lambda store: store.check(), writes=False),
+    "import_model": ContractCall(lambda store: store.import_model(Model("imported")), writes=True),
+    "import_version": ContractCall(lambda store: store.import_version(imported("m", 7), new_blob_key()), writes=True),
 }
 # From the contract itself, so that a method added to it gets its cases
 # here (which fail until CONTRACT_CALLS says how to call it). `close` must
