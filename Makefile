@@ -47,7 +47,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt client/pyproject.toml
 
 proto: gen/.stamp $(CLIENT_STUBS)
 
-$(CLIENT_STUBS): $(VENV)/.installed proto/cogmentAPI/model_registry.proto client/generate.py
+$(CLIENT_STUBS): $(VENV)/.installed proto/cogmentAPI/model_registry.proto proto/cogmentAPI/common.proto proto/registry/admin.proto client/generate.py
 	$(PY) client/generate.py
 
 gen/.stamp: $(VENV)/.installed $(PROTOS)

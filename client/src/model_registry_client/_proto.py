@@ -1,10 +1,13 @@
-"""The generated stubs of `cogmentAPI.ModelRegistrySP` (see client/generate.py)."""
+"""The generated stubs of `cogmentAPI.ModelRegistrySP` and `registry.Admin`
+(see client/generate.py: they live in a descriptor pool of their own)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 try:
+    from ._generated import admin_pb2 as admin_pb
+    from ._generated import admin_pb2_grpc as _admin_pb_grpc
     from ._generated import model_registry_pb2 as pb
     from ._generated import model_registry_pb2_grpc as _pb_grpc
 except ImportError as exc:  # pragma: no cover - a build step was skipped
@@ -13,6 +16,8 @@ except ImportError as exc:  # pragma: no cover - a build step was skipped
         "(needs grpcio-tools) before installing or using the package"
     ) from exc
 
-pb_grpc: Any = _pb_grpc  # the gRPC plugin writes no type stubs
+# The gRPC plugin writes no type stubs.
+pb_grpc: Any = _pb_grpc
+admin_pb_grpc: Any = _admin_pb_grpc
 
-__all__ = ["pb", "pb_grpc"]
+__all__ = ["admin_pb", "admin_pb_grpc", "pb", "pb_grpc"]

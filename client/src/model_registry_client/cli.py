@@ -1,7 +1,7 @@
 """`model-registry`: the registry from the command line.
 
-Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 invalid argument,
-5 data integrity. Errors are one line on stderr: ``error: CODE: message``.
+Exit codes: 0 ok, 1 other error (and `import-cogment-archive` skipped
+something), 2 usage, 3 not found, 4 invalid argument, 5 data integrity. Errors are one line on stderr: ``error: CODE: message``.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from ._common import ADDRESS_ENV, DEFAULT_ADDRESS
 from .client import RegistryClient
+from .cogment_archive import ArchiveError, ArchiveImporter, summary_dict, summary_lines
 from .errors import DataIntegrityError, InvalidArgumentError, NotFoundError, RegistryError
 from .progress import ProgressBar, format_bytes
 from .records import ModelInfo, VersionInfo
@@ -103,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = commands.add_parser("watch", parents=[common], help="print the latest version, then each new one")
     watch.add_argument("model_id", metavar="ID")
+
+    archive = commands.add_parser(
+        "import-cogment-archive",
+        parents=[common],
+        help="import the original Cogment Model Registry's archive directory (admin)",
+        description="Imports every model and archived version of an original Cogment Model Registry's archive "
+        "directory (COGMENT_MODEL_REGISTRY_ARCHIVE_DIR of the Go registry) with their numbers, timestamps, "
+        "user_data and bytes, each verified against its data_hash and data_size. Running it again imports "
+        "nothing new. Exit code 1 when anything was skipped.",
+    )
+    archive.add_argument("directory", metavar="DIR")
     return parser
 
 
@@ -191,6 +204,9 @@ def _progress(label: str) -> ProgressBar | None:
 
 def run(args: argparse.Namespace, client: RegistryClient, output: Output) -> None:
     """Carries out one parsed command."""
+    if args.command == "import-cogment-archive":
+        import_archive(args, client, output)
+        return
     command = args.command if args.command in ("push", "pull", "watch") else f"{args.command} {args.action}"
     if command == "models ls":
         output.models(client.list_models())
@@ -235,6 +251,27 @@ def run(args: argparse.Namespace, client: RegistryClient, output: Output) -> Non
         raise AssertionError(command)
 
 
+class ImportIncomplete(Exception):
+    """`import-cogment-archive` skipped something (the summary says what)."""
+
+
+def import_archive(args: argparse.Namespace, client: RegistryClient, output: Output) -> None:
+    """`import-cogment-archive DIR`: imports, then prints the summary;
+    raises ImportIncomplete when anything was skipped."""
+    importer = ArchiveImporter(
+        client, progress=_progress if sys.stderr.isatty() else None, log=lambda line: print(line, file=sys.stderr)
+    )
+    summary = importer.run(Path(args.directory))
+    if output.as_json:
+        output.json(summary_dict(summary))
+    else:
+        for line in summary_lines(summary):
+            output.out.write(line + "\n")
+        output.out.flush()
+    if summary.skipped:
+        raise ImportIncomplete(f"{len(summary.skipped)} skipped")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `model-registry`; returns the exit code."""
     parser = build_parser()
@@ -249,6 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             run(args, client, output)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except ImportIncomplete:
+        return EXIT_ERROR
+    except ArchiveError as exc:
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_INVALID
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, as other tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

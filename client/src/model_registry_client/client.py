@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,12 +23,14 @@ from ._common import (
     VersionFilter,
     body,
     call_metadata,
+    check_chunk_size,
+    encode_hash,
     header,
     prepare_upload,
     resolve_address,
 )
-from ._proto import pb, pb_grpc
-from .errors import NotFoundError, from_rpc_error
+from ._proto import admin_pb, admin_pb_grpc, pb, pb_grpc
+from .errors import DataIntegrityError, NotFoundError, from_rpc_error
 from .records import ModelInfo, VersionInfo
 
 
@@ -66,6 +69,7 @@ class RegistryClient:
         else:
             self._channel = grpc.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.ModelRegistrySPStub(self._channel)
+        self._admin = admin_pb_grpc.AdminStub(self._channel)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
@@ -224,6 +228,74 @@ class RegistryClient:
             call.cancel()
             download.abort()
         return info if data is None else data
+
+    # -- administration (registry.Admin; the admin role when auth is on) ----
+
+    def import_model(self, model_id: str, user_data: dict[str, str] | None = None) -> tuple[ModelInfo, bool]:
+        """Creates the model with `user_data` unless it exists (an existing
+        model keeps its own). Returns the model as stored and whether it was created."""
+        request = admin_pb.ImportModelRequest(model_info=ModelInfo(model_id, dict(user_data or {})).to_proto())
+        reply = self._unary(self._admin.ImportModel, request)
+        return ModelInfo.from_proto(reply.model_info), reply.created
+
+    def import_version(
+        self,
+        info: VersionInfo,
+        path: PathLike,
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[VersionInfo, bool]:
+        """Imports one archived version, the file at `path`, with the number,
+        creation_timestamp, data_hash and user_data of `info` (another
+        registry's). The file is read once, hashed as it is sent; the
+        registry stores the version only if the bytes match `info.data_size`
+        and `info.data_hash` (else `DataIntegrityError`, and nothing is
+        stored). Returns the version as stored and whether it was already
+        there with the same data (then nothing changed)."""
+        check_chunk_size(chunk_size)
+        failure: list[BaseException] = []
+        digest = hashlib.sha256()
+        sent = 0
+
+        def requests() -> Iterator[Any]:
+            nonlocal sent
+            try:
+                version = pb.ModelVersionInfo(
+                    model_id=info.model_id,
+                    version_number=info.version_number,
+                    creation_timestamp=info.creation_timestamp,
+                    archived=True,
+                    data_hash=info.data_hash,
+                    data_size=info.data_size,
+                    user_data=info.user_data,
+                )
+                yield pb.CreateVersionRequestChunk(header=pb.CreateVersionRequestChunk.Header(version_info=version))
+                with open(path, "rb") as source:
+                    while chunk := source.read(chunk_size):
+                        digest.update(chunk)
+                        sent += len(chunk)
+                        yield body(chunk)
+                        if progress:
+                            progress(sent, info.data_size)
+            except Exception as exc:  # gRPC would only report CANCELLED
+                failure.append(exc)
+                raise
+
+        try:
+            reply = self._admin.ImportVersion(requests(), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            if failure:
+                raise failure[0] from None
+            error = from_rpc_error(exc)
+            actual = encode_hash(digest.digest())
+            if error.code == grpc.StatusCode.INVALID_ARGUMENT and (sent, actual) != (info.data_size, info.data_hash):
+                raise DataIntegrityError(
+                    f"the data ({sent} bytes, sha256 {actual}) does not match its data_size {info.data_size} "
+                    f"and data_hash {info.data_hash}"
+                ) from None
+            raise error from None
+        return VersionInfo.from_proto(reply.version_info), reply.already_imported
 
     def follow(self, model_id: str, *, initial_backoff: float = 0.1, max_backoff: float = 5.0) -> Iterator[VersionInfo]:
         """The latest version, then each new one as it is created, forever.
