@@ -21,7 +21,9 @@ import asyncio
 import json
 import secrets
 import sys
+import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,6 +212,41 @@ class FakeDirectory(directory_pb2_grpc.DirectorySPServicer):
 
     async def Status(self, request, context):  # noqa: N802
         return common_pb2.StatusReply(statuses={"overall_load": "0"} if request.names else {})
+
+
+class DirectoryThread:
+    """A `FakeDirectory` served by an event loop of its own, in a thread:
+    for tests that block (subprocesses, sync gRPC) while it must answer."""
+
+    def __init__(self, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake directory", daemon=True)
+        self._thread.start()
+        self.fake: FakeDirectory = self._run(self._make, options)
+
+    @staticmethod
+    async def _make(options: dict[str, Any]) -> FakeDirectory:
+        return FakeDirectory(**options)
+
+    def _run(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any, timeout: float = 60.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(function(*args), self._loop).result(timeout)
+
+    def start(self, port: int = 0) -> int:
+        return self._run(self.fake.start, port)
+
+    def stop(self) -> None:
+        self._run(self.fake.stop)
+
+    def restart(self) -> None:
+        self._run(self.fake.restart)
+
+    def wait_for(self, predicate: Callable[[FakeDirectory], bool], timeout: float = 30.0) -> None:
+        self._run(self.fake.wait_for, predicate, timeout, timeout=timeout + 5)
+
+    def close(self) -> None:
+        self.stop()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 async def _serve(port: int) -> None:

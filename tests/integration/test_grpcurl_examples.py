@@ -139,3 +139,33 @@ def test_reflection_lists_both_service_names(fresh_stack):
     assert result.returncode == 0, result.stderr
     services = result.stdout.split()
     assert set(service_names.PUBLIC) <= set(services)
+
+
+def _grpcurl(port: int, *command: str, data: str | None = None) -> str:
+    """`grpcurl -plaintext [-d data] localhost:port command...`'s output."""
+    env = dict(os.environ, PATH=GRPCURL_DIR + os.pathsep + os.environ.get("PATH", ""))
+    flags = ["-d", data] if data is not None else []
+    result = subprocess.run(
+        ["grpcurl", "-plaintext", *flags, f"localhost:{port}", *command],
+        capture_output=True, text=True, env=env, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_version_and_status_through_envoy_and_in_reflection(fresh_stack):
+    """Cogment 2.x's Version and Status, as `cogment status` and the
+    Directory call them; only the 2.x name has them (the 1.x surface is kept)."""
+    described = _grpcurl(fresh_stack.port, "describe", "cogmentAPI.ModelRegistrySP")
+    assert "rpc Version ( .cogmentAPI.VersionRequest ) returns ( .cogmentAPI.VersionInfo )" in described
+    assert "rpc Status ( .cogmentAPI.StatusRequest ) returns ( .cogmentAPI.StatusReply )" in described
+    legacy = _grpcurl(fresh_stack.port, "describe", "cogment.ModelRegistrySP")
+    assert "rpc Version" not in legacy and "rpc Status" not in legacy and "rpc VersionUpdate" not in legacy
+
+    versions = json.loads(_grpcurl(fresh_stack.port, "cogmentAPI.ModelRegistrySP/Version", data="{}"))["versions"]
+    names = {entry["name"]: entry["version"] for entry in versions}
+    assert names["model_registry"] and names["cogment_api"].startswith("2.")
+    for request in ('{"names": ["overall_load"]}', '{"names": ["*"]}', '{"names": ["overall_load", "nope"]}'):
+        statuses = json.loads(_grpcurl(fresh_stack.port, "cogmentAPI.ModelRegistrySP/Status", data=request))["statuses"]
+        assert list(statuses) == ["overall_load"] and 0 <= int(statuses["overall_load"]) <= 255
+    assert json.loads(_grpcurl(fresh_stack.port, "cogmentAPI.ModelRegistrySP/Status", data='{"names": ["nope"]}')) == {}
