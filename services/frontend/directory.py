@@ -178,6 +178,7 @@ class DirectoryRegistration:
         self.registration: Registration | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self._registering: asyncio.Future[Registration] | None = None
         # Repeated failures are logged once, until the next success.
         self._failing = False
 
@@ -195,13 +196,17 @@ class DirectoryRegistration:
         retry = _FIRST_RETRY_SECONDS
         while True:
             if self.registration is None:
+                # Shielded: a stop meanwhile waits for the answer, so as to
+                # deregister what the directory may have registered.
+                self._registering = asyncio.ensure_future(self._client.register(self._request))
                 try:
-                    self.registration = await self._client.register(self._request)
+                    self.registration = await asyncio.shield(self._registering)
                 except DirectoryError as exc:
                     self._failed(f"cannot register {self.endpoint} in the Cogment Directory at {self._directory}: {exc}; retrying")
                     await self._sleep(retry * random.uniform(0.8, 1.0))
                     retry = min(retry * 2, _MAX_RETRY_SECONDS)
                     continue
+                self._registering = None
                 self._failing, retry = False, _FIRST_RETRY_SECONDS
                 log.info(
                     "registered %s in the Cogment Directory at %s as service id %d",
@@ -250,11 +255,23 @@ class DirectoryRegistration:
         assert self._stopping is not None
         await self._stopping
 
+    async def _answer_in_flight(self, registering: asyncio.Future[Registration]) -> Registration | None:
+        """The answer of a Register still in flight, if it comes within the
+        deregistration timeout."""
+        try:
+            async with asyncio.timeout(self._deregister_timeout):
+                return await registering
+        except (TimeoutError, DirectoryError):
+            registering.cancel()
+            return None
+
     async def _stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         registration, self.registration = self.registration, None
+        if registration is None and self._registering is not None:
+            registration = await self._answer_in_flight(self._registering)
         if registration is None:
             return
         try:

@@ -87,9 +87,11 @@ async def health_check(host: str, port: int, *, rounds: int = 3, timeout: float 
 
 class FakeDirectory(directory_pb2_grpc.DirectorySPServicer):
     """See the module docstring. `check_rounds`/`check_timeout` shape the
-    health check at Register (Cogment's: 3 rounds from 2 s)."""
+    health check at Register (Cogment's: 3 rounds from 2 s); without
+    `health_check`, every entry passes it."""
 
-    def __init__(self, *, check_rounds: int = 3, check_timeout: float = 2.0) -> None:
+    def __init__(self, *, check_rounds: int = 3, check_timeout: float = 2.0, health_check: bool = True) -> None:
+        self.health_check = health_check
         self.entries: dict[int, Entry] = {}
         self.calls: list[dict[str, Any]] = []
         self.check_rounds = check_rounds
@@ -162,9 +164,12 @@ class FakeDirectory(directory_pb2_grpc.DirectorySPServicer):
             else:
                 entry = Entry(secrets.randbits(63) + 1, secrets.token_hex(3)[:5], token, request)
                 self.entries[entry.service_id] = entry
-                entry.healthy, entry.load, entry.last_check = await health_check(
-                    request.endpoint.host, request.endpoint.port, rounds=self.check_rounds, timeout=self.check_timeout
-                )
+                if self.health_check:
+                    entry.healthy, entry.load, entry.last_check = await health_check(
+                        request.endpoint.host, request.endpoint.port, rounds=self.check_rounds, timeout=self.check_timeout
+                    )
+                else:
+                    entry.healthy, entry.last_check = True, "not checked"
                 reply.status, reply.service_id, reply.secret = directory_pb2.RegisterReply.OK, entry.service_id, entry.secret
             await self._notify()
             yield reply
