@@ -50,11 +50,13 @@ def test_committed_envoy_config_is_the_rendered_one():
 
 
 def test_services_and_published_ports(compose, envoy):
-    assert set(compose["services"]) == {"envoy", *SERVICES, "jaeger", "postgres", "minio", "minio-bucket"}
+    assert set(compose["services"]) == {"envoy", *SERVICES, "jaeger", "postgres", "minio", "minio-bucket", "directory"}
     for name in ("postgres", "minio", "minio-bucket"):
         assert compose["services"][name]["profiles"] == ["production"]
+    assert compose["services"]["directory"]["profiles"] == ["directory"]
     published = {name: svc.get("ports", []) for name, svc in compose["services"].items() if svc.get("ports")}
-    assert set(published) == {"envoy", "jaeger"}, "only Envoy and the Jaeger UI may be published"
+    assert set(published) == {"envoy", "jaeger", "directory"}, "only Envoy, Jaeger's UI and the optional directory"
+    assert published["directory"] == ["9005:9005"]
     (envoy_port,) = published["envoy"]
     assert envoy_port.endswith(f":{listener_port(envoy, 'public')}")
     assert "${COGMENT_MODEL_REGISTRY_PORT:-9000}" in envoy_port
@@ -115,6 +117,9 @@ def test_every_variable_is_read_by_the_service(compose, service):
     for name in env:
         if name.startswith(("OTEL_", "AWS_")):
             continue  # standard OpenTelemetry / AWS SDK variables, read by those libraries
+        if name.startswith("COGMENT_DIRECTORY_"):  # Cogment 2.x's own names
+            assert f'"{name}"' in sources, f"{service} does not read {name}"
+            continue
         assert name.startswith(PREFIX), name
         suffix = name[len(PREFIX):]
         assert re.search(rf'"{suffix}"|"{name}"', sources), f"{service} does not read {name}"
