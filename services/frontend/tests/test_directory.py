@@ -139,3 +139,31 @@ async def test_stopping_is_immediate_when_the_directory_is_gone(fake):
     await registration.stop()
     assert time.monotonic() - started < 1.2
     await channel.close()
+
+
+def test_settings_use_cogment_2_names_and_refuse_what_cannot_work():
+    from services.common.config import ConfigError
+    from services.frontend.config import parse_directory_endpoint
+
+    assert DirectorySettings.from_env({}) is None
+    settings = DirectorySettings.from_env(
+        {
+            "COGMENT_DIRECTORY_ENDPOINT": "grpc://directory:9005",
+            "COGMENT_DIRECTORY_AUTHENTICATION_TOKEN": "tok",
+            "COGMENT_MODEL_REGISTRY_DIRECTORY_REGISTRATION_HOST": "registry.example",
+            "COGMENT_MODEL_REGISTRY_DIRECTORY_REGISTRATION_PROPERTIES": "team=rl, stage=prod,",
+            "COGMENT_MODEL_REGISTRY_PORT": "9100",
+            "COGMENT_MODEL_REGISTRY_TLS_CERT_FILE": "/etc/registry/cert.pem",
+        }
+    )
+    assert settings is not None
+    assert (settings.address, settings.token, settings.registration_host, settings.public_port, settings.public_tls) == (
+        "directory:9005", "tok", "registry.example", 9100, True,
+    )
+    assert settings.properties == {"team": "rl", "stage": "prod"}
+    assert parse_directory_endpoint("10.0.0.5:9005") == "10.0.0.5:9005"
+    for bad in ("http://directory:9005", "grpc://directory", "grpc://directory:70000", "grpc://directory:9005/x"):
+        with pytest.raises(ConfigError, match="COGMENT_DIRECTORY_ENDPOINT"):
+            parse_directory_endpoint(bad)
+    with pytest.raises(ConfigError, match="REGISTRATION_PROPERTIES: 'oops' is not key=value"):
+        DirectorySettings.from_env({"COGMENT_DIRECTORY_ENDPOINT": "d:1", "COGMENT_MODEL_REGISTRY_DIRECTORY_REGISTRATION_PROPERTIES": "a=b,oops"})
