@@ -127,7 +127,11 @@ def test_version_and_status_answer_on_the_public_port(deployment):
     registry = default_stub(deployment)
     versions = {v.name: v.version for v in registry.Version(common_pb2.VersionRequest()).versions}
     assert versions["model_registry"] == "0.1.0" and versions["cogment_api"] == "2.0"
-    assert dict(registry.Status(common_pb2.StatusRequest(names=["overall_load"])).statuses) == {"overall_load": "0"}
+    # Idle: "0" (once the calls of the tests before have ended on the wire).
+    deadline = time.monotonic() + 10
+    while (load := dict(registry.Status(common_pb2.StatusRequest(names=["overall_load"])).statuses)) != {"overall_load": "0"}:
+        assert time.monotonic() < deadline, load
+        time.sleep(0.2)
 
 
 def test_registers_again_when_the_directory_forgets_the_entry(deployment, directory):
@@ -189,7 +193,9 @@ def test_the_official_cogment_sdk_finds_and_uses_the_registry(deployment, direct
 def test_deregisters_at_sigterm(deployment, directory):
     directory.wait_for(lambda fake: registered(fake))
     (entry,) = registered(directory.fake)
+    started = time.monotonic()
     deployment.down()
+    print(f"make down took {time.monotonic() - started:.2f} s, Deregister included")
     (call,) = [c for c in directory.fake.calls_of("Deregister") if c["request"]["service_id"] == str(entry.service_id)]
     assert call["request"]["secret"] == entry.secret
     assert call["metadata"]["authentication-token"] == TOKEN
@@ -205,6 +211,7 @@ def test_a_directory_that_is_down_does_not_delay_shutdown(deployment, directory)
     began = [line for line in log if "shutting down" in line][-1]
     ended = [line for line in log if line.endswith(" stopped")][-1]
     seconds = _log_time(ended) - _log_time(began)
+    print(f"the frontend stopped {seconds:.2f} s after SIGTERM with the directory down")
     assert seconds < 2.5, f"the frontend took {seconds:.1f} s to stop"
     assert any("could not deregister" in line for line in log)
 
