@@ -56,7 +56,7 @@ gen/.stamp: $(VENV)/.installed $(PROTOS)
 	touch $@
 
 clean:
-	rm -rf gen $(VENV) .pytest_cache client/src/model_registry_client/_generated
+	rm -rf gen $(VENV) .venv-cogment-sdk .pytest_cache client/src/model_registry_client/_generated
 
 envoy-config: proto  ## regenerate envoy/envoy.yaml (docker compose) from services/launcher
 	$(PY) -m services.launcher.compose
