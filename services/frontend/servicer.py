@@ -13,6 +13,7 @@ import grpc
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
+from services.common import metrics
 from services.common.passthrough import add_servicer
 from services.frontend.downloads import Downloads
 from services.frontend.following import Followers
@@ -75,8 +76,14 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         self, request: api.VersionUpdateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api.VersionUpdateReply]:
         """Sends the latest version at once, then every new version, in order."""
-        async for info in self._followers.follow_versions(request.model_id):
-            yield api.VersionUpdateReply(version_info=info)
+        measured = metrics.frontend()
+        measured.subscribers.inc()
+        try:
+            async for info in self._followers.follow_versions(request.model_id):
+                yield api.VersionUpdateReply(version_info=info)
+                measured.notifications.inc()
+        finally:
+            measured.subscribers.dec()
 
 
 def add_to_server(servicer: ModelRegistryServicer, server: grpc.aio.Server, service: str, add_generated) -> None:  # type: ignore[no-untyped-def]

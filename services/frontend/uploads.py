@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from registry import blobstore_pb2, metadata_pb2
 
+from services.common import metrics
 from services.common.errors import InvalidArgument, RegistryError
 from services.common.grpc_client import upstream_error
 from services.common.limits import check_version_fits_cache
@@ -154,6 +155,8 @@ class Uploads:
     async def _store_blob(
         self, blob: PlacedBlob, archived: bool, stream: AsyncIterator[bytes], check: UploadCheck
     ) -> None:
+        received = metrics.frontend().upload_bytes.labels(metrics.tier_label(archived))
+
         async def blob_requests() -> AsyncIterator[bytes]:
             header = blobstore_pb2.PutBlobRequest.Header(key=blob.key, size=check.expected_size, archived=archived)
             yield blobstore_pb2.PutBlobRequest(header=header).SerializeToString()
@@ -175,6 +178,7 @@ class Uploads:
                     raw = blobstore_pb2.PutBlobRequest(body=message.body).SerializeToString()
                 if not check.add(data):
                     return
+                received.inc(len(data))
                 # The client's body message is a PutBlobRequest body as is.
                 yield raw
             # Without `finish` the blobstore discards the upload.
