@@ -429,6 +429,7 @@ CONTRACT_CALLS: dict[str, ContractCall] = {
     ),
     "forget_lost_version": ContractCall(lambda store: store.forget_lost_version(LOST_KEY), writes=True),
     "check": ContractCall(lambda store: store.check(), writes=False),
+    "cache_usage": ContractCall(lambda store: store.cache_usage(), writes=False),
 }
 # From the contract itself, so that a method added to it gets its cases
 # here (which fail until CONTRACT_CALLS says how to call it). `close` must
