@@ -128,9 +128,21 @@ def _histogram(name: str, documentation: str, buckets: tuple[float, ...], labels
     return Histogram(name, documentation, labels, buckets=buckets) if _enabled else _OFF
 
 
+TIERS = ("memory", "archive")
+
+
 def tier_label(archived: bool) -> str:
     """The `tier` label of a version's data: where the blobstore keeps it."""
-    return "archive" if archived else "memory"
+    return TIERS[1] if archived else TIERS[0]
+
+
+def _start_at_zero(*metrics: Any, values: tuple[str, ...]) -> None:
+    """Creates the series of every value of a one-label metric at once: a
+    series that appears only with its first event leaves `rate()` and
+    `increase()` without an answer until then (and alerts silent)."""
+    for metric in metrics:
+        for value in values:
+            metric.labels(value)
 
 
 # -- gRPC calls, served and made (every service) -------------------------------------
@@ -329,6 +341,8 @@ class FrontendMetrics:
             "registry_version_update_notifications", "Versions sent to VersionUpdate subscribers."
         )
         self.data_loss = _data_loss()
+        _start_at_zero(self.upload_bytes, self.download_bytes, values=TIERS)
+        _start_at_zero(self.data_loss, values=("missing",))
 
 
 @functools.cache
@@ -446,6 +460,9 @@ class BlobstoreMetrics:
         self.sweeps = _counter("registry_sweeper_runs", "Sweeps of orphaned blobs, by outcome (ok or failed).", ("outcome",))
         self.swept_blobs = _counter("registry_sweeper_removed_blobs", "Orphaned blobs the sweeper removed.", ("tier",))
         self.data_loss = _data_loss()
+        _start_at_zero(self.written_bytes, self.read_bytes, self.swept_blobs, values=TIERS)
+        _start_at_zero(self.sweeps, values=("ok", "failed"))
+        _start_at_zero(self.data_loss, values=("corrupt",))
 
     def follow_memory_tier(self, held_bytes: Callable[[], float], max_bytes: int) -> None:
         """Reports the memory tier's use, read when scraped (nothing on the data path)."""
