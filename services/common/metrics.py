@@ -221,23 +221,19 @@ _client_calls: dict[tuple[str, str], CallMetrics] = {}
 _recording: set[asyncio.Future[None]] = set()
 
 
-def _client_call(method: str | bytes, rpc_type: str) -> CallMetrics:
-    name = method.decode() if isinstance(method, bytes) else method
-    calls = _client_calls.get((name, rpc_type))
+def _client_call(method: str, rpc_type: str) -> CallMetrics:
+    calls = _client_calls.get((method, rpc_type))
     if calls is None:
-        calls = _client_calls[(name, rpc_type)] = CallMetrics(_grpc("client"), name, rpc_type)
+        calls = _client_calls[(method, rpc_type)] = CallMetrics(_grpc("client"), method, rpc_type)
     return calls
 
 
-async def _record_until_reply(rpc_type: str, continuation: Any, details: Any, request: Any) -> Any:
-    """A call with one reply, recorded once the reply (or the error) is there."""
-    calls = _client_call(details.method, rpc_type)
+async def _until_reply(calls: CallMetrics, call: Any) -> Any:
+    """The reply of a call with one reply, the call recorded once it is there."""
     started, code = time.perf_counter(), grpc.StatusCode.OK
     calls.started()
     try:
-        call = await continuation(details, request)
-        await call
-        return call
+        return await call
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         raise
@@ -248,17 +244,11 @@ async def _record_until_reply(rpc_type: str, continuation: Any, details: Any, re
         calls.finished(code, time.perf_counter() - started)
 
 
-async def _record_when_done(rpc_type: str, continuation: Any, details: Any, request: Any) -> Any:
+def _when_done(calls: CallMetrics, call: Any) -> Any:
     """A call with streamed replies, recorded when gRPC reports it done,
     whoever reads the replies (or cancels the call)."""
-    calls = _client_call(details.method, rpc_type)
     started = time.perf_counter()
     calls.started()
-    try:
-        call = await continuation(details, request)
-    except BaseException:
-        calls.finished(grpc.StatusCode.CANCELLED, time.perf_counter() - started)
-        raise
 
     async def record(done: grpc.aio.Call) -> None:
         calls.finished(await done.code(), time.perf_counter() - started)
@@ -273,34 +263,57 @@ async def _record_when_done(rpc_type: str, continuation: Any, details: Any, requ
     return call
 
 
-# One interceptor class per kind of call: a grpc.aio channel files each
-# interceptor under the first kind it is an instance of.
-class _UnaryUnaryRecorder(grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        return await _record_until_reply("unary", continuation, client_call_details, request)
+class _RecordedMethod:
+    """A channel's callable for one method, recording each call."""
+
+    __slots__ = ("_call", "_calls", "_one_reply")
+
+    def __init__(self, call: Any, calls: CallMetrics, *, one_reply: bool) -> None:
+        self._call, self._calls, self._one_reply = call, calls, one_reply
+
+    def __call__(self, request: Any, **options: Any) -> Any:
+        call = self._call(request, **options)
+        # One reply: awaited (every internal caller awaits it at once), in a
+        # plain coroutine. Streams: the call itself, for its callers to
+        # iterate and cancel.
+        return _until_reply(self._calls, call) if self._one_reply else _when_done(self._calls, call)
 
 
-class _StreamUnaryRecorder(grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
-        return await _record_until_reply("client_stream", continuation, client_call_details, request_iterator)
+class RecordedChannel:
+    """A grpc.aio channel whose calls are recorded (`grpc_client_*`).
+
+    A wrapper of the channel's callables rather than grpc.aio interceptors:
+    an intercepted call costs a task and a proxy object more, measured at
+    ~40 us of CPU per small call (5-10 % of its cost); this costs ~3 us.
+    Everything but the four kinds of callables is the channel's own.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+    def _method(self, kind: str, rpc_type: str, method: str, args: tuple, options: dict, *, one_reply: bool) -> Any:
+        call = getattr(self._channel, kind)(method, *args, **options)
+        return _RecordedMethod(call, _client_call(method, rpc_type), one_reply=one_reply)
+
+    def unary_unary(self, method: str, *args: Any, **options: Any) -> Any:
+        return self._method("unary_unary", "unary", method, args, options, one_reply=True)
+
+    def stream_unary(self, method: str, *args: Any, **options: Any) -> Any:
+        return self._method("stream_unary", "client_stream", method, args, options, one_reply=True)
+
+    def unary_stream(self, method: str, *args: Any, **options: Any) -> Any:
+        return self._method("unary_stream", "server_stream", method, args, options, one_reply=False)
+
+    def stream_stream(self, method: str, *args: Any, **options: Any) -> Any:
+        return self._method("stream_stream", "bidi_stream", method, args, options, one_reply=False)
 
 
-class _UnaryStreamRecorder(grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
-        return await _record_when_done("server_stream", continuation, client_call_details, request)
-
-
-class _StreamStreamRecorder(grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # type: ignore[no-untyped-def]
-        return await _record_when_done("bidi_stream", continuation, client_call_details, request_iterator)
-
-
-def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
-    """The interceptors of a channel to another registry service, which
-    record its calls (`grpc_client_*`); none with metrics off."""
-    if not _enabled:
-        return []
-    return [_UnaryUnaryRecorder(), _StreamUnaryRecorder(), _UnaryStreamRecorder(), _StreamStreamRecorder()]
+def recorded(channel: grpc.aio.Channel) -> grpc.aio.Channel:
+    """`channel`, its calls recorded (as is with metrics off)."""
+    return RecordedChannel(channel) if _enabled else channel  # type: ignore[return-value]
 
 
 # -- health (every service) ---------------------------------------------------------------
