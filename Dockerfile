@@ -24,11 +24,15 @@ COPY services/${SERVICE} services/${SERVICE}
 # REGISTRY_SERVICE: the build argument, kept for CMD and HEALTHCHECK (which
 # run later, where build arguments no longer exist). The port is each
 # service's default (services/common/config.py) unless its variable is set.
+# Every image serves /metrics on the same port (9464, the OpenTelemetry
+# Prometheus exporter's): each container has an address of its own, and
+# prometheus/prometheus.yml scrapes that port of every replica.
 ENV REGISTRY_SERVICE=${SERVICE} \
     PYTHONPATH=/app:/app/gen \
     GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=134217728 \
     PYTHONUNBUFFERED=1 \
-    COGMENT_MODEL_REGISTRY_ARCHIVE_DIR=/data
+    COGMENT_MODEL_REGISTRY_ARCHIVE_DIR=/data \
+    COGMENT_MODEL_REGISTRY_METRICS_PORT=9464
 USER registry
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s \
   CMD python -m services.common.healthcheck "$REGISTRY_SERVICE"

@@ -1,9 +1,10 @@
 """`python -m bench` (what `make bench` runs): the registry against the ideal.
 
 Starts the ideal registry and the stack (through `make up`'s code path, on
-free ports, in a temporary directory), runs every scenario, then tracing on
-vs off against a second, traced stack; prints a table and writes every
-figure to a JSON file. The stacks are stopped at the end, even on failure.
+free ports, in a temporary directory), runs every scenario, then metrics on
+vs off against a second stack without metrics, and tracing on vs off
+against a third, traced one; prints a table and writes every figure to a
+JSON file. The stacks are stopped at the end, even on failure.
 See bench/README.md.
 """
 
@@ -27,7 +28,9 @@ from bench.ideal import SENT_CHUNK_SIZE
 from bench.plan import Plan
 from bench.report import Figure, format_size, machine_description, render_cpu, render_table, write_results
 from bench.servers import IdealServer, RegistryStack, ServerError, stack_settings
-from bench.tracing import TraceSink, spans_figure, tracing_overhead
+from bench.metrics import samples_figure
+from bench.overhead import small_call_overhead, transfer_overhead
+from bench.tracing import TraceSink, spans_figure
 from bench.transfers import (
     IdealSide,
     StackSide,
@@ -109,14 +112,14 @@ def run_scenarios(plan: Plan, stack: RegistryStack, ideal: IdealServer) -> list[
 def run_tracing_scenario(plan: Plan, stack: RegistryStack, work_dir: Path, settings: dict[str, str]) -> list[Figure]:
     """Tracing on vs off: a second stack, tracing to an in-process OTLP sink,
     against `stack` (tracing off), runs alternating between the two."""
-    size = format_size(plan.tracing_size)
+    size = format_size(plan.overhead_size)
     print(f"tracing on vs off, archived {size} (second stack, spans to a local sink)…", flush=True)
     with TraceSink() as sink:
         with RegistryStack(work_dir / "traced", settings, tracing_endpoint=sink.endpoint) as traced:
             off = StackSide(stack.address, stack.process_pids())
             on = StackSide(traced.address, traced.process_pids())
             try:
-                figures = tracing_overhead(off, on, plan.tracing_size, plan)
+                figures = transfer_overhead("tracing", off, on, plan.overhead_size, plan)
             finally:
                 off.close()
                 on.close()
@@ -128,16 +131,35 @@ def run_tracing_scenario(plan: Plan, stack: RegistryStack, work_dir: Path, setti
     return figures
 
 
+def run_metrics_scenario(plan: Plan, stack: RegistryStack, work_dir: Path, settings: dict[str, str]) -> list[Figure]:
+    """Metrics on vs off: `stack` (metrics on, as `make up` runs it) against a
+    second stack with metrics off, runs alternating between the two."""
+    size = format_size(plan.overhead_size)
+    print(f"metrics on vs off, archived {size} and small calls (second stack, metrics off)…", flush=True)
+    with RegistryStack(work_dir / "unmeasured", settings, metrics=False) as unmeasured:
+        off = StackSide(unmeasured.address, unmeasured.process_pids())
+        on = StackSide(stack.address, stack.process_pids())
+        try:
+            figures = transfer_overhead("metrics", off, on, plan.overhead_size, plan)
+            figures += small_call_overhead("metrics", off, on, plan)
+        finally:
+            off.close()
+            on.close()
+        figures.append(samples_figure(stack.run_dir, unmeasured.run_dir))
+    _print_progress(figures)
+    return figures
+
+
 def _cpu_worth_showing(figure: Figure, largest_single_size: int) -> bool:
     """CPU use is printed for the req/s runs, the concurrent transfers, the
-    largest single transfers and tracing on vs off (all of it is in the JSON)."""
+    largest single transfers and tracing and metrics on vs off (all of it is in the JSON)."""
     if "cpu_percent" not in figure.details:
         return False
     size = figure.details.get("size_bytes")
     return (
         size is None
         or size == largest_single_size
-        or figure.key.startswith(("concurrent_", "tracing."))
+        or figure.key.startswith(("concurrent_", "tracing.", "metrics."))
     )
 
 
@@ -153,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting the ideal registry and the stack (logs in {work_dir})…", flush=True)
         with IdealServer(work_dir / "ideal.log") as ideal, RegistryStack(work_dir, settings) as stack:
             figures = run_scenarios(plan, stack, ideal)
+            figures += run_metrics_scenario(plan, stack, work_dir, settings)
             figures += run_tracing_scenario(plan, stack, work_dir, settings)
         succeeded = True
     except (ServerError, BenchmarkError, grpc.RpcError) as exc:
@@ -161,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work_dir / "archive", ignore_errors=True)
         shutil.rmtree(work_dir / "traced" / "archive", ignore_errors=True)
+        shutil.rmtree(work_dir / "unmeasured" / "archive", ignore_errors=True)
         if succeeded:
             shutil.rmtree(work_dir, ignore_errors=True)
 

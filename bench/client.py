@@ -104,6 +104,9 @@ class TransferClient:
     def delete_model(self, model_id: str) -> None:
         self._stub.DeleteModel(api.DeleteModelRequest(model_id=model_id))
 
+    def retrieve_version_infos(self, request: api.RetrieveVersionInfosRequest) -> api.RetrieveVersionInfosReply:
+        return self._stub.RetrieveVersionInfos(request)
+
     def upload(self, model_id: str, size: int, *, archived: bool) -> tuple[float, api.ModelVersionInfo]:
         """Creates a `size`-byte version; returns (seconds to the checked reply, its info)."""
         started = time.perf_counter()

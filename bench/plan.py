@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from services.common.config import MIB
 
-TRACING_SIZE = 64 * MIB
+# Archived transfers of the on vs off scenarios (tracing, metrics).
+OVERHEAD_SIZE = 64 * MIB
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Plan:
     throughput_seconds: float  # duration of a requests/s run
     subscribers: int  # VersionUpdate subscribers
     fanout_versions: int  # versions created per fan-out run
-    tracing_size: int  # archived transfers of the tracing on vs off scenario
+    overhead_size: int  # archived transfers of the on vs off scenarios (tracing, metrics)
 
     @classmethod
     def full(cls, sizes: list[int], runs: int) -> Plan:
@@ -36,7 +37,7 @@ class Plan:
             throughput_seconds=5.0,
             subscribers=100,
             fanout_versions=20,
-            tracing_size=TRACING_SIZE,
+            overhead_size=OVERHEAD_SIZE,
         )
 
     @classmethod
@@ -54,9 +55,9 @@ class Plan:
             throughput_seconds=0.5,
             subscribers=20,
             fanout_versions=3,
-            tracing_size=max(size for size in sizes if size <= TRACING_SIZE),
+            overhead_size=max(size for size in sizes if size <= OVERHEAD_SIZE),
         )
 
     @property
     def largest_transfer(self) -> int:
-        return max([*self.sizes, self.concurrent_size, self.tracing_size])
+        return max([*self.sizes, self.concurrent_size, self.overhead_size])

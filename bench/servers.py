@@ -3,8 +3,8 @@
 - `RegistryStack`: the real stack, through `make up`'s code path
   (`python -m services.launcher up` / `down`), with its own port, archive
   dir and run dir; the PIDs of its processes come from the run dir's
-  `state.json`. Tracing is off unless a collector is given (the tracing
-  on vs off scenario starts a second stack that way).
+  `state.json`. Tracing is off unless a collector is given, metrics on
+  unless turned off (the on vs off scenarios start a second stack so).
 - `IdealServer`: `python -m bench.ideal` (see `bench/ideal.py`).
 
 Both are context managers that stop what they started, even on failure.
@@ -24,6 +24,7 @@ import grpc
 
 from bench.ideal import SENT_CHUNK_SIZE
 from services.common.config import GIB
+from services.common.metrics import METRICS_OFF, METRICS_PORT_VARIABLE
 from services.launcher.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,9 +63,12 @@ def stack_settings(largest_transfer: int) -> dict[str, str]:
 class RegistryStack:
     """The whole registry (Envoy, frontend, metadata, blobstore) on a free port."""
 
-    def __init__(self, work_dir: Path, settings: dict[str, str], *, tracing_endpoint: str | None = None) -> None:
+    def __init__(
+        self, work_dir: Path, settings: dict[str, str], *, tracing_endpoint: str | None = None, metrics: bool = True
+    ) -> None:
         """`tracing_endpoint` (an OTLP/gRPC collector URL) turns tracing on in
-        every process, as `OTEL_EXPORTER_OTLP_ENDPOINT` does for `make up`."""
+        every process, as `OTEL_EXPORTER_OTLP_ENDPOINT` does for `make up`;
+        `metrics` false turns metrics off, as METRICS_PORT=0 does."""
         self.port = free_port()
         self.archive_dir = work_dir / "archive"
         self.run_dir = work_dir / "run"
@@ -78,6 +82,8 @@ class RegistryStack:
         }
         if tracing_endpoint is not None:
             self.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = tracing_endpoint
+        if not metrics:
+            self.env[METRICS_PORT_VARIABLE] = str(METRICS_OFF)
 
     @property
     def address(self) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMOKE_SIZES = ("64KiB", "1MiB")
-TRACING_SIZE = "1MiB"  # the largest smoke size up to 64 MiB
+OVERHEAD_SIZE = "1MiB"  # the largest smoke size up to 64 MiB
 STACK_PROCESSES = ("envoy", "frontend-0", "metadata-0", "blobstore-0")
 COMPARED_WITH_IDEAL = [
     *(f"{direction}.{mode}.{size}" for size in SMOKE_SIZES for mode in ("archived", "transient") for direction in ("upload", "download")),
@@ -22,11 +22,19 @@ STACK_ONLY = [
     # Tracing on vs off: MiB/s of each, on / off in %, and the spans the
     # sink received (> 0: the traced stack really traced).
     *(
-        f"tracing.{direction}.archived.{TRACING_SIZE}.{figure}"
+        f"{feature}.{direction}.archived.{OVERHEAD_SIZE}.{figure}"
+        for feature in ("tracing", "metrics")
         for direction in ("upload", "download")
         for figure in ("off", "on", "on_off_percent")
     ),
     "tracing.spans",
+    # Metrics on vs off, small calls too; the samples the services served (> 0).
+    *(
+        f"metrics.RetrieveVersionInfos.{quantile}.{figure}"
+        for quantile in ("p50", "p99")
+        for figure in ("off", "on", "on_off_percent")
+    ),
+    "metrics.samples",
 ]
 # Zero is a real outcome here: a subscriber can get the version before the
 # uploader gets its reply, and a process may not grow at all.
@@ -64,3 +72,6 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert all(figure["target_met"] is not None for figure in figures.values() if figure["target"])
     assert figures["tracing.spans"]["target_met"], figures["tracing.spans"]
     assert set(figures["tracing.spans"]["details"]["by_service"]) >= {"envoy", "frontend", "metadata", "blobstore"}
+    assert figures["metrics.samples"]["target_met"], figures["metrics.samples"]
+    assert set(figures["metrics.samples"]["details"]["by_service"]) == {"envoy", "frontend", "metadata", "blobstore"}
+    assert figures["metrics.samples"]["details"]["targets_with_metrics_off"] == ["envoy"]

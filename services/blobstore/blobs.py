@@ -20,8 +20,9 @@ from opentelemetry.trace import Span, Status, StatusCode
 from registry import blobstore_pb2
 
 from services.blobstore.store.base import BlobReader, BlobTier, Chunk
+from services.common import metrics
 from services.common.blob_keys import holder_of, new_replica_id
-from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, RegistryError, Unavailable
+from services.common.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, RegistryError, Unavailable
 
 _tracer = trace.get_tracer("registry.blobstore")
 
@@ -145,17 +146,20 @@ class BlobService:
     ) -> int:
         chunks = 0
         writer = await self.tier(header.archived).open_writer(header.key, header.size)
+        written = metrics.blobstore().written_bytes.labels(metrics.tier_label(header.archived))
         try:
             async for request in stream:
                 if not isinstance(request, blobstore_pb2.PutBlobRequest):
                     # The data of a body, already extracted (the hot path).
                     chunks += 1
                     await writer.write(request)
+                    written.inc(len(request))
                     continue
                 kind = request.WhichOneof("msg")
                 if kind == "body":
                     chunks += 1
                     await writer.write(request.body.data_chunk)
+                    written.inc(len(request.body.data_chunk))
                 elif kind == "finish":
                     started = time.perf_counter()
                     await writer.commit()
@@ -193,6 +197,7 @@ class BlobService:
         )
         reader: BlobReader | None = None
         sent = chunks = 0
+        read = metrics.blobstore().read_bytes.labels(metrics.tier_label(request.archived))
         try:
             with trace.use_span(span, record_exception=False, set_status_on_exception=False):
                 reader = await self.tier(request.archived).open_reader(
@@ -206,8 +211,11 @@ class BlobService:
                 async for chunk in reader:
                     sent += len(chunk)
                     chunks += 1
+                    read.inc(len(chunk))
                     yield chunk
         except Exception as exc:
+            if isinstance(exc, DataLoss):
+                metrics.blobstore().data_loss.labels("corrupt").inc()
             _mark_failed(span, exc)
             raise
         finally:

@@ -10,7 +10,7 @@ from services.blobstore.config import BlobstoreConfig
 from services.blobstore.servicer import BlobStoreServicer, add_to_server
 from services.blobstore.store import BlobTier, FileTier, MemoryTier
 from services.blobstore.sweeper import Sweeper, metadata_lookup
-from services.common import service_names
+from services.common import metrics, service_names
 from services.common.grpc_client import internal_channel
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
 from services.common.service import ServiceApp, run_service
@@ -41,8 +41,10 @@ async def create_server(config: BlobstoreConfig) -> ServiceApp:
     ready, then the sweeper starts."""
     grpc_server = create_aio_server(config.max_message_bytes)
     server, health_servicer = grpc_server.server, grpc_server.health
+    memory = MemoryTier(config.memory_max_bytes)
+    metrics.blobstore().follow_memory_tier(lambda: memory.held_bytes, config.memory_max_bytes)
     blobs = BlobService(
-        MemoryTier(config.memory_max_bytes),
+        memory,
         archive_tier(config),
         default_chunk_size=config.sent_chunk_size,
         max_message_bytes=config.max_message_bytes,

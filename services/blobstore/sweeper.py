@@ -20,6 +20,7 @@ import grpc
 from registry import metadata_pb2, metadata_pb2_grpc
 
 from services.blobstore.store.base import BlobTier
+from services.common import metrics
 from services.common.grpc_client import call_idempotent
 
 log = logging.getLogger("registry.blobstore")
@@ -75,13 +76,16 @@ class Sweeper:
         """One sweep of every tier; returns how many blobs were deleted.
         Errors are logged, per tier, and not raised."""
         deleted = 0
+        outcome = "ok"
         for tier in self._tiers:
             try:
                 await tier.remove_abandoned_uploads()
                 if self._find_unreferenced is not None:
                     deleted += await self._sweep_tier(tier, self._find_unreferenced)
             except Exception as exc:  # noqa: BLE001 - retried next interval
+                outcome = "failed"
                 log.warning("sweep of the %s tier failed (retried in %.0fs): %s", tier.name, self._interval, exc)
+        metrics.blobstore().sweeps.labels(outcome).inc()
         return deleted
 
     async def _sweep_tier(self, tier: BlobTier, find_unreferenced: FindUnreferenced) -> int:
@@ -95,6 +99,7 @@ class Sweeper:
             for key in orphans:
                 await tier.delete(key)
             deleted += len(orphans)
+            metrics.blobstore().swept_blobs.labels(tier.name).inc(len(orphans))
         if deleted:
             log.info("swept %d orphaned blobs from the %s tier", deleted, tier.name)
         return deleted

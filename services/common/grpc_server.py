@@ -1,8 +1,10 @@
 """gRPC server plumbing shared by every service.
 
-- `RequestInterceptor`: one log line per request (method, status, duration)
-  and the single place where domain errors become gRPC statuses; it counts
-  the server's calls in flight (`InFlightCalls`), which shutdown drains.
+- `RequestInterceptor`: one log line per request (method, status, duration),
+  its metrics (`grpc_server_*`, services.common.metrics), and the single
+  place where domain errors become gRPC statuses; it counts the server's
+  calls in flight (`InFlightCalls`), which shutdown drains.
+- `ReportedHealth`: the health servicer, whose answers are also a metric.
 - `server_options` / `create_aio_server`: message limits and port clash
   detection identical across services.
 
@@ -23,7 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from services.common import service_names
+from services.common import metrics, service_names
 from services.common.errors import RegistryError
 
 log = logging.getLogger("registry.requests")
@@ -138,11 +140,16 @@ def _failure_code(context: grpc.aio.ServicerContext, exc: BaseException) -> grpc
 
 
 def _wrap_unary_response(
-    method: str, level: int, behavior: Callable[..., Awaitable[Any]], in_flight: InFlightCalls
+    method: str,
+    level: int,
+    behavior: Callable[..., Awaitable[Any]],
+    in_flight: InFlightCalls,
+    calls: metrics.CallMetrics,
 ) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started, code = time.perf_counter(), grpc.StatusCode.OK
         in_flight.started(method, context)
+        calls.started()
         try:
             return await behavior(request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
@@ -153,16 +160,22 @@ def _wrap_unary_response(
             await _fail(context, exc)
         finally:
             _log_request(level, method, code, started)
+            calls.finished(code, time.perf_counter() - started)
 
     return wrapped
 
 
 def _wrap_stream_response(
-    method: str, level: int, behavior: Callable[..., AsyncIterator[Any]], in_flight: InFlightCalls
+    method: str,
+    level: int,
+    behavior: Callable[..., AsyncIterator[Any]],
+    in_flight: InFlightCalls,
+    calls: metrics.CallMetrics,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started, code = time.perf_counter(), grpc.StatusCode.OK
         in_flight.started(method, context)
+        calls.started()
         try:
             async for item in behavior(request, context):
                 yield item
@@ -174,6 +187,7 @@ def _wrap_stream_response(
             await _fail(context, exc)
         finally:
             _log_request(level, method, code, started)
+            calls.finished(code, time.perf_counter() - started)
 
     return wrapped
 
@@ -202,12 +216,12 @@ def rebuild_handler(
 
 def wrap_handler(method: str, handler: grpc.RpcMethodHandler, in_flight: InFlightCalls) -> grpc.RpcMethodHandler:
     """`handler` with the request interceptor's behaviour around each call,
-    counting each in `in_flight`."""
+    counting each in `in_flight` and in the method's metrics."""
     level = logging.DEBUG if method.startswith(HEALTH_METHOD_PREFIX) else logging.INFO
     wrap = _wrap_stream_response if handler.response_streaming else _wrap_unary_response
     return rebuild_handler(
         handler,
-        wrap(method, level, handler_behavior(handler), in_flight),
+        wrap(method, level, handler_behavior(handler), in_flight, metrics.server_calls(method, handler)),
         handler.request_deserializer,
         handler.response_serializer,
     )
@@ -262,6 +276,28 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
+class ReportedHealth(health.aio.HealthServicer):
+    """The standard health servicer; every status it is given is also
+    published as `registry_health_serving`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._services: set[str] = set()
+        self._shutting_down = False
+
+    async def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        await super().set(service, status)
+        if not self._shutting_down:  # the servicer ignores it then
+            self._services.add(service)
+            metrics.health_status(service, status == SERVING)
+
+    async def enter_graceful_shutdown(self) -> None:
+        await super().enter_graceful_shutdown()
+        self._shutting_down = True
+        for service in self._services:
+            metrics.health_status(service, False)
+
+
 @dataclass(frozen=True)
 class GrpcServer:
     """A grpc.aio server with the request interceptor, the calls in flight on
@@ -277,7 +313,7 @@ def create_aio_server(max_message_bytes: int) -> GrpcServer:
     answers NOT_SERVING until the caller declares the service ready."""
     interceptor = RequestInterceptor()
     server = grpc.aio.server(interceptors=[interceptor], options=server_options(max_message_bytes))
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = ReportedHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return GrpcServer(server, health_servicer, interceptor.in_flight)
 

@@ -1,8 +1,9 @@
 """The shell every service process runs in.
 
 A service's `create_server(config)` builds a `ServiceApp` (not started);
-`run_service` does the rest, identically for every service: logging and
-tracing, configuration, start, SIGTERM/SIGINT, drain, stop. A setting that
+`run_service` does the rest, identically for every service: logging,
+tracing and metrics (the `/metrics` endpoint), configuration, start,
+SIGTERM/SIGINT, drain, stop. A setting that
 cannot be used stops the start with status 2 and one line on stderr that
 names the service and the variable, never a traceback.
 """
@@ -20,6 +21,7 @@ from typing import Protocol, TypeVar
 import grpc
 from grpc_health.v1 import health
 
+from services.common import metrics
 from services.common.config import ConfigError, sent_chunk_size_warning
 from services.common.grpc_server import GrpcServer, InFlightCalls
 from services.common.logging_setup import configure_logging
@@ -148,6 +150,12 @@ async def _start_and_serve(
 ) -> int:
     try:
         config = load_config()
+        # Before the service is built: with metrics off, it records nothing.
+        metrics_port = metrics.metrics_port()
+        metrics.configure_metrics(metrics_port != 0)
+        if metrics_port:
+            metrics.serve_metrics(config.bind_host, metrics_port)
+            log.info("metrics on http://%s:%d/metrics", config.bind_host, metrics_port)
         app = await create_server(config)
     except (ConfigError, *start_errors) as exc:
         # The message names the variable: a traceback would only hide it.

@@ -112,3 +112,19 @@ def data_chunk_message(data: bytes | bytearray | memoryview) -> bytes:
         return b""
     # bytes + buffer: the data is copied once, straight into the result.
     return _DATA_CHUNK_KEY_BYTES + _encode_varint(length) + data
+
+
+def data_chunk_size(message: bytes) -> int:
+    """The size of the data a serialised `RetrieveVersionDataReplyChunk`
+    carries, read from its length prefix (no copy, no parse). Only the
+    canonical encoding (what `data_chunk_message` and every protobuf runtime
+    emit) is read; for anything else the message's own size is returned, an
+    upper bound that is off by a few bytes at most."""
+    if not message:
+        return 0
+    view = memoryview(message)
+    if view[0] == _DATA_CHUNK_KEY:
+        length = _read_varint(view, 1)
+        if length is not None and length[0] == len(view) - length[1]:
+            return length[0]
+    return len(message)

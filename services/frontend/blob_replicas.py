@@ -38,7 +38,7 @@ from registry import blobstore_pb2, blobstore_pb2_grpc
 
 from services.common.blob_keys import holder_of, new_archived_key, new_transient_key
 from services.common.errors import Unavailable
-from services.common.grpc_client import channel_options
+from services.common.grpc_client import internal_channel
 
 log = logging.getLogger("registry.frontend")
 
@@ -109,7 +109,8 @@ class BlobReplicas:
         # A replica that was down is retried at least every interval, not
         # after gRPC's default backoff (up to 2 minutes).
         backoff_ms = max(int(refresh_interval_seconds * 1000), 100)
-        self._channel_options = channel_options(max_message_bytes) + [
+        self._max_message_bytes = max_message_bytes
+        self._reconnect_options = [
             ("grpc.initial_reconnect_backoff_ms", backoff_ms),
             ("grpc.min_reconnect_backoff_ms", backoff_ms),
             ("grpc.max_reconnect_backoff_ms", backoff_ms),
@@ -232,7 +233,7 @@ class BlobReplicas:
             log.info("blobstore replica %s (%s) left", address, gone.replica_id)
             await gone.channel.close()
         for address in sorted(addresses - set(self._replicas)):
-            channel = grpc.aio.insecure_channel(address, options=self._channel_options)
+            channel = internal_channel(address, self._max_message_bytes, self._reconnect_options)
             self._replicas[address] = Replica(address, channel, blobstore_pb2_grpc.BlobStoreStub(channel))
         await asyncio.gather(*(self._describe(replica) for replica in list(self._replicas.values())))
         self._refreshed.set()

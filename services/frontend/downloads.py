@@ -13,8 +13,10 @@ from cogmentAPI import model_registry_pb2 as api
 from opentelemetry import trace
 from registry import metadata_pb2
 
+from services.common import metrics
 from services.common.errors import DataLoss, InvalidArgument, NotFound, RegistryError
 from services.common.grpc_client import upstream_error
+from services.common.wire import data_chunk_size
 from services.frontend.background import BackgroundTasks
 from services.frontend.blob_replicas import BlobMissing
 from services.frontend.upstream import BLOBSTORE
@@ -78,12 +80,16 @@ class Downloads:
             expected_sha256=base64.b64decode(info.data_hash),
         )
         sent = 0
+        sent_bytes = metrics.frontend().download_bytes.labels(metrics.tier_label(info.archived))
         try:
             async for chunk in chunks:
                 sent += 1
+                sent_bytes.inc(data_chunk_size(chunk))
                 yield chunk
         except BlobMissing:
-            if not info.archived:
+            if info.archived:
+                metrics.frontend().data_loss.labels("missing").inc()
+            else:
                 # The data is gone (eviction race, or the replica holding it
                 # restarted or left): make the info go too, so both answer NOT_FOUND.
                 self._background.spawn(self._forget_lost_version(resolved.blob_key))

@@ -16,7 +16,7 @@ from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 from registry import admin_pb2, admin_pb2_grpc
 
-from services.common import service_names
+from services.common import metrics, service_names
 from services.common.passthrough import add_servicer
 from services.frontend.downloads import Downloads
 from services.frontend.following import Followers
@@ -84,8 +84,14 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         self, request: api.VersionUpdateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api.VersionUpdateReply]:
         """Sends the latest version at once, then every new version, in order."""
-        async for info in self._followers.follow_versions(request.model_id):
-            yield api.VersionUpdateReply(version_info=info)
+        measured = metrics.frontend()
+        measured.subscribers.inc()
+        try:
+            async for info in self._followers.follow_versions(request.model_id):
+                yield api.VersionUpdateReply(version_info=info)
+                measured.notifications.inc()
+        finally:
+            measured.subscribers.dec()
 
     async def Version(self, request: common_pb2.VersionRequest, context: grpc.aio.ServicerContext) -> common_pb2.VersionInfo:
         """This product and its version, the Cogment API version it speaks, gRPC's."""

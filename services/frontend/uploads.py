@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from registry import blobstore_pb2, metadata_pb2
 
+from services.common import metrics
 from services.common.errors import InvalidArgument, RegistryError
 from services.common.grpc_client import upstream_error
 from services.common.limits import check_version_fits_cache
@@ -104,6 +105,8 @@ async def store_checked_blob(blob: PlacedBlob, archived: bool, stream: AsyncIter
     `check`; the blob is stored only if they match what it expects (else
     the blobstore gets no `finish` and discards it, and `check.error` is raised)."""
 
+    received = metrics.frontend().upload_bytes.labels(metrics.tier_label(archived))
+
     async def blob_requests() -> AsyncIterator[bytes]:
         header = blobstore_pb2.PutBlobRequest.Header(key=blob.key, size=check.expected_size, archived=archived)
         yield blobstore_pb2.PutBlobRequest(header=header).SerializeToString()
@@ -125,6 +128,7 @@ async def store_checked_blob(blob: PlacedBlob, archived: bool, stream: AsyncIter
                 raw = blobstore_pb2.PutBlobRequest(body=message.body).SerializeToString()
             if not check.add(data):
                 return
+            received.inc(len(data))
             # The client's body message is a PutBlobRequest body as is.
             yield raw
         # Without `finish` the blobstore discards the upload.

@@ -14,7 +14,8 @@ def _banner(stack: LocalStack, state: dict) -> str:
     s = stack.settings
     return (
         f"model registry ready on port {s.public_port} "
-        f"(archive {s.archive_dir}, logs in {s.run_dir}, Envoy admin on 127.0.0.1:{state['admin_port']})"
+        f"(archive {s.archive_dir}, logs in {s.run_dir}, Envoy admin on 127.0.0.1:{state['admin_port']})\n"
+        f"Prometheus scrape targets (file_sd): {stack.targets_path}"
     )
 
 

@@ -1,7 +1,8 @@
 """Starting, watching and stopping a local stack of processes.
 
 State lives in a run directory (default `.run/<public port>/`): the rendered
-Envoy config, one log file per process, and `state.json` with the PIDs.
+Envoy config, one log file per process, `state.json` with the PIDs, and
+`prometheus-targets.json`, the stack's metrics endpoints for Prometheus.
 `down` stops exactly the processes recorded there, by PID, after checking
 that each PID still runs the command it was started with.
 """
@@ -23,7 +24,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import config as c
+from services.common.metrics import METRICS_OFF, METRICS_PORT_VARIABLE
 from services.launcher.envoy_config import render_envoy_yaml
+from services.launcher.prometheus_targets import TARGETS_FILE_NAME, write_scrape_targets
 from services.launcher.ports import LOOPBACK, free_ports
 from services.launcher.topology import Endpoint, StackTopology
 
@@ -53,6 +56,8 @@ class LaunchSettings:
     startup_timeout_seconds: float
     shutdown_grace_seconds: float
     public_host: str
+    # Each service serves /metrics on a free loopback port; METRICS_PORT=0 turns them off.
+    metrics: bool = True
 
     @classmethod
     def from_env(cls) -> LaunchSettings:
@@ -77,6 +82,7 @@ class LaunchSettings:
             startup_timeout_seconds=c.env_float(p + "STARTUP_TIMEOUT_SECONDS", 60.0),
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0),
             public_host=c.env_str(p + "PUBLIC_HOST", "0.0.0.0"),
+            metrics=c.env_str(METRICS_PORT_VARIABLE, "") != str(METRICS_OFF),
         )
 
 
@@ -130,6 +136,8 @@ class LocalStack:
     def __init__(self, settings: LaunchSettings) -> None:
         self.settings = settings
         self.state_path = settings.run_dir / "state.json"
+        # Where Prometheus finds the stack's /metrics endpoints (file_sd).
+        self.targets_path = settings.run_dir / TARGETS_FILE_NAME
 
     # -- state ----------------------------------------------------------
 
@@ -150,11 +158,13 @@ class LocalStack:
     def plan(self) -> tuple[StackTopology, list[dict]]:
         s = self.settings
         n_f, n_m, n_b = s.frontend_replicas, s.metadata_replicas, s.blobstore_replicas
-        ports = free_ports(2 + n_f + n_m + n_b)
+        n_services = n_f + n_m + n_b
+        ports = free_ports(2 + (2 if s.metrics else 1) * n_services)
         internal_port, admin_port = ports[0], ports[1]
         f_ports = ports[2 : 2 + n_f]
         m_ports = ports[2 + n_f : 2 + n_f + n_m]
-        b_ports = ports[2 + n_f + n_m :]
+        b_ports = ports[2 + n_f + n_m : 2 + n_services]
+        metrics_ports = iter(ports[2 + n_services :] if s.metrics else [METRICS_OFF] * n_services)
         topology = StackTopology(
             public_host=s.public_host,
             public_port=s.public_port,
@@ -179,6 +189,7 @@ class LocalStack:
             port_variable, _ = c.SERVICE_PORTS[kind]
             for index, endpoint in enumerate(endpoints):
                 name = f"{kind}-{index}"
+                metrics_port = next(metrics_ports)
                 processes.append(
                     {
                         "name": name,
@@ -187,12 +198,14 @@ class LocalStack:
                         "marker": f"services.{kind}",
                         "env": {
                             port_variable: str(endpoint.port),
+                            METRICS_PORT_VARIABLE: str(metrics_port),
                             "OTEL_SERVICE_NAME": kind,
                             "COGMENT_MODEL_REGISTRY_INSTANCE": name,
                             "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", MALLOC_TUNABLES),
                         },
                         "log": str(s.run_dir / f"{name}.log"),
                         "port": endpoint.port,
+                        "metrics_port": metrics_port,
                     }
                 )
         processes.append(
@@ -229,6 +242,7 @@ class LocalStack:
         (s.run_dir / "envoy.yaml").write_text(
             render_envoy_yaml(topology, header="# Rendered by services.launcher for this run; do not edit.\n")
         )
+        write_scrape_targets(self.targets_path, processes, topology)
         base_env = dict(os.environ)
         base_env.update(
             {
@@ -271,6 +285,7 @@ class LocalStack:
                         "marker": proc["marker"],
                         "log": proc["log"],
                         "port": proc.get("port"),
+                        "metrics_port": proc.get("metrics_port"),
                     }
                 )
                 self.state_path.write_text(json.dumps(state, indent=2))
@@ -335,6 +350,7 @@ class LocalStack:
                     _reap(proc["pid"], block=True)
                 stopped.append(proc["name"])
         self.state_path.unlink(missing_ok=True)
+        self.targets_path.unlink(missing_ok=True)
         return stopped
 
 

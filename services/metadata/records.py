@@ -19,6 +19,14 @@ class CacheBudget:
 
 
 @dataclass(frozen=True)
+class CacheUsage:
+    """What the transient version cache holds now (every model)."""
+
+    versions: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Model:
     """A model: its id and free-form user data."""
 

@@ -32,10 +32,12 @@ from typing import Protocol, TypeVar
 
 from opentelemetry import trace
 
+from services.common import metrics
 from services.common.errors import NotFound, Unavailable
 from services.metadata.errors import model_deleted, require_model_id
 from services.metadata.records import (
     BlobRef,
+    CacheUsage,
     Commit,
     Model,
     ModelPage,
@@ -230,6 +232,7 @@ class MetadataRegistry:
         """Commits a version and wakes its model's watchers."""
         _annotate(model_id=draft.model_id, archived=draft.archived, data_size=draft.data_size)
         commit = await self._run(self._commit_and_notify, draft, blob_key)
+        metrics.metadata().evicted_versions.inc(len(commit.evicted))
         _annotate(version_number=commit.version.number, created=commit.created, evicted=len(commit.evicted))
         return commit
 
@@ -270,6 +273,10 @@ class MetadataRegistry:
         commit = await self._run(import_and_notify)
         _annotate(created=commit.created)
         return commit
+
+    async def cache_usage(self) -> CacheUsage:
+        """What the transient version cache holds now."""
+        return await self._read(lambda store: store.cache_usage())
 
     async def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
         # On the worker thread even with a reader: a sweep asks about

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from registry import metadata_pb2_grpc
 
-from services.common import service_names
+from services.common import metrics, service_names
 from services.common.errors import Unavailable
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
 from services.common.health_status import HealthFollower
@@ -58,9 +58,16 @@ async def create_server(config: MetadataConfig, *, registry: MetadataRegistry | 
     for service in ("", service_names.METADATA):
         await health_servicer.set(service, SERVING)
     interval = config.database_check_interval_seconds
+    measured = metrics.metadata()
+    measured.transient_max_versions.set(config.version_cache_max_items)
+    measured.transient_max_bytes.set(config.version_cache_max_bytes)
 
     async def database_problem() -> str | None:
         await registry.check_store(timeout=interval)  # raises: the problem
+        # The database answers: the same beat refreshes the cache's gauges.
+        usage = await registry.cache_usage()
+        measured.transient_versions.set(usage.versions)
+        measured.transient_bytes.set(usage.bytes)
         return None
 
     # NOT_SERVING while the database does not answer: Envoy routes to the

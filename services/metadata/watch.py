@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from services.common import metrics
 from services.common.errors import RegistryError
 from services.metadata.errors import model_deleted
 
@@ -68,9 +69,12 @@ class VersionHub:
         if self._closed is not None:
             subscription._end(self._closed)
         self._subscribers.setdefault(model_id, set()).add(subscription)
+        watches = metrics.metadata().watches
+        watches.inc()
         try:
             yield subscription
         finally:
+            watches.dec()
             subscribers = self._subscribers.get(model_id)
             if subscribers is not None:
                 subscribers.discard(subscription)

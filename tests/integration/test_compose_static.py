@@ -14,6 +14,7 @@ import yaml
 from services.common import service_names
 from services.common.config import PREFIX, SERVICE_PORTS
 from services.launcher.compose import ENVOY_YAML, compose_topology, render
+from services.launcher.prometheus_targets import ENVOY_METRICS_PATH
 from services.launcher.stack import MALLOC_TUNABLES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,17 +51,19 @@ def test_committed_envoy_config_is_the_rendered_one():
 
 
 def test_services_and_published_ports(compose, envoy):
-    assert set(compose["services"]) == {"envoy", *SERVICES, "jaeger", "postgres", "minio", "minio-bucket", "directory"}
+    assert set(compose["services"]) == {"envoy", *SERVICES, "jaeger", "prometheus", "postgres", "minio", "minio-bucket", "directory"}
     for name in ("postgres", "minio", "minio-bucket"):
         assert compose["services"][name]["profiles"] == ["production"]
     assert compose["services"]["directory"]["profiles"] == ["directory"]
     published = {name: svc.get("ports", []) for name, svc in compose["services"].items() if svc.get("ports")}
-    assert set(published) == {"envoy", "jaeger", "directory"}, "only Envoy, Jaeger's UI and the optional directory"
+    assert set(published) == {"envoy", "jaeger", "prometheus", "directory"}, "only Envoy, the Jaeger and Prometheus UIs and the optional directory"
     assert published["directory"] == ["9005:9005"]
     (envoy_port,) = published["envoy"]
     assert envoy_port.endswith(f":{listener_port(envoy, 'public')}")
     assert "${COGMENT_MODEL_REGISTRY_PORT:-9000}" in envoy_port
     assert published["jaeger"] == ["16686:16686"]
+    # Prometheus answers any query without credentials: the host only.
+    assert published["prometheus"] == ["127.0.0.1:9090:9090"]
     mount = compose["services"]["envoy"]["volumes"][0]
     assert mount.split(":")[0] == "./envoy/envoy.yaml" and (ROOT / "envoy" / "envoy.yaml").exists()
 
@@ -163,3 +166,29 @@ def test_frontends_reach_every_blobstore_replica_by_its_service_name(compose, en
 
 def env_port(service: dict) -> int:
     return int(service["environment"][f"{PREFIX}BLOBSTORE_PORT"])
+
+
+def _dockerfile_env(name: str) -> str:
+    """The value the Dockerfile's ENV gives `name`."""
+    match = re.search(rf"^\s+{name}=(\S+)", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    assert match, f"the Dockerfile sets no {name}"
+    return match.group(1)
+
+
+def test_prometheus_scrapes_every_replica_of_every_service_and_envoy(compose, envoy):
+    definition = compose["services"]["prometheus"]
+    mount = definition["volumes"][0]
+    assert mount == "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in definition["command"]
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    (dns,) = jobs["model-registry"]["dns_sd_configs"]
+    # DNS: a service name stands for each of its containers (--scale).
+    assert sorted(dns["names"]) == sorted(SERVICES) and dns["type"] == "A"
+    assert dns["port"] == int(_dockerfile_env(f"{PREFIX}METRICS_PORT")), "the port the images serve /metrics on"
+    assert jobs["model-registry"]["relabel_configs"] == [{"source_labels": ["__meta_dns_name"], "target_label": "service"}]
+    (static,) = jobs["envoy"]["static_configs"]
+    admin = envoy["admin"]["address"]["socket_address"]
+    assert static["targets"] == [f"envoy:{admin['port_value']}"] and admin["address"] == "0.0.0.0"
+    assert static["labels"] == {"service": "envoy"}
+    assert jobs["envoy"]["metrics_path"] == ENVOY_METRICS_PATH

@@ -37,6 +37,7 @@ from opentelemetry import trace
 
 from services.blobstore.store.base import KEY_PATTERN, BlobReader, BlobWriter, Chunk, StoredBlob, not_found
 from services.blobstore.store.blocking import ThreadedTier, VerifyingReader, default_io_threads
+from services.common import metrics
 from services.common.errors import AlreadyExists, ResourceExhausted
 
 log = logging.getLogger("registry.blobstore")
@@ -341,7 +342,9 @@ class FileWriter(BlobWriter):
             await self._tier._run(self._publish)
         except OSError as exc:
             raise _storage_error(self.key, exc) from exc
-        trace.get_current_span().set_attribute("fsync_ms", (time.perf_counter() - started) * 1000)
+        seconds = time.perf_counter() - started
+        trace.get_current_span().set_attribute("fsync_ms", seconds * 1000)
+        metrics.blobstore().fsync_seconds.observe(seconds)
 
     def _publish(self) -> None:
         file = self._file

@@ -10,7 +10,7 @@ from google.protobuf.message import DecodeError
 from registry import blobstore_pb2
 
 from services.common.config import MIB
-from services.common.wire import data_chunk_message, upload_body_data
+from services.common.wire import data_chunk_message, data_chunk_size, upload_body_data
 
 # Around every boundary of the varint lengths (1, 2 and 3 bytes), and a real chunk.
 SIZES = [0, 1, 127, 128, 16383, 16384, MIB]
@@ -135,3 +135,16 @@ def test_data_chunk_message_of_a_slice_of_a_larger_buffer():
     view = memoryview(blob)[MIB + 5 : 2 * MIB + 5]
     encoded = data_chunk_message(view)
     assert api.RetrieveVersionDataReplyChunk.FromString(encoded).data_chunk == blob[MIB + 5 : 2 * MIB + 5]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, MIB, 5 * MIB])
+def test_data_chunk_size_reads_the_length_of_what_protobuf_encodes(size):
+    encoded = api.RetrieveVersionDataReplyChunk(data_chunk=os.urandom(size)).SerializeToString()
+    assert data_chunk_size(encoded) == size
+    assert data_chunk_size(data_chunk_message(b"x" * size)) == size
+
+
+def test_data_chunk_size_of_an_unusual_encoding_is_at_most_the_message():
+    # An unknown field before the data: valid protobuf, not the canonical layout.
+    unusual = b"\x10\x01" + data_chunk_message(b"abc")
+    assert data_chunk_size(unusual) == len(unusual)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from services.metadata.records import (
     BlobRef,
+    CacheUsage,
     Commit,
     Model,
     ModelPage,
@@ -142,6 +143,10 @@ class MetadataStore(ABC):
     def forget_lost_version(self, blob_key: str) -> bool:
         """Deletes the transient version stored under `blob_key` (its data
         is gone); True if one was deleted. Archived versions are kept."""
+
+    @abstractmethod
+    def cache_usage(self) -> CacheUsage:
+        """The transient versions held and their bytes (for the metrics)."""
 
     @abstractmethod
     def check(self) -> None:

@@ -25,12 +25,14 @@ from typing import Any
 
 from opentelemetry import trace
 
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common import metrics
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, RegistryError
 from services.common.limits import check_version_fits_cache
 from services.metadata.errors import StoreOpenError, model_not_found, require_model_id
 from services.metadata.paging import parse_handle
 from services.metadata.records import (
     BlobRef,
+    CacheUsage,
     CacheBudget,
     Commit,
     Model,
@@ -191,6 +193,12 @@ class SqlMetadataStore(MetadataStore):
     def __init__(self, connection: Any, budget: CacheBudget) -> None:
         self._connection = connection
         self._budget = budget
+        measured = metrics.metadata()
+        # write -> the series of its transactions (bound once: every call has one or two).
+        self._measured = {
+            write: (measured.database_seconds.labels(access), measured.database_errors.labels(access))
+            for write, access in ((False, "read"), (True, "write"))
+        }
 
     # -- dialect hooks ---------------------------------------------------
 
@@ -245,17 +253,27 @@ class SqlMetadataStore(MetadataStore):
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Cursor]:
-        cursor = self._connection.cursor()
+        seconds, errors = self._measured[write]
+        started = time.perf_counter()
         try:
-            self._begin(cursor, write=write)
+            cursor = self._connection.cursor()
             try:
-                yield cursor
-            except BaseException:
-                self._end(cursor, commit=False)
-                raise
-            self._end(cursor, commit=True)
+                self._begin(cursor, write=write)
+                try:
+                    yield cursor
+                except BaseException:
+                    self._end(cursor, commit=False)
+                    raise
+                self._end(cursor, commit=True)
+            finally:
+                cursor.close()
+        except Exception as exc:
+            # A refused request (NotFound...) is an answer; anything else is the database failing.
+            if not isinstance(exc, RegistryError):
+                errors.inc()
+            raise
         finally:
-            cursor.close()
+            seconds.observe(time.perf_counter() - started)
 
     def _execute(self, cursor: Cursor, statement: str, parameters: Sequence[Any] = ()) -> Cursor:
         cursor.execute(self._sql(statement), tuple(parameters))
@@ -608,6 +626,10 @@ class SqlMetadataStore(MetadataStore):
         """(count, bytes) of the transient versions."""
         count, size = self._execute(cursor, TRANSIENT_TOTALS).fetchone()
         return int(count), int(size)  # PostgreSQL sums BIGINTs as NUMERIC (Decimal)
+
+    def cache_usage(self) -> CacheUsage:
+        with self._transaction(write=False) as cursor:
+            return CacheUsage(*self._transient_totals(cursor))
 
     def _fits(self, count: int, size: int) -> bool:
         """Whether `count` transient versions of `size` bytes fit the budget."""

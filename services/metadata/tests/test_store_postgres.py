@@ -431,6 +431,7 @@ CONTRACT_CALLS: dict[str, ContractCall] = {
     "check": ContractCall(lambda store: store.check(), writes=False),
     "import_model": ContractCall(lambda store: store.import_model(Model("imported")), writes=True),
     "import_version": ContractCall(lambda store: store.import_version(imported("m", 7), new_blob_key()), writes=True),
+    "cache_usage": ContractCall(lambda store: store.cache_usage(), writes=False),
 }
 # From the contract itself, so that a method added to it gets its cases
 # here (which fail until CONTRACT_CALLS says how to call it). `close` must
