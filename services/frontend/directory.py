@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import grpc
 from cogmentAPI import directory_pb2, directory_pb2_grpc
 
-from services.common import product
+from services.common import metrics, product
 from services.frontend.config import DirectorySettings
 
 log = logging.getLogger("registry.directory")
@@ -175,12 +175,23 @@ class DirectoryRegistration:
         self._check_interval = check_interval_seconds
         self._deregister_timeout = deregister_timeout_seconds
         self._sleep = sleep
-        self.registration: Registration | None = None
+        self._registration: Registration | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
         self._registering: asyncio.Future[Registration] | None = None
         # Repeated failures are logged once, until the next success.
         self._failing = False
+
+    @property
+    def registration(self) -> Registration | None:
+        """The registration held now, if any."""
+        return self._registration
+
+    @registration.setter
+    def registration(self, registration: Registration | None) -> None:
+        # Every change of state goes through here, so the metric follows it.
+        self._registration = registration
+        metrics.directory_registration_state(registration is not None)
 
     @property
     def endpoint(self) -> str:
