@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from cogmentAPI import directory_pb2
 
 from fake_directory import FakeDirectory
@@ -65,6 +66,10 @@ async def serving_now() -> None:
     pass
 
 
+def registered_gauge() -> float:
+    return REGISTRY.get_sample_value("registry_directory_registered")
+
+
 async def test_registers_once_serving_and_deregisters_at_stop(fake):
     serving = asyncio.Event()
     registration, channel = registration_to(fake.address)
@@ -75,8 +80,14 @@ async def test_registers_once_serving_and_deregisters_at_stop(fake):
     await fake.wait_for(lambda f: f.listed(), 5)
     (entry,) = fake.listed()
     assert entry.token == "t0k" and entry.request == registration_request(SETTINGS, "127.0.0.1")
+    for _ in range(100):  # the fake lists the entry before our side has its reply
+        if registration.registration is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert registered_gauge() == 1
     await registration.stop()
     assert fake.entries == {}
+    assert registered_gauge() == 0
     (deregister,) = fake.calls_of("Deregister")
     assert deregister["request"] == {"service_id": str(entry.service_id), "secret": entry.secret}
     await channel.close()
