@@ -44,6 +44,7 @@ from services.metadata.records import (
     VersionBatch,
     VersionDraft,
     VersionPage,
+    WatchStart,
 )
 from services.metadata.store.base import MetadataStore, ReadDeferred
 from services.metadata.watch import VersionHub
@@ -257,27 +258,44 @@ class MetadataRegistry:
 
     # -- watches ---------------------------------------------------------------
 
-    async def watch_versions(self, model_id: str, after_version: int) -> AsyncIterator[Version]:
-        """Committed versions of a model, in number order, until cancelled.
+    async def watch_versions(
+        self, model_id: str, after_version: int | None, model_incarnation: int = 0
+    ) -> AsyncIterator[WatchStart | Version]:
+        """A `WatchStart`, then committed versions of a model, in number
+        order, until cancelled.
 
-        after_version 0: the latest existing version (if any), then each new
-        one; N > 0: every version numbered above N, then each new one. Ends
-        with NOT_FOUND when the model is deleted.
+        after_version None: the latest existing version (if any), then each
+        new one; N (0 included): every version numbered above N, then each
+        new one. `model_incarnation` (if not 0) is the incarnation the
+        caller follows: any other is NOT_FOUND "was deleted", as is the
+        model's deletion while watched.
         """
         require_model_id(model_id)
-        _annotate(model_id=model_id, after_version=after_version)
+        _annotate(model_id=model_id, after_version=-1 if after_version is None else after_version)
         # Subscribe BEFORE reading: a commit after this point wakes us, and
         # one before it is in what we read. No wake-up can be missed.
         with self.hub.subscribe(model_id) as subscription:
-            if after_version == 0:
-                batch = await self._read(lambda store: store.read_latest_version(model_id))
-                more_to_read = False
-            else:
-                batch = await self._read(
-                    lambda store: store.read_versions_after(model_id, after_version, self._watch_batch_size)
-                )
-                more_to_read = len(batch.versions) == self._watch_batch_size
+            try:
+                if after_version is None:
+                    batch = await self._read(lambda store: store.read_latest_version(model_id))
+                    more_to_read = False
+                else:
+                    batch = await self._read(
+                        lambda store: store.read_versions_after(model_id, after_version, self._watch_batch_size)
+                    )
+                    more_to_read = len(batch.versions) == self._watch_batch_size
+            except NotFound:
+                if model_incarnation:
+                    raise model_deleted(model_id) from None
+                raise
             model_seq = batch.model_seq
+            if model_incarnation and model_seq != model_incarnation:
+                # Deleted and re-created while the caller was away: its
+                # numbers mean other versions now.
+                raise model_deleted(model_id)
+            if after_version is None:
+                after_version = batch.versions[-1].number - 1 if batch.versions else 0
+            yield WatchStart(model_incarnation=model_seq, after_version=after_version)
             last_sent = after_version
             while True:
                 for version in batch.versions:

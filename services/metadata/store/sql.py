@@ -25,7 +25,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, quoted
 from services.common.limits import check_version_fits_cache
 from services.metadata.errors import StoreOpenError, model_not_found, require_model_id
 from services.metadata.paging import parse_handle
@@ -349,15 +349,15 @@ class SqlMetadataStore(MetadataStore):
                     if number <= last_allocated
                     else f"the last version created is {last_allocated}"
                 )
-                raise NotFound(f"model {model_id!r} has no version {number} ({why})")
+                raise NotFound(f"model {quoted(model_id)} has no version {number} ({why})")
         elif number < 0:
             row = self._execute(cursor, SELECT_NTH_LATEST_VERSION, (model_seq, -number - 1)).fetchone()
             if row is None:
                 (existing,) = self._execute(cursor, COUNT_VERSIONS, (model_seq,)).fetchone()
-                raise NotFound(f"model {model_id!r} has {_plural_versions(existing)}, {number} is out of range")
+                raise NotFound(f"model {quoted(model_id)} has {_plural_versions(existing)}, {number} is out of range")
         else:
             raise NotFound(
-                f"model {model_id!r} has no version 0: versions are numbered from 1, and -1 is the latest"
+                f"model {quoted(model_id)} has no version 0: versions are numbered from 1, and -1 is the latest"
             )
         return ResolvedVersion(version=_version_from_row(model_id, row), blob_key=row[6])
 
@@ -377,7 +377,7 @@ class SqlMetadataStore(MetadataStore):
                     field="version_handle",
                     low=1,
                     high=last_allocated + 1,
-                    meaning=f"a version number of model {model_id!r}",
+                    meaning=f"a version number of model {quoted(model_id)}",
                 )
             statement = LIST_VERSIONS_FROM + (" LIMIT ?" if count else "")
             parameters = (seq, start, count) if count else (seq, start)
@@ -423,8 +423,8 @@ class SqlMetadataStore(MetadataStore):
                 version = _version_from_row(existing[0], existing[1:])
                 if version.model_id != draft.model_id:
                     raise AlreadyExists(
-                        f"blob_key {blob_key!r} is already committed as version {version.number} "
-                        f"of model {version.model_id!r}, not of model {draft.model_id!r}"
+                        f"blob_key {quoted(blob_key)} is already committed as version {version.number} "
+                        f"of model {quoted(version.model_id)}, not of model {quoted(draft.model_id)}"
                     )
                 return Commit(version=version, evicted=(), created=False)
 

@@ -22,7 +22,7 @@ from services.metadata.records import Model
 from services.metadata.registry import MetadataRegistry
 from services.metadata.store.base import ReadDeferred
 from services.metadata.store.sqlite import SqliteMetadataStore, SqliteReader
-from services.metadata.tests.helpers import LARGE_BUDGET, draft, new_blob_key
+from services.metadata.tests.helpers import LARGE_BUDGET, draft, new_blob_key, watch_versions
 
 
 class ThreadRecording:
@@ -154,7 +154,7 @@ async def test_a_deferred_read_runs_on_the_store_thread(registry):
 
 async def test_watches_read_through_the_reader(registry):
     await registry.commit_version(draft("m"), new_blob_key())
-    watch = registry.watch_versions("m", 0)
+    watch = watch_versions(registry, "m")
     assert (await asyncio.wait_for(anext(watch), 2)).number == 1
     await registry.commit_version(draft("m"), new_blob_key())
     assert (await asyncio.wait_for(anext(watch), 2)).number == 2
