@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common import config as c
+from services.common.limits import RequestLimits
+
+# The longest deadline a blob stream gets, whatever its size: a deadline
+# derived from an absurd size (2^63 bytes) would overflow gRPC's timeout
+# range and expire at once. Stalled streams are ended by the idle timeouts
+# long before this.
+MAX_BLOB_STREAM_TIMEOUT_SECONDS = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class FrontendConfig:
     watch_renewal_seconds: float
     upstream_health_interval_seconds: float
     shutdown_grace_seconds: float
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     @property
     def max_message_bytes(self) -> int:
@@ -61,7 +69,11 @@ class FrontendConfig:
             watch_renewal_seconds=c.env_float(p + "WATCH_RENEWAL_SECONDS", 3600.0, env),
             upstream_health_interval_seconds=c.env_float(p + "UPSTREAM_HEALTH_INTERVAL_SECONDS", 1.0, env),
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
+            limits=RequestLimits.from_env(env),
         )
 
     def blob_stream_timeout(self, size: int) -> float:
-        return self.blob_stream_base_timeout_seconds + size / self.blob_stream_min_rate_bytes_per_second
+        return min(
+            self.blob_stream_base_timeout_seconds + size / self.blob_stream_min_rate_bytes_per_second,
+            MAX_BLOB_STREAM_TIMEOUT_SECONDS,
+        )

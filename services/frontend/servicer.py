@@ -13,6 +13,9 @@ import grpc
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
+from services.common import service_names
+from services.common.idle import SendWatchdog
+from services.common.limits import RequestLimits
 from services.common.passthrough import add_servicer
 from services.frontend.downloads import Downloads
 from services.frontend.following import Followers
@@ -23,7 +26,15 @@ from services.frontend.uploads import Uploads
 class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
     """The public registry API."""
 
-    def __init__(self, models: Models, uploads: Uploads, downloads: Downloads, followers: Followers) -> None:
+    def __init__(
+        self,
+        models: Models,
+        uploads: Uploads,
+        downloads: Downloads,
+        followers: Followers,
+        limits: RequestLimits = RequestLimits(),
+    ) -> None:
+        self._limits = limits
         self._models = models
         self._uploads = uploads
         self._downloads = downloads
@@ -67,16 +78,19 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         self, request: api.RetrieveVersionDataRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Streams a version's data in chunks of at most the configured size
-        (sent as encoded by the blobstore: see `add_to_server`)."""
-        async for chunk in self._downloads.read_version_data(request.model_id, request.version_number):
+        (sent as encoded by the blobstore: see `add_to_server`). A reader that
+        stops reading for the download idle timeout is cut off."""
+        watchdog = SendWatchdog(context, self._limits.download_idle_timeout_seconds, self._limits.download_idle)
+        async for chunk in watchdog.guard(self._downloads.read_version_data(request.model_id, request.version_number)):
             yield chunk
 
     async def VersionUpdate(
         self, request: api.VersionUpdateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[api.VersionUpdateReply]:
-        """Sends the latest version at once, then every new version, in order."""
-        async for info in self._followers.follow_versions(request.model_id):
-            yield api.VersionUpdateReply(version_info=info)
+    ) -> AsyncIterator[bytes]:
+        """Sends the latest version at once, then every new version, in order
+        (each encoded once for all its subscribers: see `add_to_server`)."""
+        async for message in self._followers.follow_versions(request.model_id):
+            yield message
 
 
 def add_to_server(servicer: ModelRegistryServicer, server: grpc.aio.Server, service: str, add_generated) -> None:  # type: ignore[no-untyped-def]
@@ -84,7 +98,9 @@ def add_to_server(servicer: ModelRegistryServicer, server: grpc.aio.Server, serv
     alias) with the generated handlers, except on the data path:
     CreateVersion receives its messages encoded and RetrieveVersionData
     sends them encoded, so chunks pass through without being decoded and
-    re-encoded."""
-    add_servicer(
-        server, servicer, service, add_generated, raw_requests=["CreateVersion"], raw_responses=["RetrieveVersionData"]
-    )
+    re-encoded; VersionUpdate sends each version encoded once for every
+    subscriber (the 1.x alias has no VersionUpdate)."""
+    raw_responses = ["RetrieveVersionData"]
+    if service == service_names.MODEL_REGISTRY:
+        raw_responses.append("VersionUpdate")
+    add_servicer(server, servicer, service, add_generated, raw_requests=["CreateVersion"], raw_responses=raw_responses)
