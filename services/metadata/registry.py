@@ -56,6 +56,14 @@ T = TypeVar("T")
 # Versions a watcher reads per store call: bounds its memory when it is far behind.
 WATCH_BATCH_SIZE = 64
 
+# The most items a read served on the event loop may ask for (see `_read`).
+SMALL_READ = 100
+
+
+def _is_small(count: int) -> bool:
+    """Whether a listing of `count` items (0: as many as fit a reply) is small."""
+    return 0 < count <= SMALL_READ
+
 
 class ChangeFeed(Protocol):
     """Changes made by other processes sharing the database, fed to the hub."""
@@ -156,11 +164,15 @@ class MetadataRegistry:
         context = contextvars.copy_context()
         return await self._loop.run_in_executor(self._executor, context.run, function, *args)
 
-    async def _read(self, call: Callable[[MetadataStore], T]) -> T:
+    async def _read(self, call: Callable[[MetadataStore], T], *, small: bool = True) -> T:
         """Runs a read-only store call: `call(reader)` right here on the loop
-        thread if there is a reader, else (or if the reader would have to
-        wait) `call(store)` on the worker thread."""
-        if self._reader is None:
+        thread if there is a reader and the read is `small`, else (or if the
+        reader would have to wait) `call(store)` on the worker thread.
+
+        A big read (a listing without a small count, many ids or numbers)
+        would hold the event loop, and every other call and watch with it,
+        for as long as it takes: it waits its turn on the worker thread."""
+        if self._reader is None or not small:
             return await self._run(call, self._store)
         if self._closed:
             raise Unavailable("the metadata service is shutting down")
@@ -211,7 +223,8 @@ class MetadataRegistry:
         return blobs
 
     async def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
-        return await self._read(lambda store: store.retrieve_models(model_ids, count, handle))
+        small = _is_small(count) and len(model_ids) <= SMALL_READ
+        return await self._read(lambda store: store.retrieve_models(model_ids, count, handle), small=small)
 
     # -- versions -------------------------------------------------------------
 
@@ -219,7 +232,8 @@ class MetadataRegistry:
         self, model_id: str, numbers: Sequence[int], count: int, handle: str
     ) -> VersionPage:
         _annotate(model_id=model_id)
-        return await self._read(lambda store: store.retrieve_versions(model_id, numbers, count, handle))
+        small = _is_small(count) if not numbers else len(numbers) <= SMALL_READ
+        return await self._read(lambda store: store.retrieve_versions(model_id, numbers, count, handle), small=small)
 
     async def resolve_version(self, model_id: str, number: int, *, touch: bool) -> ResolvedVersion:
         _annotate(model_id=model_id, version_number=number, touch=touch)

@@ -88,6 +88,23 @@ async def registry(db_path: Path):
     await registry.close()
 
 
+async def test_big_reads_run_on_the_store_thread_not_the_loop(registry):
+    """A listing without a small count, or many numbers, could hold the
+    event loop for long: it runs on the store thread."""
+    await registry.commit_version(draft("m"), new_blob_key())
+    await registry.retrieve_models([], 0, "")
+    await registry.retrieve_models(["m"] * 101, 0, "")
+    await registry.retrieve_versions("m", [], 0, "")
+    await registry.retrieve_versions("m", [1] * 101, 0, "")
+    assert registry._reader.threads == []
+    assert [call for call, _ in registry._store.threads][-4:] == [
+        "retrieve_models",
+        "retrieve_models",
+        "retrieve_versions",
+        "retrieve_versions",
+    ]
+
+
 def threads_of(store) -> set[str]:
     return {thread for _, thread in store.threads}
 
@@ -95,7 +112,7 @@ def threads_of(store) -> set[str]:
 async def test_reads_run_on_the_loop_thread_and_writes_on_the_store_thread(registry):
     loop_thread = threading.current_thread().name
     await registry.commit_version(draft("m"), new_blob_key())
-    await registry.retrieve_models([], 0, "")
+    await registry.retrieve_models([], 10, "")
     await registry.retrieve_versions("m", [-1], 0, "")
     await registry.resolve_version("m", 1, touch=False)
     await registry.resolve_version("m", 1, touch=True)
