@@ -353,6 +353,10 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
 
+# Calls a server's gRPC core may hold before Python has taken them.
+PENDING_CALLS_MAX = 100_000
+
+
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -362,6 +366,13 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         # Idle streams (VersionUpdate) live for hours: let clients ping them.
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # gRPC core cancels (CANCELLED, before any handler sees them) the
+        # calls that arrive faster than Python takes them, past 1,000
+        # pending (3,000 hard): 10,000 followers subscribing at once lost
+        # half their subscriptions that way. Our own bounds (StreamGate,
+        # the request limits) answer with a status that says why.
+        ("grpc.server.max_pending_requests", PENDING_CALLS_MAX),
+        ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_MAX),
     ]
 
 

@@ -46,6 +46,12 @@ WINDOW_MAX_BYTES = 8 * 1024 * 1024
 # Versions a lagging subscriber asks metadata for at a time.
 CATCH_UP_PAGE = 64
 
+# Subscribers woken per turn of the event loop when a version arrives: the
+# loop polls its sockets between slices, so health checks and other calls
+# are served while 10,000 subscribers are sent the version, instead of
+# waiting for all of them (a second or more on a busy machine).
+WAKE_SLICE = 1000
+
 
 class WatchCall(Protocol):
     """An internal watch in progress (grpc.aio.UnaryStreamCall): iterating
@@ -105,7 +111,8 @@ class ModelFeed:
         # Why the feed ended (the model was deleted, the frontend drains...).
         self.error: RegistryError | None = None
         self.subscribers = 0
-        self._changed = asyncio.Event()
+        # One future per subscriber waiting for a change.
+        self._waiters: list[asyncio.Future[None]] = []
         self._call: WatchCall | None = None
         self.task = asyncio.get_running_loop().create_task(self._watch(), name=f"feed of {model_id}")
 
@@ -113,13 +120,26 @@ class ModelFeed:
 
     async def changed(self) -> None:
         """Returns at the next new version, or when the feed ends."""
-        await self._changed.wait()
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter  # cancelling a subscriber cancels its own future only
 
     def _wake(self) -> None:
-        # A fresh event per change: waiters of the old one all wake, and a
-        # subscriber that re-checks and waits again waits for the next one.
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+        """Wakes every waiting subscriber at once."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wake_in_slices(self) -> None:
+        """Wakes every waiting subscriber, `WAKE_SLICE` per loop turn. One
+        that waits again meanwhile waits for the next change."""
+        waiters, self._waiters = self._waiters, []
+        for start in range(0, len(waiters), WAKE_SLICE):
+            for waiter in waiters[start : start + WAKE_SLICE]:
+                if not waiter.done():
+                    waiter.set_result(None)
+            await asyncio.sleep(0)
 
     def start_cursor(self) -> int | None:
         """Where a new subscriber starts: just before the latest version
@@ -158,7 +178,6 @@ class ModelFeed:
             self.floor = self._numbers.popleft()
             self._window_bytes -= len(self._messages.popleft())
         self.position = info.version_number
-        self._wake()
 
     def end(self, error: RegistryError) -> None:
         """Ends the feed: every subscriber raises `error`."""
@@ -185,6 +204,7 @@ class ModelFeed:
                             self._wake()
                     elif self.position is not None and reply.version_info.version_number > self.position:
                         self._append(reply.version_info)
+                        await self._wake_in_slices()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _RENEWABLE:
                     self.end(upstream_error(METADATA, exc))

@@ -143,8 +143,17 @@ def _http2_options() -> dict[str, Any]:
     }
 
 
+# How long a health check may take to answer, per cluster. A frontend
+# taking thousands of new subscriptions at once answers its health check
+# only after the calls that arrived before it (seconds, on 2 cores): it is
+# busy, not dead, and ejecting it would fail every call. A dead process
+# refuses connections and fails its checks at once whatever this is.
+HEALTH_CHECK_TIMEOUT_SECONDS = {"frontend": 5.0}
+
+
 def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology, lb_policy: str) -> dict[str, Any]:
     interval = _duration(topology.health_check_interval_seconds)
+    timeout = _duration(HEALTH_CHECK_TIMEOUT_SECONDS.get(name, topology.health_check_interval_seconds))
     return {
         "name": name,
         "type": "STRICT_DNS" if topology.dns_upstreams else "STATIC",
@@ -165,7 +174,7 @@ def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology
         },
         "health_checks": [
             {
-                "timeout": interval,
+                "timeout": timeout,
                 "interval": interval,
                 # By default an idle cluster is checked once a minute only.
                 "no_traffic_interval": interval,
