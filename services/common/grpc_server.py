@@ -71,6 +71,10 @@ async def _fail(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         message = bounded_message(exc.message)
         span.set_status(Status(StatusCode.ERROR, f"{exc.code.name}: {message}"))
         await context.abort(exc.code, message)
+    if isinstance(exc, NotImplementedError):
+        # A generated servicer's default for a method nobody implemented
+        # (grpc.health.v1's List, for one): not a bug, not an INTERNAL.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server does not implement this method")
     span.record_exception(exc)
     span.set_status(Status(StatusCode.ERROR, f"INTERNAL: {exc}"))
     logging.getLogger("registry.errors").exception("unexpected error")
@@ -150,6 +154,8 @@ def _failure_code(context: grpc.aio.ServicerContext, exc: BaseException) -> grpc
         return _abort_code(context, grpc.StatusCode.OK)
     if isinstance(exc, RegistryError):
         return exc.code
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
     return grpc.StatusCode.INTERNAL
 
 
