@@ -22,6 +22,8 @@ class Plan:
     throughput_seconds: float  # duration of a requests/s run
     subscribers: int  # VersionUpdate subscribers
     fanout_versions: int  # versions created per fan-out run
+    followers: int  # VersionUpdate subscriptions held at once (RL scale)
+    follower_versions: int  # versions delivered to all of them per run
     tracing_size: int  # archived transfers of the tracing on vs off scenario
 
     @classmethod
@@ -36,6 +38,8 @@ class Plan:
             throughput_seconds=5.0,
             subscribers=100,
             fanout_versions=20,
+            followers=10_000,
+            follower_versions=3,
             tracing_size=TRACING_SIZE,
         )
 
@@ -54,6 +58,8 @@ class Plan:
             throughput_seconds=0.5,
             subscribers=20,
             fanout_versions=3,
+            followers=200,
+            follower_versions=2,
             tracing_size=max(size for size in sizes if size <= TRACING_SIZE),
         )
 
