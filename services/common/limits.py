@@ -205,12 +205,13 @@ class ReplyBudget:
         return True
 
 
-def reply_too_large(what: str, fitting: int, max_bytes: int, instead: str) -> ResourceExhausted:
-    """A reply the client asked to be exactly `what` would not fit one
-    message: only `fitting` items do."""
+def reply_too_large(items: str, asked: int, fitting: int, max_bytes: int, *, field: str, paged: bool) -> ResourceExhausted:
+    """`asked` `items` the client asked for at once (with `field`) would not
+    fit one reply: only `fitting` do. `paged`: a count of 0 would get pages."""
+    hint = f", or pass {field}=0 to get pages as full as fit" if paged else ""
     return ResourceExhausted(
-        f"{what} do not fit in one reply of at most {max_bytes} bytes ({REPLY_MAX_BYTES}): only the first "
-        f"{fitting} do; {instead}"
+        f"the {asked} {items} asked for ({field}) do not fit in one reply of at most {max_bytes} bytes "
+        f"({REPLY_MAX_BYTES}): only the first {fitting} do; ask for at most {fitting} at a time{hint}"
     )
 
 

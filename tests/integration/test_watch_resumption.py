@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import grpc
 from cogmentAPI import model_registry_pb2 as api
 
 from conftest import REPO_ROOT, Stack, create_version
+from test_version_update import subscribe
 
 
 def _alive(pid: int) -> bool:
@@ -57,21 +56,6 @@ def restart_metadata(stack: Stack, *, before_start=None) -> None:
             )
         proc["pid"] = child.pid
     state_path.write_text(json.dumps(state, indent=2))
-
-
-def subscribe(registry, model_id: str):
-    call = registry.VersionUpdate(api.VersionUpdateRequest(model_id=model_id))
-    received: queue.Queue = queue.Queue()
-
-    def pump() -> None:
-        try:
-            for reply in call:
-                received.put(reply.version_info.version_number)
-        except grpc.RpcError as error:
-            received.put(error)
-
-    threading.Thread(target=pump, daemon=True).start()
-    return call, received
 
 
 def until_served(registry, model_id: str, timeout: float = 30) -> None:

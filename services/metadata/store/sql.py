@@ -320,12 +320,7 @@ class SqlMetadataStore(MetadataStore):
                 user_data = _load_user_data(data)
                 if not budget.take(listed_item_bytes(model_id, user_data)):
                     if count:
-                        raise reply_too_large(
-                            f"the {count} models asked for (models_count)",
-                            len(models),
-                            budget.max_bytes,
-                            f"ask for at most {len(models)} at a time, or pass models_count=0 to get pages as full as fit",
-                        )
+                        raise reply_too_large("models", count, len(models), budget.max_bytes, field="models_count", paged=True)
                     return ModelPage(models=tuple(models), next_handle=str(last_seq))
                 models.append(Model(model_id=model_id, user_data=user_data))
                 last_seq = seq
@@ -361,10 +356,7 @@ class SqlMetadataStore(MetadataStore):
             if not budget.take(listed_item_bytes(model_id, user_data)):
                 if count:
                     raise reply_too_large(
-                        f"the {len(selected)} models asked for (models_count)",
-                        len(models),
-                        budget.max_bytes,
-                        f"ask for at most {len(models)} at a time, or pass models_count=0 to get pages as full as fit",
+                        "models", len(selected), len(models), budget.max_bytes, field="models_count", paged=True
                     )
                 break
             models.append(Model(model_id=model_id, user_data=user_data))
@@ -410,10 +402,7 @@ class SqlMetadataStore(MetadataStore):
                 for fitting, version in enumerate(versions):
                     if not budget.take(listed_item_bytes(model_id, version.user_data)):
                         raise reply_too_large(
-                            f"the {len(numbers)} versions asked for (version_numbers)",
-                            fitting,
-                            budget.max_bytes,
-                            f"ask for at most {fitting} at a time",
+                            "versions", len(numbers), fitting, budget.max_bytes, field="version_numbers", paged=False
                         )
                 return VersionPage(versions=versions, next_handle=str(versions[-1].number + 1))
             start = 1
@@ -442,10 +431,7 @@ class SqlMetadataStore(MetadataStore):
                 if not budget.take(listed_item_bytes(model_id, version.user_data)):
                     if count:
                         raise reply_too_large(
-                            f"the {count} versions asked for (versions_count)",
-                            len(versions),
-                            budget.max_bytes,
-                            f"ask for at most {len(versions)} at a time, or pass versions_count=0 to get pages as full as fit",
+                            "versions", count, len(versions), budget.max_bytes, field="versions_count", paged=True
                         )
                     return tuple(versions)
                 versions.append(version)
