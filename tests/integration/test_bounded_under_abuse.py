@@ -351,3 +351,50 @@ def test_24_models_with_1_mib_of_user_data_list_in_pages_with_models_count_0(sta
 
 def test_message_limit_is_bigger_than_any_page(stack):
     assert LIMITS.reply_max_bytes < 4 * 1024 * 1024 < MESSAGE_LIMIT
+
+
+# -- the frontend's stream limit --------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_stack(tmp_path):
+    """A stack whose frontends hold at most 50 streams each: the limit under
+    test, small enough to reach (its default is 20,000)."""
+    from conftest import Stack, free_port, stack_env
+
+    port = free_port()
+    env = stack_env(port, tmp_path / "archive", tmp_path / "run", COGMENT_MODEL_REGISTRY_MAX_STREAMS="50", FRONTEND_REPLICAS="1")
+    running = Stack(env, port, tmp_path / "archive", tmp_path / "run")
+    running.up()
+    yield running
+    for channel in running.channels:
+        channel.close()
+    running.down()
+
+
+def test_streams_beyond_a_frontends_limit_are_resource_exhausted_naming_the_variable(small_stack):
+    registry = api_grpc.ModelRegistrySPStub(small_stack.channel())
+    registry.CreateOrUpdateModel(api.CreateOrUpdateModelRequest(model_info=api.ModelInfo(model_id="watched")))
+    create_version(registry, "watched", b"1")
+    calls = [registry.VersionUpdate(api.VersionUpdateRequest(model_id="watched")) for _ in range(50)]
+    for call in calls:
+        assert next(call).version_info.version_number == 1
+    refused = registry.VersionUpdate(api.VersionUpdateRequest(model_id="watched"))
+    with pytest.raises(grpc.RpcError) as error:
+        next(refused)
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "COGMENT_MODEL_REGISTRY_MAX_STREAMS=50" in error.value.details()
+    # Unary calls are not streams: still served; and a slot given back is taken again.
+    registry.RetrieveModels(api.RetrieveModelsRequest(model_ids=["watched"]))
+    calls.pop().cancel()
+    deadline = time.monotonic() + 10
+    while True:
+        again = registry.VersionUpdate(api.VersionUpdateRequest(model_id="watched"))
+        try:
+            assert next(again).version_info.version_number == 1
+            break
+        except grpc.RpcError as retry:
+            assert retry.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline
+            time.sleep(0.1)
+    for call in [*calls, again]:
+        call.cancel()
