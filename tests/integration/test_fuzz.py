@@ -127,7 +127,8 @@ numbers = st.one_of(
 counts = st.one_of(st.integers(0, 4), st.sampled_from([2**32 - 1]))
 garbage_handles = st.one_of(
     st.sampled_from(["-1", "x", "1.5", " 1", "9" * 40, "99999999999999999999999", "0x10", "١"]),
-    st.text(max_size=6),
+    # Decimal text is a handle the server may well have issued: not garbage.
+    st.text(max_size=6).filter(lambda text: not (text.isascii() and text.isdigit())),
 )
 
 
@@ -141,6 +142,8 @@ class RegistryMachine(RuleBasedStateMachine):
         self.ref = Reference()
         self.prefix = f"fz{uuid.uuid4().hex[:8]}"
         COUNTS["examples"] += 1
+        if COUNTS["examples"] % 1000 == 0:
+            print(f"fuzz: {COUNTS['examples']} examples so far", flush=True)
 
     def name(self, index: int) -> str:
         return f"{self.prefix}-{index}"
