@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find proto -name '*.proto')
 CLIENT_STUBS := client/src/model_registry_client/_generated/model_registry_pb2.py
 
-.PHONY: run up down status test unit integration bench venv proto clean envoy-config
+.PHONY: run up down status test unit integration bench fuzz venv proto clean envoy-config
 
 run: proto  ## the whole stack in the foreground; Ctrl-C stops everything
 	$(PY) -m services.launcher run
@@ -33,6 +33,12 @@ integration: proto
 
 bench: proto
 	$(PY) -m bench
+
+# At least 10,000 random call sequences against a stack, checked against a
+# reference model (`make test` runs a short pass); prints how many ran.
+FUZZ_EXAMPLES ?= 10000
+fuzz: proto
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$${FUZZ_SEED:-random} $(PY) -m pytest -s -o timeout=0 tests/integration/test_fuzz.py
 
 venv: $(VENV)/.installed
 

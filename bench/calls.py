@@ -217,11 +217,95 @@ async def version_update_fanout(stack: StackCalls, plan: Plan) -> list[Figure]:
     ]
 
 
+# Followers at RL scale: how many connections carry them (a training job's
+# actors share a few channels), how many subscribe at a time (actors start
+# over seconds, not in one instant), small calls timed while they are held.
+FOLLOWER_CHANNELS = 8
+FOLLOWER_RAMP = 1000
+HELD_SMALL_CALLS = 300
+FOLLOWERS_TIMEOUT_SECONDS = 300.0
+
+
+async def followers_at_scale(stack: StackCalls, plan: Plan) -> list[Figure]:
+    """`plan.followers` VersionUpdate subscriptions on one model, held at
+    once over a few connections: how many are held, the p50/p99 delay from
+    the start of a CreateVersion call to each follower receiving that
+    version, and the p99 of a small call (the latest version's info) while
+    they are held."""
+    clients = await stack.connected_clients(FOLLOWER_CHANNELS)
+    held, deliveries, small = [], [], []
+    try:
+        for _ in range(plan.runs):
+            async with stack.fresh_model("followers") as model_id:
+                first = await stack.admin.upload(model_id, SMALL_VERSION_SIZE, archived=False)
+                arrivals = _Arrivals(plan.followers)
+                tasks: list[asyncio.Task] = []
+                try:
+                    for start in range(0, plan.followers, FOLLOWER_RAMP):
+                        batch = range(start, min(start + FOLLOWER_RAMP, plan.followers))
+                        tasks += [
+                            asyncio.create_task(_follow(clients[i % len(clients)], model_id, arrivals)) for i in batch
+                        ]
+                        deadline = time.perf_counter() + FOLLOWERS_TIMEOUT_SECONDS
+                        while len(arrivals.times[first.version_number]) < batch.stop:
+                            if time.perf_counter() > deadline or any(task.done() for task in tasks):
+                                raise BenchmarkError(
+                                    f"VersionUpdate: only {len(arrivals.times[first.version_number])} of "
+                                    f"{batch.stop} followers subscribed"
+                                )
+                            await asyncio.sleep(0.05)
+                    held.append(float(len(arrivals.times[first.version_number])))
+                    latest = api.RetrieveVersionInfosRequest(model_id=model_id, version_numbers=[-1])
+                    latencies = await _latencies_ms(
+                        stack.admin, lambda stub: stub.RetrieveVersionInfos(latest), HELD_SMALL_CALLS
+                    )
+                    small.append(percentile(latencies, 0.99))
+                    run_deliveries: list[float] = []
+                    for _ in range(plan.follower_versions):
+                        called = time.perf_counter()
+                        info = await stack.admin.upload(model_id, SMALL_VERSION_SIZE, archived=False)
+                        await arrivals.wait_all(info.version_number, FOLLOWERS_TIMEOUT_SECONDS)
+                        run_deliveries += [(t - called) * 1000 for t in arrivals.times[info.version_number]]
+                    deliveries.append(run_deliveries)
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await _close_all(clients)
+    label = f"{plan.followers} followers"
+    details = {"followers": plan.followers, "channels": FOLLOWER_CHANNELS, "versions_per_run": plan.follower_versions}
+    return [
+        Figure("followers.held", f"{label}: held", "subscriptions", held, target=Target("at_least", plan.followers), details=details),
+        Figure("followers.delivery_p50", f"{label}: delivery p50", "ms", [percentile(d, 0.50) for d in deliveries], details=details),
+        Figure(
+            "followers.delivery_p99",
+            f"{label}: delivery p99",
+            "ms",
+            [percentile(d, 0.99) for d in deliveries],
+            target=Target("below", 2000.0),
+            details=details,
+        ),
+        Figure(
+            "followers.small_call_p99",
+            f"{label}: RetrieveVersionInfos p99 while held",
+            "ms",
+            small,
+            target=Target("below", 50.0),
+            details={**details, "calls_per_run": HELD_SMALL_CALLS},
+        ),
+    ]
+
+
 async def stack_calls(address: str, pids: dict[str, int], plan: Plan) -> list[Figure]:
-    """Small calls, then VersionUpdate fan-out."""
+    """Small calls, then VersionUpdate fan-out, then followers at RL scale."""
     stack = StackCalls(address, pids)
     try:
         await stack.admin.connect()
-        return await small_calls(stack, plan) + await version_update_fanout(stack, plan)
+        return (
+            await small_calls(stack, plan)
+            + await version_update_fanout(stack, plan)
+            + await followers_at_scale(stack, plan)
+        )
     finally:
         await stack.admin.close()

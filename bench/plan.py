@@ -24,6 +24,8 @@ class Plan:
     subscribers: int  # VersionUpdate subscribers
     fanout_versions: int  # versions created per fan-out run
     overhead_size: int  # archived transfers of the on vs off scenarios (tracing, metrics)
+    followers: int  # VersionUpdate subscriptions held at once (RL scale)
+    follower_versions: int  # versions delivered to all of them per run
 
     @classmethod
     def full(cls, sizes: list[int], runs: int) -> Plan:
@@ -38,6 +40,8 @@ class Plan:
             subscribers=100,
             fanout_versions=20,
             overhead_size=OVERHEAD_SIZE,
+            followers=10_000,
+            follower_versions=3,
         )
 
     @classmethod
@@ -56,6 +60,8 @@ class Plan:
             subscribers=20,
             fanout_versions=3,
             overhead_size=max(size for size in sizes if size <= OVERHEAD_SIZE),
+            followers=200,
+            follower_versions=2,
         )
 
     @property

@@ -35,6 +35,8 @@ STACK_ONLY = [
         for figure in ("off", "on", "on_off_percent")
     ),
     "metrics.samples",
+    # Followers at RL scale (200 in the smoke run).
+    *(f"followers.{figure}" for figure in ("held", "delivery_p50", "delivery_p99", "small_call_p99")),
 ]
 # Zero is a real outcome here: a subscriber can get the version before the
 # uploader gets its reply, and a process may not grow at all.

@@ -23,6 +23,8 @@ from services.blobstore.store.base import BlobReader, BlobTier, Chunk
 from services.common import metrics
 from services.common.blob_keys import holder_of, new_replica_id
 from services.common.errors import Aborted, DataLoss, FailedPrecondition, InvalidArgument, RegistryError, Unavailable
+from services.common.idle import receive_within
+from services.common.limits import RequestLimits
 
 _tracer = trace.get_tracer("registry.blobstore")
 
@@ -53,7 +55,12 @@ class BlobService:
         max_message_bytes: int,
         tracer: trace.Tracer = _tracer,
         replica_id: str | None = None,
+        limits: RequestLimits = RequestLimits(),
     ) -> None:
+        # A PutBlob whose sender goes quiet (a frontend frozen or gone without
+        # closing) is ended after the upload idle timeout, releasing its temp
+        # file or memory.
+        self._limits = limits
         # Transient keys name the replica that holds them (see
         # services/common/blob_keys.py); new at every start, as the memory is.
         self.replica_id = replica_id or new_replica_id()
@@ -111,7 +118,7 @@ class BlobService:
         is durable (file tier) or complete (memory tier). Any other ending
         (error, missing `finish`, cancellation) leaves nothing stored."""
         await self._wait_ready()
-        stream = aiter(requests)
+        stream = aiter(receive_within(requests, self._limits.upload_idle_timeout_seconds, self._limits.upload_idle))
         try:
             first = await anext(stream)
         except StopAsyncIteration:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from services.common import config as c
+from services.common.limits import RequestLimits
 
 # Twice metadata's default version-cache budget: a new transient version is
 # uploaded before its commit evicts older ones, and evicted blobs are deleted
@@ -85,6 +86,7 @@ class BlobstoreConfig:
     # on its way to the commit.
     orphan_grace_seconds: float = 600.0
     shutdown_grace_seconds: float = 10.0
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     @property
     def archive_location(self) -> str:
@@ -113,4 +115,5 @@ class BlobstoreConfig:
             sweep_interval_seconds=c.env_float(p + "BLOBSTORE_SWEEP_INTERVAL_SECONDS", 300.0, env),
             orphan_grace_seconds=c.env_float(p + "BLOBSTORE_ORPHAN_GRACE_SECONDS", 600.0, env),
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
+            limits=RequestLimits.from_env(env),
         )

@@ -48,6 +48,7 @@ async def create_server(config: BlobstoreConfig) -> ServiceApp:
         archive_tier(config),
         default_chunk_size=config.sent_chunk_size,
         max_message_bytes=config.max_message_bytes,
+        limits=config.limits,
     )
     add_to_server(BlobStoreServicer(blobs), server)
     port = bind(server, config.bind_host, config.port)

@@ -8,6 +8,22 @@ from __future__ import annotations
 
 import grpc
 
+# How much of a value from a request an error message quotes: messages travel
+# as gRPC metadata (grpc-message), which every hop bounds (16 KiB by default
+# inside the stack): a 20,000-character model id quoted whole would make the
+# error itself fail with "metadata size exceeds hard limit".
+QUOTE_MAX_CHARACTERS = 200
+
+
+def quoted(value: object, limit: int = QUOTE_MAX_CHARACTERS) -> str:
+    """`value` as a message quotes it (repr), cut to `limit` characters of
+    the value with its full length said, so that no message grows with the
+    input it quotes."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
 
 class RegistryError(Exception):
     """Base of every error a client is meant to see."""
@@ -45,6 +61,12 @@ class DataLoss(RegistryError):
 
 class Unavailable(RegistryError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(RegistryError):
+    """The server's own time limit ran out (an idle transfer), not the client's deadline."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Aborted(RegistryError):

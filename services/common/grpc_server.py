@@ -2,8 +2,10 @@
 
 - `RequestInterceptor`: one log line per request (method, status, duration),
   its metrics (`grpc_server_*`, services.common.metrics), and the single
-  place where domain errors become gRPC statuses; it counts the server's
-  calls in flight (`InFlightCalls`), which shutdown drains.
+  place where domain errors become gRPC statuses; it decodes every request
+  itself (an undecodable one is INVALID_ARGUMENT, never gRPC's UNKNOWN),
+  bounds the streams in flight when told to, and counts the server's calls
+  in flight (`InFlightCalls`), which shutdown drains.
 - `ReportedHealth`: the health servicer, whose answers are also a metric.
 - `server_options` / `create_aio_server`: message limits and port clash
   detection identical across services.
@@ -25,8 +27,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from google.protobuf.message import DecodeError
+
 from services.common import metrics, service_names
-from services.common.errors import RegistryError
+from services.common.errors import InvalidArgument, RegistryError, ResourceExhausted
 
 log = logging.getLogger("registry.requests")
 
@@ -44,20 +48,41 @@ def _trace_suffix() -> str:
     return ""
 
 
+# The most a status message carries, in UTF-8 bytes. Messages travel as
+# grpc-message metadata, percent-encoded (up to 3 characters per byte), and
+# every hop bounds metadata (16 KiB by default): a message past that bound
+# would replace the status it carries with RESOURCE_EXHAUSTED "metadata size
+# exceeds hard limit". Messages quote user input through `errors.quoted`;
+# this is the last line of defence.
+MESSAGE_MAX_BYTES = 2048
+
+
+def bounded_message(message: str) -> str:
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) <= MESSAGE_MAX_BYTES:
+        return message
+    return encoded[: MESSAGE_MAX_BYTES - 20].decode("utf-8", "ignore") + "... (message cut)"
+
+
 async def _fail(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     """Aborts the call with the status `exc` stands for (always raises)."""
     # gRPC's semantic conventions leave client errors (INVALID_ARGUMENT…)
     # unmarked on server spans; operators want every failed call to stand out.
     span = trace.get_current_span()
     if isinstance(exc, RegistryError):
-        span.set_status(Status(StatusCode.ERROR, f"{exc.code.name}: {exc.message}"))
-        await context.abort(exc.code, exc.message)
+        message = bounded_message(exc.message)
+        span.set_status(Status(StatusCode.ERROR, f"{exc.code.name}: {message}"))
+        await context.abort(exc.code, message)
+    if isinstance(exc, NotImplementedError):
+        # A generated servicer's default for a method nobody implemented
+        # (grpc.health.v1's List, for one): not a bug, not an INTERNAL.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server does not implement this method")
     span.record_exception(exc)
     span.set_status(Status(StatusCode.ERROR, f"INTERNAL: {exc}"))
     logging.getLogger("registry.errors").exception("unexpected error")
     await context.abort(
         grpc.StatusCode.INTERNAL,
-        f"internal error: {type(exc).__name__}: {exc}{_trace_suffix()}",
+        bounded_message(f"internal error: {type(exc).__name__}: {exc}{_trace_suffix()}"),
     )
 
 
@@ -136,21 +161,87 @@ def _failure_code(context: grpc.aio.ServicerContext, exc: BaseException) -> grpc
         return _abort_code(context, grpc.StatusCode.OK)
     if isinstance(exc, RegistryError):
         return exc.code
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
     return grpc.StatusCode.INTERNAL
 
 
-def _wrap_unary_response(
-    method: str,
-    level: int,
-    behavior: Callable[..., Awaitable[Any]],
-    in_flight: InFlightCalls,
-    calls: metrics.CallMetrics,
-) -> Callable[..., Awaitable[Any]]:
+Decoder = Callable[[bytes], Any]
+
+
+def _decoder(deserializer: Decoder | None) -> Decoder | None:
+    """The function that turns a received message into the request the
+    handler expects (None: the handler takes bytes), raising
+    InvalidArgument for bytes that are not such a message: truncated or
+    malformed protobuf, invalid UTF-8 in a string field."""
+    if deserializer is None:
+        return None
+    message_type = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    name = message_type.full_name if message_type is not None else "the expected message"
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            raise InvalidArgument(f"the request is not a valid {name}: {exc}") from None
+
+    return decode
+
+
+async def _decoded_stream(requests: AsyncIterator[bytes], decode: Decoder) -> AsyncIterator[Any]:
+    async for raw in requests:
+        yield decode(raw)
+
+
+class StreamGate:
+    """Bounds the streaming calls in flight on one server (None: unbounded).
+
+    Streams are what a server holds for long (a VersionUpdate lives for
+    hours): past the bound, a new one is refused at once with
+    RESOURCE_EXHAUSTED naming the variable, instead of the server running
+    out of memory or making every call slow. Unary calls are not counted.
+    """
+
+    def __init__(self, max_streams: int | None = None, variable: str = "") -> None:
+        self.max_streams = max_streams
+        self.variable = variable
+        self.open = 0
+
+    def enter(self, context: grpc.aio.ServicerContext) -> None:
+        if self.max_streams is not None and self.open >= self.max_streams:
+            raise ResourceExhausted(
+                f"this server already holds {self.open} streams, its limit ({self.variable}={self.max_streams}): "
+                "retry later, or spread the streams over more frontends"
+            )
+        self.open += 1
+        context.add_done_callback(self._left)
+
+    def _left(self, _context: object) -> None:
+        self.open -= 1
+
+
+@dataclass(frozen=True)
+class _Wrapping:
+    """What the request interceptor puts around one method's calls."""
+
+    method: str
+    level: int
+    in_flight: InFlightCalls
+    decode: Decoder | None
+    streams: StreamGate | None  # set for streaming methods only
+    calls: metrics.CallMetrics
+
+
+def _wrap_unary_response(w: _Wrapping, behavior: Callable[..., Awaitable[Any]], request_streaming: bool) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started, code = time.perf_counter(), grpc.StatusCode.OK
-        in_flight.started(method, context)
-        calls.started()
+        w.in_flight.started(w.method, context)
+        w.calls.started()
         try:
+            if w.streams is not None:
+                w.streams.enter(context)
+            if w.decode is not None:
+                request = _decoded_stream(request, w.decode) if request_streaming else w.decode(request)
             return await behavior(request, context)
         except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
             code = _failure_code(context, exc)
@@ -159,26 +250,28 @@ def _wrap_unary_response(
             code = _failure_code(context, exc)
             await _fail(context, exc)
         finally:
-            _log_request(level, method, code, started)
-            calls.finished(code, time.perf_counter() - started)
+            _log_request(w.level, w.method, code, started)
+            w.calls.finished(code, time.perf_counter() - started)
 
     return wrapped
 
 
-def _wrap_stream_response(
-    method: str,
-    level: int,
-    behavior: Callable[..., AsyncIterator[Any]],
-    in_flight: InFlightCalls,
-    calls: metrics.CallMetrics,
-) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream_response(w: _Wrapping, behavior: Callable[..., AsyncIterator[Any]], request_streaming: bool) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         started, code = time.perf_counter(), grpc.StatusCode.OK
-        in_flight.started(method, context)
-        calls.started()
+        w.in_flight.started(w.method, context)
+        w.calls.started()
         try:
-            async for item in behavior(request, context):
-                yield item
+            if w.streams is not None:
+                w.streams.enter(context)
+            if w.decode is not None:
+                request = _decoded_stream(request, w.decode) if request_streaming else w.decode(request)
+            responses = behavior(request, context)
+            if hasattr(responses, "__aiter__"):
+                async for item in responses:
+                    yield item
+            else:  # a handler that writes with context.write (grpc's health Watch)
+                await responses
         except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
             code = _failure_code(context, exc)
             raise
@@ -186,8 +279,8 @@ def _wrap_stream_response(
             code = _failure_code(context, exc)
             await _fail(context, exc)
         finally:
-            _log_request(level, method, code, started)
-            calls.finished(code, time.perf_counter() - started)
+            _log_request(w.level, w.method, code, started)
+            w.calls.finished(code, time.perf_counter() - started)
 
     return wrapped
 
@@ -214,15 +307,29 @@ def rebuild_handler(
     return grpc.unary_unary_rpc_method_handler(behavior, request_deserializer, response_serializer)
 
 
-def wrap_handler(method: str, handler: grpc.RpcMethodHandler, in_flight: InFlightCalls) -> grpc.RpcMethodHandler:
+def wrap_handler(
+    method: str, handler: grpc.RpcMethodHandler, in_flight: InFlightCalls, streams: StreamGate | None = None
+) -> grpc.RpcMethodHandler:
     """`handler` with the request interceptor's behaviour around each call,
-    counting each in `in_flight` and in the method's metrics."""
-    level = logging.DEBUG if method.startswith(HEALTH_METHOD_PREFIX) else logging.INFO
+    counting each in `in_flight` (and, if it streams, in `streams`).
+
+    The wrapped handler receives bytes and decodes them itself: when gRPC
+    decodes, a message it cannot parse fails the call with UNKNOWN before
+    any interceptor sees it."""
+    streaming = handler.request_streaming or handler.response_streaming
+    wrapping = _Wrapping(
+        method=method,
+        level=logging.DEBUG if method.startswith(HEALTH_METHOD_PREFIX) else logging.INFO,
+        in_flight=in_flight,
+        decode=_decoder(handler.request_deserializer),
+        streams=streams if streaming else None,
+        calls=metrics.server_calls(method, handler),
+    )
     wrap = _wrap_stream_response if handler.response_streaming else _wrap_unary_response
     return rebuild_handler(
         handler,
-        wrap(method, level, handler_behavior(handler), in_flight, metrics.server_calls(method, handler)),
-        handler.request_deserializer,
+        wrap(wrapping, handler_behavior(handler), handler.request_streaming),
+        None,
         handler.response_serializer,
     )
 
@@ -239,8 +346,9 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     and reused, so a call pays for the wrapper's work, not for building it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, streams: StreamGate | None = None) -> None:
         self.in_flight = InFlightCalls()
+        self.streams = streams
         # method -> (the handler gRPC returned, its wrapped version). Bounded
         # by the methods the server implements: unknown ones have no handler.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -259,9 +367,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         # with a new handler (never the case for generated servicers).
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = wrap_handler(method, handler, self.in_flight)
+        wrapped = wrap_handler(method, handler, self.in_flight, self.streams)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+# Calls a server's gRPC core may hold before Python has taken them.
+PENDING_CALLS_MAX = 100_000
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -273,6 +385,13 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         # Idle streams (VersionUpdate) live for hours: let clients ping them.
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # gRPC core cancels (CANCELLED, before any handler sees them) the
+        # calls that arrive faster than Python takes them, past 1,000
+        # pending (3,000 hard): 10,000 followers subscribing at once lost
+        # half their subscriptions that way. Our own bounds (StreamGate,
+        # the request limits) answer with a status that says why.
+        ("grpc.server.max_pending_requests", PENDING_CALLS_MAX),
+        ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_MAX),
     ]
 
 
@@ -308,10 +427,11 @@ class GrpcServer:
     in_flight: InFlightCalls
 
 
-def create_aio_server(max_message_bytes: int) -> GrpcServer:
-    """A server with the request interceptor and a health servicer that
-    answers NOT_SERVING until the caller declares the service ready."""
-    interceptor = RequestInterceptor()
+def create_aio_server(max_message_bytes: int, *, streams: StreamGate | None = None) -> GrpcServer:
+    """A server with the request interceptor (bounding streams with
+    `streams`, if given) and a health servicer that answers NOT_SERVING
+    until the caller declares the service ready."""
+    interceptor = RequestInterceptor(streams)
     server = grpc.aio.server(interceptors=[interceptor], options=server_options(max_message_bytes))
     health_servicer = ReportedHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -7,6 +7,13 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from services.common import config as c
+from services.common.limits import RequestLimits
+
+# The longest deadline a blob stream gets, whatever its size: a deadline
+# derived from an absurd size (2^63 bytes) would overflow gRPC's timeout
+# range and expire at once. Stalled streams are ended by the idle timeouts
+# long before this.
+MAX_BLOB_STREAM_TIMEOUT_SECONDS = 30 * 24 * 3600.0
 
 # Cogment 2.x's names (its services and SDK read the same variables).
 DIRECTORY_ENDPOINT_VARIABLE = "COGMENT_DIRECTORY_ENDPOINT"
@@ -114,6 +121,7 @@ class FrontendConfig:
     full_load_calls: int = 16
     # None: not registered in a Cogment Directory.
     directory: DirectorySettings | None = None
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     @property
     def max_message_bytes(self) -> int:
@@ -146,7 +154,11 @@ class FrontendConfig:
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
             full_load_calls=c.env_int(p + "FULL_LOAD_CALLS", 16, env, minimum=1),
             directory=DirectorySettings.from_env(env),
+            limits=RequestLimits.from_env(env),
         )
 
     def blob_stream_timeout(self, size: int) -> float:
-        return self.blob_stream_base_timeout_seconds + size / self.blob_stream_min_rate_bytes_per_second
+        return min(
+            self.blob_stream_base_timeout_seconds + size / self.blob_stream_min_rate_bytes_per_second,
+            MAX_BLOB_STREAM_TIMEOUT_SECONDS,
+        )

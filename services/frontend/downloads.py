@@ -14,8 +14,9 @@ from opentelemetry import trace
 from registry import metadata_pb2
 
 from services.common import metrics
-from services.common.errors import DataLoss, InvalidArgument, NotFound, RegistryError
+from services.common.errors import DataLoss, InvalidArgument, NotFound, RegistryError, quoted
 from services.common.grpc_client import upstream_error
+from services.common.limits import RequestLimits
 from services.common.wire import data_chunk_size
 from services.frontend.background import BackgroundTasks
 from services.frontend.blob_replicas import BlobMissing
@@ -49,7 +50,14 @@ class Downloads:
     """RetrieveVersionData: resolves the version, streams its blob, and makes
     a transient version whose data was lost disappear altogether."""
 
-    def __init__(self, metadata: DownloadMetadata, blobs: DownloadBlobs, background: BackgroundTasks) -> None:
+    def __init__(
+        self,
+        metadata: DownloadMetadata,
+        blobs: DownloadBlobs,
+        background: BackgroundTasks,
+        limits: RequestLimits = RequestLimits(),
+    ) -> None:
+        self._limits = limits
         self._metadata = metadata
         self._blobs = blobs
         self._background = background
@@ -61,8 +69,7 @@ class Downloads:
         Data gone from its blob: NOT_FOUND for a transient version (which is
         then forgotten), DATA_LOSS for an archived one.
         """
-        if not model_id:
-            raise InvalidArgument("model_id must not be empty")
+        self._limits.check_model_id(model_id)
         resolved = await self._metadata.resolve_version(model_id, version_number, touch=True)
         info = resolved.version_info
         trace.get_current_span().set_attributes(
@@ -111,7 +118,7 @@ class Downloads:
 
 
 def _missing_data(info: api.ModelVersionInfo) -> RegistryError:
-    what = f"version {info.version_number} of model {info.model_id!r}"
+    what = f"version {info.version_number} of model {quoted(info.model_id)}"
     if info.archived:
         return DataLoss(f"the archived data of {what} is missing from the archive")
     return NotFound(

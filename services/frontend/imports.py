@@ -20,6 +20,8 @@ from opentelemetry import trace
 from registry import admin_pb2, metadata_pb2
 
 from services.common.errors import InvalidArgument
+from services.common.idle import receive_within
+from services.common.limits import RequestLimits
 from services.frontend.background import BackgroundTasks
 from services.frontend.blob_deletion import delete_blobs
 from services.frontend.upload_check import UploadCheck, decode_data_hash
@@ -39,7 +41,14 @@ class ImportMetadata(Protocol):
 class Imports:
     """ImportModel and ImportVersion."""
 
-    def __init__(self, metadata: ImportMetadata, blobs: UploadBlobs, background: BackgroundTasks) -> None:
+    def __init__(
+        self,
+        metadata: ImportMetadata,
+        blobs: UploadBlobs,
+        background: BackgroundTasks,
+        limits: RequestLimits = RequestLimits(),
+    ) -> None:
+        self._limits = limits
         self._metadata = metadata
         self._blobs = blobs
         self._background = background
@@ -47,8 +56,8 @@ class Imports:
     async def import_model(self, info: api.ModelInfo) -> admin_pb2.ImportModelReply:
         """Creates the model with `info`'s user_data unless it exists (an
         existing model keeps its own)."""
-        if not info.model_id:
-            raise InvalidArgument("model_info.model_id must not be empty")
+        self._limits.check_model_id(info.model_id, "model_info.model_id")
+        self._limits.check_user_data(info.user_data, "model_info.user_data")
         return await self._metadata.import_model(info)
 
     async def import_version(self, requests: AsyncIterator[bytes]) -> admin_pb2.ImportVersionReply:
@@ -57,8 +66,9 @@ class Imports:
         header's number, timestamp and user_data; nothing is left behind
         when anything fails. `requests` are CreateVersionRequestChunk
         messages, still encoded (as CreateVersion receives them)."""
-        stream = requests.__aiter__()
-        info = await read_header(stream)
+        # As for CreateVersion: a client that stops sending is not waited for.
+        stream = aiter(receive_within(requests, self._limits.upload_idle_timeout_seconds, self._limits.upload_idle))
+        info = await read_header(stream, self._limits)
         if info.version_number == 0:
             raise InvalidArgument("an imported version needs its version_number (1 or more) in the header")
         if info.creation_timestamp == 0:

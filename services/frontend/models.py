@@ -8,7 +8,7 @@ from typing import Protocol
 from cogmentAPI import model_registry_pb2 as api
 from registry import metadata_pb2
 
-from services.common.errors import InvalidArgument
+from services.common.limits import RequestLimits
 from services.frontend.blob_deletion import BlobDeleter, delete_blobs
 
 
@@ -29,28 +29,29 @@ class ModelMetadata(Protocol):
 class Models:
     """CreateOrUpdateModel, DeleteModel, RetrieveModels, RetrieveVersionInfos."""
 
-    def __init__(self, metadata: ModelMetadata, blobs: BlobDeleter) -> None:
+    def __init__(self, metadata: ModelMetadata, blobs: BlobDeleter, limits: RequestLimits = RequestLimits()) -> None:
         self._metadata = metadata
         self._blobs = blobs
+        self._limits = limits
 
     async def create_or_update_model(self, info: api.ModelInfo) -> None:
-        if not info.model_id:
-            raise InvalidArgument("model_info.model_id must not be empty")
+        self._limits.check_model_id(info.model_id, "model_info.model_id")
+        self._limits.check_user_data(info.user_data, "model_info.user_data")
         await self._metadata.upsert_model(info)
 
     async def delete_model(self, model_id: str) -> None:
         """Deletes the model and its versions (metadata), then their blobs,
         before replying; a blob that cannot be deleted now is left to the
         blobstore's sweeper."""
-        if not model_id:
-            raise InvalidArgument("model_id must not be empty")
+        self._limits.check_model_id(model_id)
         reply = await self._metadata.delete_model(model_id)
         await delete_blobs(self._blobs, reply.deleted_blobs)
 
     async def retrieve_models(self, request: api.RetrieveModelsRequest) -> api.RetrieveModelsReply:
+        self._limits.check_model_ids(request.model_ids)
         return await self._metadata.retrieve_models(request)
 
     async def retrieve_version_infos(self, request: api.RetrieveVersionInfosRequest) -> api.RetrieveVersionInfosReply:
-        if not request.model_id:
-            raise InvalidArgument("model_id must not be empty")
+        self._limits.check_model_id(request.model_id)
+        self._limits.check_version_numbers(request.version_numbers)
         return await self._metadata.retrieve_version_infos(request)

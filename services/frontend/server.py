@@ -11,7 +11,8 @@ from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
 from services.common import service_names
 from services.common.grpc_client import internal_channel
-from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
+from services.common.grpc_server import NOT_SERVING, SERVING, StreamGate, bind, create_aio_server
+from services.common.limits import MAX_STREAMS
 from services.common.health_status import HealthFollower
 from services.common.service import ServiceApp, run_service
 from services.frontend.config import FrontendConfig
@@ -36,7 +37,8 @@ from services.frontend.upstream import METADATA, BlobStoreClient, MetadataClient
 
 async def create_server(config: FrontendConfig) -> ServiceApp:
     """Builds the frontend (not started)."""
-    grpc_server = create_aio_server(config.max_message_bytes)
+    limits = config.limits
+    grpc_server = create_aio_server(config.max_message_bytes, streams=StreamGate(limits.max_streams, MAX_STREAMS))
     server, health_servicer = grpc_server.server, grpc_server.health
     channel = internal_channel(config.internal_address, config.max_message_bytes)
     blobstores = BlobReplicas(
@@ -48,7 +50,7 @@ async def create_server(config: FrontendConfig) -> ServiceApp:
     metadata = MetadataClient(channel, config)
     blobs = BlobRouter(blobstores, BlobStoreClient(config))
     background = BackgroundTasks()
-    followers = Followers(metadata)
+    followers = Followers(metadata, limits=limits)
     draining = False
     status = RegistryStatus(
         grpc_server.in_flight,
@@ -56,15 +58,16 @@ async def create_server(config: FrontendConfig) -> ServiceApp:
         serving=lambda: not draining and stack_health.serving,
     )
     servicer = ModelRegistryServicer(
-        Models(metadata, blobs),
-        Uploads(metadata, blobs, background, version_cache_max_bytes=config.version_cache_max_bytes),
-        Downloads(metadata, blobs, background),
+        Models(metadata, blobs, limits),
+        Uploads(metadata, blobs, background, version_cache_max_bytes=config.version_cache_max_bytes, limits=limits),
+        Downloads(metadata, blobs, background, limits),
         followers,
         status,
+        limits,
     )
     add_to_server(servicer, server, service_names.MODEL_REGISTRY, api_grpc.add_ModelRegistrySPServicer_to_server)
     add_to_server(servicer, server, service_names.LEGACY_MODEL_REGISTRY, legacy_grpc.add_ModelRegistrySPServicer_to_server)
-    add_admin_to_server(AdminServicer(Imports(metadata, blobs, background)), server)
+    add_admin_to_server(AdminServicer(Imports(metadata, blobs, background, limits)), server)
     if config.grpc_reflection:
         enable_reflection(server, service_names.PUBLIC)
     port = bind(server, config.bind_host, config.port)

@@ -17,6 +17,8 @@ from cogmentAPI import model_registry_pb2_grpc as api_grpc
 from registry import admin_pb2, admin_pb2_grpc
 
 from services.common import metrics, service_names
+from services.common.idle import SendWatchdog
+from services.common.limits import RequestLimits
 from services.common.passthrough import add_servicer
 from services.frontend.downloads import Downloads
 from services.frontend.following import Followers
@@ -30,8 +32,15 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
     """The public registry API (Version and Status only under the 2.x name)."""
 
     def __init__(
-        self, models: Models, uploads: Uploads, downloads: Downloads, followers: Followers, status: RegistryStatus
+        self,
+        models: Models,
+        uploads: Uploads,
+        downloads: Downloads,
+        followers: Followers,
+        status: RegistryStatus,
+        limits: RequestLimits = RequestLimits(),
     ) -> None:
+        self._limits = limits
         self._models = models
         self._uploads = uploads
         self._downloads = downloads
@@ -76,19 +85,22 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         self, request: api.RetrieveVersionDataRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         """Streams a version's data in chunks of at most the configured size
-        (sent as encoded by the blobstore: see `add_to_server`)."""
-        async for chunk in self._downloads.read_version_data(request.model_id, request.version_number):
+        (sent as encoded by the blobstore: see `add_to_server`). A reader that
+        stops reading for the download idle timeout is cut off."""
+        watchdog = SendWatchdog(context, self._limits.download_idle_timeout_seconds, self._limits.download_idle)
+        async for chunk in watchdog.guard(self._downloads.read_version_data(request.model_id, request.version_number)):
             yield chunk
 
     async def VersionUpdate(
         self, request: api.VersionUpdateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[api.VersionUpdateReply]:
-        """Sends the latest version at once, then every new version, in order."""
+    ) -> AsyncIterator[bytes]:
+        """Sends the latest version at once, then every new version, in order
+        (each encoded once for all its subscribers: see `add_to_server`)."""
         measured = metrics.frontend()
         measured.subscribers.inc()
         try:
-            async for info in self._followers.follow_versions(request.model_id):
-                yield api.VersionUpdateReply(version_info=info)
+            async for message in self._followers.follow_versions(request.model_id):
+                yield message
                 measured.notifications.inc()
         finally:
             measured.subscribers.dec()
@@ -110,10 +122,12 @@ def add_to_server(servicer: ModelRegistryServicer, server: grpc.aio.Server, serv
     alias) with the generated handlers, except on the data path:
     CreateVersion receives its messages encoded and RetrieveVersionData
     sends them encoded, so chunks pass through without being decoded and
-    re-encoded."""
-    add_servicer(
-        server, servicer, service, add_generated, raw_requests=["CreateVersion"], raw_responses=["RetrieveVersionData"]
-    )
+    re-encoded; VersionUpdate sends each version encoded once for every
+    subscriber (the 1.x alias has no VersionUpdate)."""
+    raw_responses = ["RetrieveVersionData"]
+    if service == service_names.MODEL_REGISTRY:
+        raw_responses.append("VersionUpdate")
+    add_servicer(server, servicer, service, add_generated, raw_requests=["CreateVersion"], raw_responses=raw_responses)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):

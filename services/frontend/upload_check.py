@@ -11,7 +11,7 @@ import base64
 import binascii
 import hashlib
 
-from services.common.errors import InvalidArgument, RegistryError
+from services.common.errors import InvalidArgument, RegistryError, quoted
 
 _SHA256_BYTES = hashlib.sha256().digest_size
 
@@ -25,7 +25,7 @@ def decode_data_hash(data_hash: str) -> bytes:
         digest = b""
     if len(digest) != _SHA256_BYTES:
         raise InvalidArgument(
-            f"data_hash {data_hash!r} is not the base64 encoding of a SHA-256 digest (32 bytes)"
+            f"data_hash {quoted(data_hash, 64)} is not the base64 encoding of a SHA-256 digest (32 bytes)"
         )
     return digest
 

@@ -24,7 +24,8 @@ from registry import blobstore_pb2, metadata_pb2
 from services.common import metrics
 from services.common.errors import InvalidArgument, RegistryError
 from services.common.grpc_client import upstream_error
-from services.common.limits import check_version_fits_cache
+from services.common.idle import receive_within
+from services.common.limits import RequestLimits, check_data_size, check_version_fits_cache
 from services.common.wire import upload_body_data
 from services.frontend.background import BackgroundTasks
 from services.frontend.blob_deletion import delete_blobs
@@ -84,9 +85,10 @@ def _decode_chunk(raw: bytes, position: int) -> api.CreateVersionRequestChunk:
         raise InvalidArgument(f"message {position} of CreateVersion is not a CreateVersionRequestChunk") from None
 
 
-async def read_header(stream: AsyncIterator[bytes]) -> api.ModelVersionInfo:
+async def read_header(stream: AsyncIterator[bytes], limits: RequestLimits) -> api.ModelVersionInfo:
     """The version announced by the first message of an upload stream
-    (CreateVersion, or an admin import): a header naming a model."""
+    (CreateVersion, or an admin import): a header naming a model, within
+    the request limits."""
     try:
         first = _decode_chunk(await stream.__anext__(), 1)
     except StopAsyncIteration:
@@ -95,8 +97,9 @@ async def read_header(stream: AsyncIterator[bytes]) -> api.ModelVersionInfo:
         raise InvalidArgument("the first message of CreateVersion must be a header, not a body")
     info = api.ModelVersionInfo()
     info.CopyFrom(first.header.version_info)
-    if not info.model_id:
-        raise InvalidArgument("header.version_info.model_id must not be empty")
+    limits.check_model_id(info.model_id, "header.version_info.model_id")
+    limits.check_user_data(info.user_data, "header.version_info.user_data")
+    check_data_size(info.data_size)
     return info
 
 
@@ -110,30 +113,42 @@ async def store_checked_blob(blob: PlacedBlob, archived: bool, stream: AsyncIter
     async def blob_requests() -> AsyncIterator[bytes]:
         header = blobstore_pb2.PutBlobRequest.Header(key=blob.key, size=check.expected_size, archived=archived)
         yield blobstore_pb2.PutBlobRequest(header=header).SerializeToString()
-        async for raw in stream:
-            data = upload_body_data(raw)
-            if data is None:
-                # Not the usual encoding: decode it, and re-encode what we forward.
-                try:
-                    message = _decode_chunk(raw, check.chunks + 2)
-                except InvalidArgument as exc:
-                    check.error = exc
+        try:
+            async for raw in stream:
+                forwarded = forward(raw)
+                if forwarded is None:
                     return
-                if message.WhichOneof("msg") != "body":
-                    check.error = InvalidArgument(
-                        f"message {check.chunks + 2} of CreateVersion is not a body: only the first message is a header"
-                    )
-                    return
-                data = message.body.data_chunk
-                raw = blobstore_pb2.PutBlobRequest(body=message.body).SerializeToString()
-            if not check.add(data):
-                return
-            received.inc(len(data))
-            # The client's body message is a PutBlobRequest body as is.
-            yield raw
+                yield forwarded
+        except RegistryError as exc:  # the client went quiet (upload idle timeout)
+            check.error = exc
+            return
         # Without `finish` the blobstore discards the upload.
         if check.finish():
             yield _FINISH
+
+    def forward(raw: bytes) -> bytes | None:
+        """What to send the blobstore for one client message; None (with
+        `check.error` set) when the upload must stop."""
+        data = upload_body_data(raw)
+        if data is None:
+            # Not the usual encoding: decode it, and re-encode what we forward.
+            try:
+                message = _decode_chunk(raw, check.chunks + 2)
+            except InvalidArgument as exc:
+                check.error = exc
+                return None
+            if message.WhichOneof("msg") != "body":
+                check.error = InvalidArgument(
+                    f"message {check.chunks + 2} of CreateVersion is not a body: only the first message is a header"
+                )
+                return None
+            data = message.body.data_chunk
+            raw = blobstore_pb2.PutBlobRequest(body=message.body).SerializeToString()
+        if not check.add(data):
+            return None
+        received.inc(len(data))
+        # The client's body message is a PutBlobRequest body as is.
+        return raw
 
     with tracer.start_as_current_span(
         "upload and hash", attributes={"blob_key": blob.key, "blobstore": blob.address}
@@ -177,7 +192,9 @@ class Uploads:
         background: BackgroundTasks,
         *,
         version_cache_max_bytes: int,
+        limits: RequestLimits = RequestLimits(),
     ) -> None:
+        self._limits = limits
         self._metadata = metadata
         self._blobs = blobs
         self._background = background
@@ -191,8 +208,10 @@ class Uploads:
         encoded: the header is decoded, the bodies are hashed in place and
         forwarded to the blobstore as they came (see upstream.BlobStoreClient).
         """
-        stream = requests.__aiter__()
-        info = await read_header(stream)
+        # A client that stops sending is not waited for: its upload is ended
+        # (and whatever it stored discarded) after the idle timeout.
+        stream = aiter(receive_within(requests, self._limits.upload_idle_timeout_seconds, self._limits.upload_idle))
+        info = await read_header(stream, self._limits)
         expected_digest = decode_data_hash(info.data_hash) if info.data_hash else None
         check_version_fits_cache(archived=info.archived, size=info.data_size, max_bytes=self._version_cache_max_bytes)
         trace.get_current_span().set_attributes(

@@ -79,10 +79,14 @@ class MetadataClient:
         reply = await call_idempotent(METADATA, lambda: self._stub.ForgetLostVersion(request, timeout=self._timeout))
         return reply.forgotten
 
-    def watch_versions(self, model_id: str, after_version: int) -> grpc.aio.UnaryStreamCall:
-        """A bounded-lifetime watch: the caller renews it when it ends."""
+    def watch_versions(self, model_id: str, after_version: int | None, model_incarnation: int) -> grpc.aio.UnaryStreamCall:
+        """A bounded-lifetime watch: the caller renews it when it ends, from
+        the last version it received (None: from the latest), of the model
+        incarnation it followed (0: whichever exists)."""
         return self._stub.WatchVersions(
-            metadata_pb2.WatchVersionsRequest(model_id=model_id, after_version=after_version),
+            metadata_pb2.WatchVersionsRequest(
+                model_id=model_id, after_version=after_version, model_incarnation=model_incarnation
+            ),
             timeout=self._watch_timeout,
         )
 

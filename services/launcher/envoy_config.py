@@ -12,6 +12,14 @@ Every cluster is HTTP/2 and actively health-checked with grpc.health.v1.
 No timeout can cut a long stream: route timeouts and stream idle timeouts
 are disabled; callers bound their calls with gRPC deadlines (grpc-timeout),
 which Envoy honours.
+
+Concurrency is bounded on purpose, where the answer is clearest (README,
+"Limits"): each frontend bounds its own streams (MAX_STREAMS, answered
+RESOURCE_EXHAUSTED naming the variable), so Envoy's circuit breakers, whose
+default of 1,024 requests per cluster refused the 1,025th VersionUpdate
+subscriber with an anonymous UNAVAILABLE "overflow", are set high enough
+never to be what refuses a call (`CIRCUIT_BREAKERS`). HTTP/2 stream limits
+are explicit too (`DOWNSTREAM_MAX_STREAMS`, `UPSTREAM_MAX_STREAMS`).
 """
 
 from __future__ import annotations
@@ -28,6 +36,29 @@ from services.launcher.topology import Endpoint, StackTopology
 # Measured: 4/8 MiB HTTP/2 windows move data as fast as Envoy's defaults
 # with ~25 MiB less memory.
 _HTTP2 = {"initial_stream_window_size": 4 * 1024 * 1024, "initial_connection_window_size": 8 * 1024 * 1024}
+
+# Streams one client connection may hold on the public listener: far more
+# than a training job's actors need on one channel (10,000 followers fit on
+# one), few enough that one connection cannot take a frontend's every slot
+# without opening others.
+DOWNSTREAM_MAX_STREAMS = 65536
+# Streams Envoy puts on one connection to an upstream replica before it
+# opens another: thousands of subscriptions spread over several
+# connections (and their flow-control windows) instead of one.
+UPSTREAM_MAX_STREAMS = 1000
+
+# Circuit breakers per cluster (Envoy's defaults: 1,024 of each).
+# - frontend: requests are streams too (a VersionUpdate lives for hours); the
+#   frontends bound them themselves, with a clear answer, so Envoy's bound is
+#   only a backstop far above any frontend's MAX_STREAMS times its replicas.
+# - metadata: a frontend holds one watch per followed model, plus its unary
+#   calls: thousands of followed models must not be refused by Envoy.
+# - blobstore: operators' calls only (frontends call replicas directly).
+CIRCUIT_BREAKERS = {
+    "frontend": {"max_connections": 10_000, "max_pending_requests": 100_000, "max_requests": 1_000_000},
+    "metadata": {"max_connections": 10_000, "max_pending_requests": 100_000, "max_requests": 100_000},
+    "blobstore": {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024},
+}
 
 
 def _duration(seconds: float) -> str:
@@ -57,7 +88,7 @@ def _connection_manager(name: str, routes: list[dict[str, Any]], topology: Stack
         # Idle VersionUpdate subscriptions live for hours.
         "stream_idle_timeout": "0s",
         "request_timeout": "0s",
-        "http2_protocol_options": dict(_HTTP2),
+        "http2_protocol_options": {**_HTTP2, "max_concurrent_streams": DOWNSTREAM_MAX_STREAMS},
         "route_config": {
             "name": name,
             "virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}],
@@ -107,19 +138,29 @@ def _http2_options() -> dict[str, Any]:
     return {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": dict(_HTTP2)},
+            "explicit_http_config": {"http2_protocol_options": {**_HTTP2, "max_concurrent_streams": UPSTREAM_MAX_STREAMS}},
         }
     }
 
 
+# How long a health check may take to answer, per cluster. A frontend
+# taking thousands of new subscriptions at once answers its health check
+# only after the calls that arrived before it (seconds, on 2 cores): it is
+# busy, not dead, and ejecting it would fail every call. A dead process
+# refuses connections and fails its checks at once whatever this is.
+HEALTH_CHECK_TIMEOUT_SECONDS = {"frontend": 5.0}
+
+
 def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology, lb_policy: str) -> dict[str, Any]:
     interval = _duration(topology.health_check_interval_seconds)
+    timeout = _duration(HEALTH_CHECK_TIMEOUT_SECONDS.get(name, topology.health_check_interval_seconds))
     return {
         "name": name,
         "type": "STRICT_DNS" if topology.dns_upstreams else "STATIC",
         **({"dns_refresh_rate": "5s", "respect_dns_ttl": True} if topology.dns_upstreams else {}),
         "lb_policy": lb_policy,
         "typed_extension_protocol_options": _http2_options(),
+        "circuit_breakers": {"thresholds": [{"priority": "DEFAULT", **CIRCUIT_BREAKERS[name], "track_remaining": True}]},
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [
@@ -133,7 +174,7 @@ def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology
         },
         "health_checks": [
             {
-                "timeout": interval,
+                "timeout": timeout,
                 "interval": interval,
                 # By default an idle cluster is checked once a minute only.
                 "no_traffic_interval": interval,

@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from services.common import config as c
+from services.common.limits import RequestLimits
 from services.metadata.database_url import redacted_url
 from services.metadata.records import CacheBudget
 
@@ -35,6 +36,7 @@ class MetadataConfig:
     # The PostgreSQL URL (libpq syntax) when METADATA_URL is one. It may hold
     # a password: kept out of repr; log `database_description` instead.
     postgres_url: str | None = field(default=None, repr=False)
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     @property
     def database_description(self) -> str:
@@ -79,6 +81,7 @@ class MetadataConfig:
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
             database_check_interval_seconds=c.env_float(p + "DATABASE_CHECK_INTERVAL_SECONDS", 2.0, env),
             postgres_url=postgres_url,
+            limits=RequestLimits.from_env(env),
         )
 
 

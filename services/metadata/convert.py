@@ -16,6 +16,7 @@ from services.metadata.records import (
     Version,
     VersionDraft,
     VersionPage,
+    WatchStart,
 )
 
 
@@ -66,6 +67,15 @@ def _version_fields(version: Version) -> dict[str, Any]:
 
 def version_to_proto(version: Version) -> api.ModelVersionInfo:
     return api.ModelVersionInfo(**_version_fields(version))
+
+
+def watch_event_to_proto(event: WatchStart | Version) -> metadata_pb2.WatchVersionsReply:
+    if isinstance(event, WatchStart):
+        started = metadata_pb2.WatchVersionsReply.Started(
+            model_incarnation=event.model_incarnation, after_version=event.after_version
+        )
+        return metadata_pb2.WatchVersionsReply(started=started)
+    return metadata_pb2.WatchVersionsReply(version_info=version_to_proto(event))
 
 
 def blob_refs_to_proto(refs: Iterable[BlobRef]) -> list[metadata_pb2.BlobRef]:

@@ -8,7 +8,7 @@ request error.
 
 from __future__ import annotations
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, quoted
 
 
 class StoreOpenError(RuntimeError):
@@ -16,11 +16,11 @@ class StoreOpenError(RuntimeError):
 
 
 def model_not_found(model_id: str) -> NotFound:
-    return NotFound(f"model {model_id!r} not found")
+    return NotFound(f"model {quoted(model_id)} not found")
 
 
 def model_deleted(model_id: str) -> NotFound:
-    return NotFound(f"model {model_id!r} was deleted")
+    return NotFound(f"model {quoted(model_id)} was deleted")
 
 
 def require_model_id(model_id: str, field: str = "model_id") -> None:

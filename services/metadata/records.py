@@ -101,6 +101,16 @@ class VersionPage:
 
 
 @dataclass(frozen=True)
+class WatchStart:
+    """The first event of a watch: it is registered (no commit from now on
+    can be missed), and follows this incarnation of the model."""
+
+    model_incarnation: int
+    # Every version numbered above this one follows.
+    after_version: int
+
+
+@dataclass(frozen=True)
 class VersionBatch:
     """Versions read for a watcher, with the identity of the model they
     belong to: `model_seq` changes when a model is deleted and re-created

@@ -46,6 +46,7 @@ from services.metadata.records import (
     VersionBatch,
     VersionDraft,
     VersionPage,
+    WatchStart,
 )
 from services.metadata.store.base import MetadataStore, ReadDeferred
 from services.metadata.watch import VersionHub
@@ -56,6 +57,14 @@ T = TypeVar("T")
 
 # Versions a watcher reads per store call: bounds its memory when it is far behind.
 WATCH_BATCH_SIZE = 64
+
+# The most items a read served on the event loop may ask for (see `_read`).
+SMALL_READ = 100
+
+
+def _is_small(count: int) -> bool:
+    """Whether a listing of `count` items (0: as many as fit a reply) is small."""
+    return 0 < count <= SMALL_READ
 
 
 class ChangeFeed(Protocol):
@@ -157,11 +166,15 @@ class MetadataRegistry:
         context = contextvars.copy_context()
         return await self._loop.run_in_executor(self._executor, context.run, function, *args)
 
-    async def _read(self, call: Callable[[MetadataStore], T]) -> T:
+    async def _read(self, call: Callable[[MetadataStore], T], *, small: bool = True) -> T:
         """Runs a read-only store call: `call(reader)` right here on the loop
-        thread if there is a reader, else (or if the reader would have to
-        wait) `call(store)` on the worker thread."""
-        if self._reader is None:
+        thread if there is a reader and the read is `small`, else (or if the
+        reader would have to wait) `call(store)` on the worker thread.
+
+        A big read (a listing without a small count, many ids or numbers)
+        would hold the event loop, and every other call and watch with it,
+        for as long as it takes: it waits its turn on the worker thread."""
+        if self._reader is None or not small:
             return await self._run(call, self._store)
         if self._closed:
             raise Unavailable("the metadata service is shutting down")
@@ -212,7 +225,8 @@ class MetadataRegistry:
         return blobs
 
     async def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
-        return await self._read(lambda store: store.retrieve_models(model_ids, count, handle))
+        small = _is_small(count) and len(model_ids) <= SMALL_READ
+        return await self._read(lambda store: store.retrieve_models(model_ids, count, handle), small=small)
 
     # -- versions -------------------------------------------------------------
 
@@ -220,7 +234,8 @@ class MetadataRegistry:
         self, model_id: str, numbers: Sequence[int], count: int, handle: str
     ) -> VersionPage:
         _annotate(model_id=model_id)
-        return await self._read(lambda store: store.retrieve_versions(model_id, numbers, count, handle))
+        small = _is_small(count) if not numbers else len(numbers) <= SMALL_READ
+        return await self._read(lambda store: store.retrieve_versions(model_id, numbers, count, handle), small=small)
 
     async def resolve_version(self, model_id: str, number: int, *, touch: bool) -> ResolvedVersion:
         _annotate(model_id=model_id, version_number=number, touch=touch)
@@ -288,27 +303,44 @@ class MetadataRegistry:
 
     # -- watches ---------------------------------------------------------------
 
-    async def watch_versions(self, model_id: str, after_version: int) -> AsyncIterator[Version]:
-        """Committed versions of a model, in number order, until cancelled.
+    async def watch_versions(
+        self, model_id: str, after_version: int | None, model_incarnation: int = 0
+    ) -> AsyncIterator[WatchStart | Version]:
+        """A `WatchStart`, then committed versions of a model, in number
+        order, until cancelled.
 
-        after_version 0: the latest existing version (if any), then each new
-        one; N > 0: every version numbered above N, then each new one. Ends
-        with NOT_FOUND when the model is deleted.
+        after_version None: the latest existing version (if any), then each
+        new one; N (0 included): every version numbered above N, then each
+        new one. `model_incarnation` (if not 0) is the incarnation the
+        caller follows: any other is NOT_FOUND "was deleted", as is the
+        model's deletion while watched.
         """
         require_model_id(model_id)
-        _annotate(model_id=model_id, after_version=after_version)
+        _annotate(model_id=model_id, after_version=-1 if after_version is None else after_version)
         # Subscribe BEFORE reading: a commit after this point wakes us, and
         # one before it is in what we read. No wake-up can be missed.
         with self.hub.subscribe(model_id) as subscription:
-            if after_version == 0:
-                batch = await self._read(lambda store: store.read_latest_version(model_id))
-                more_to_read = False
-            else:
-                batch = await self._read(
-                    lambda store: store.read_versions_after(model_id, after_version, self._watch_batch_size)
-                )
-                more_to_read = len(batch.versions) == self._watch_batch_size
+            try:
+                if after_version is None:
+                    batch = await self._read(lambda store: store.read_latest_version(model_id))
+                    more_to_read = False
+                else:
+                    batch = await self._read(
+                        lambda store: store.read_versions_after(model_id, after_version, self._watch_batch_size)
+                    )
+                    more_to_read = len(batch.versions) == self._watch_batch_size
+            except NotFound:
+                if model_incarnation:
+                    raise model_deleted(model_id) from None
+                raise
             model_seq = batch.model_seq
+            if model_incarnation and model_seq != model_incarnation:
+                # Deleted and re-created while the caller was away: its
+                # numbers mean other versions now.
+                raise model_deleted(model_id)
+            if after_version is None:
+                after_version = batch.versions[-1].number - 1 if batch.versions else 0
+            yield WatchStart(model_incarnation=model_seq, after_version=after_version)
             last_sent = after_version
             while True:
                 for version in batch.versions:

@@ -24,9 +24,9 @@ async def open_registry(config: MetadataConfig) -> MetadataRegistry:
         path = config.database_path
         assert path is not None
         return await MetadataRegistry.open(
-            lambda: SqliteMetadataStore(path, config.cache_budget),
+            lambda: SqliteMetadataStore(path, config.cache_budget, config.limits),
             # Reads on the event loop thread, without a thread hand-off each.
-            open_reader=lambda: SqliteReader(path, config.cache_budget),
+            open_reader=lambda: SqliteReader(path, config.cache_budget, config.limits),
         )
     # Imported here: a SQLite deployment never loads the PostgreSQL driver.
     from services.metadata.change_feed import PostgresChangeFeed
@@ -36,7 +36,7 @@ async def open_registry(config: MetadataConfig) -> MetadataRegistry:
     url, origin = config.postgres_url, new_origin()
     try:
         return await MetadataRegistry.open(
-            lambda: PostgresMetadataStore(url, config.cache_budget, origin=origin),
+            lambda: PostgresMetadataStore(url, config.cache_budget, origin=origin, limits=config.limits),
             feed=PostgresChangeFeed(url, origin),
         )
     except StoreOpenError as exc:

@@ -77,12 +77,15 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
 
     async def WatchVersions(
         self, request: metadata_pb2.WatchVersionsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[api.ModelVersionInfo]:
-        """Streams versions after `after_version` (or the latest one), then each new one."""
+    ) -> AsyncIterator[metadata_pb2.WatchVersionsReply]:
+        """Says the watch started, then streams versions after `after_version`
+        (or the latest one, when unset), then each new one."""
+        after = request.after_version if request.HasField("after_version") else None
+        events = self._registry.watch_versions(request.model_id, after, request.model_incarnation)
         # aclosing: the watch (and its hub subscription) ends with this handler.
-        async with aclosing(self._registry.watch_versions(request.model_id, request.after_version)) as versions:
-            async for version in versions:
-                yield convert.version_to_proto(version)
+        async with aclosing(events) as versions:
+            async for event in versions:
+                yield convert.watch_event_to_proto(event)
 
     async def FindUnreferencedBlobs(
         self, request: metadata_pb2.FindUnreferencedBlobsRequest, context: grpc.aio.ServicerContext

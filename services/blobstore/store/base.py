@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from services.common.errors import DataLoss, InvalidArgument, NotFound
+from services.common.errors import DataLoss, InvalidArgument, NotFound, quoted
 
 # Blob data as it goes in and out of a tier: bytes, or a read-only view of
 # bytes (a received message's data is a view of it, see
@@ -37,7 +37,7 @@ def validate_key(key: str) -> str:
     """Returns `key` if it is a valid blob key, else raises InvalidArgument."""
     if KEY_PATTERN.fullmatch(key) is None:
         raise InvalidArgument(
-            f"blob key {key[:200]!r} is invalid: it must be 1 to 128 characters among A-Z, a-z, 0-9, '_' and '-'"
+            f"blob key {quoted(key)} is invalid: it must be 1 to 128 characters among A-Z, a-z, 0-9, '_' and '-'"
         )
     return key
 

@@ -1,6 +1,6 @@
 """The memory tier: transient blobs kept as the chunks they arrived in
 (views into the received messages: never copied), within a hard byte budget
-reserved when an upload starts."""
+reserved as the bytes arrive."""
 
 from __future__ import annotations
 
@@ -25,11 +25,16 @@ class _MemoryBlob:
 class MemoryTier(BlobTier):
     """Blobs in this process's memory, bounded by `max_bytes`.
 
-    The budget counts the bytes of stored blobs plus the full announced size
-    of every upload in progress, so an upload is refused (RESOURCE_EXHAUSTED)
-    before it accepts a byte rather than half-way through. Deleting a blob
-    returns its bytes to the budget at once; a reader still streaming it
-    keeps the chunks alive until it is done (bounded by the readers).
+    The budget counts the bytes of stored blobs plus the bytes received so
+    far by every upload in progress: an upload that stalls holds what it
+    sent, not what it announced, so a few stalled uploads cannot starve the
+    tier. An upload whose announced size does not fit what is free when it
+    starts (or could never fit) is refused before it accepts a byte; one
+    that fitted then but meets a tier filled by others meanwhile is refused
+    at the chunk that would overflow it (RESOURCE_EXHAUSTED either way, and
+    nothing is kept). Deleting a blob returns its bytes to the budget at
+    once; a reader still streaming it keeps the chunks alive until it is
+    done (bounded by the readers).
 
     Every method runs on the event loop thread, without awaiting in between
     its checks and updates, so no lock is needed.
@@ -53,13 +58,21 @@ class MemoryTier(BlobTier):
         if key in self._blobs:
             raise AlreadyExists(f"blob {key} already exists")
         if self.held_bytes + size > self.max_bytes:
-            raise ResourceExhausted(
-                f"the blobstore's memory tier cannot take a blob of {size} bytes: it holds "
-                f"{self.held_bytes} bytes and {size} more would exceed its budget of {self.max_bytes} bytes "
-                f"({MEMORY_MAX_BYTES_VARIABLE}); archive the version or raise the budget"
-            )
-        self._reserved_bytes += size
+            raise self._full(size)
         return MemoryWriter(self, key, size)
+
+    def _full(self, size: int) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"the blobstore's memory tier cannot take a blob of {size} bytes: it holds "
+            f"{self.held_bytes} bytes and {size} more would exceed its budget of {self.max_bytes} bytes "
+            f"({MEMORY_MAX_BYTES_VARIABLE}); archive the version or raise the budget"
+        )
+
+    def _reserve(self, size: int, blob_size: int) -> None:
+        """Counts `size` more received bytes of an upload of `blob_size`."""
+        if self.held_bytes + size > self.max_bytes:
+            raise self._full(blob_size)
+        self._reserved_bytes += size
 
     def _release_reservation(self, size: int) -> None:
         self._reserved_bytes -= size
@@ -101,18 +114,23 @@ class MemoryWriter(BlobWriter):
         super().__init__(key, size)
         self._tier = tier
         self._chunks: list[Chunk] = []
+        self._reserved = 0  # bytes received, counted against the tier's budget
 
     async def _write(self, chunk: Chunk) -> None:
         if chunk:
+            self._tier._reserve(len(chunk), self.size)
+            self._reserved += len(chunk)
             self._chunks.append(chunk)
 
     async def _commit(self) -> None:
         self._tier._store(self.key, self._chunks, self.size)
         self._chunks = []
+        self._reserved = 0
 
     async def _abort(self) -> None:
         self._chunks = []
-        self._tier._release_reservation(self.size)
+        self._tier._release_reservation(self._reserved)
+        self._reserved = 0
 
 
 class MemoryReader(BlobReader):

@@ -13,25 +13,46 @@ from services.blobstore.tests.helpers import read_all, store
 from services.common.errors import NotFound, ResourceExhausted
 
 
-async def test_budget_is_enforced_at_reservation(memory_tier: MemoryTier):
+async def test_an_upload_is_admitted_if_its_size_fits_what_is_free_then_reserves_as_bytes_arrive(memory_tier: MemoryTier):
     first = await memory_tier.open_writer("first", 600)
-    assert memory_tier.held_bytes == 600  # reserved before any byte arrived
+    assert memory_tier.held_bytes == 0  # nothing held before a byte arrived
+    await first.write(b"x" * 600)
+    assert memory_tier.held_bytes == 600
     with pytest.raises(ResourceExhausted) as error:
         await memory_tier.open_writer("second", 401)
     message = error.value.message
     assert "holds 600 bytes" in message and "401" in message and "budget of 1000 bytes" in message
     assert "COGMENT_MODEL_REGISTRY_BLOBSTORE_MEMORY_MAX_BYTES" in message
     second = await memory_tier.open_writer("second", 400)  # exactly the budget
+    await second.write(b"y" * 400)
     assert memory_tier.held_bytes == 1000
     await first.abort()
     await second.abort()
     assert memory_tier.held_bytes == 0
 
 
+async def test_a_blob_that_could_never_fit_is_refused_before_any_byte(memory_tier: MemoryTier):
+    with pytest.raises(ResourceExhausted, match="a blob of 1001 bytes"):
+        await memory_tier.open_writer("huge", 1001)
+
+
+async def test_uploads_admitted_together_fail_at_the_chunk_that_overflows(memory_tier: MemoryTier):
+    first = await memory_tier.open_writer("first", 600)
+    second = await memory_tier.open_writer("second", 600)
+    await first.write(b"x" * 600)
+    await second.write(b"y" * 400)
+    with pytest.raises(ResourceExhausted):
+        await second.write(b"y" * 1)
+    await second.abort()
+    assert memory_tier.held_bytes == 600
+    await first.commit()
+    assert memory_tier.held_bytes == 600
+
+
 async def test_abort_releases_the_reservation(memory_tier: MemoryTier):
     writer = await memory_tier.open_writer("partial", 1000)
     await writer.write(b"x" * 10)
-    assert memory_tier.held_bytes == 1000  # the whole size, until the upload ends
+    assert memory_tier.held_bytes == 10  # what arrived, not what was announced
     await writer.abort()
     await writer.abort()  # idempotent: released once
     assert memory_tier.held_bytes == 0

@@ -151,14 +151,17 @@ async def test_stream_without_finish_is_aborted(blobstore: Blobstore, archived: 
     assert temp_files(blobstore.archive_dir) == [] and blob_files(blobstore.archive_dir) == []
 
 
-async def test_client_cancel_mid_upload_keeps_nothing_in_memory(blobstore: Blobstore):
+async def test_a_stalled_upload_holds_only_what_it_sent_and_a_cancel_keeps_nothing(blobstore: Blobstore):
     budget = blobstore.config.memory_max_bytes
     stalled = asyncio.Event()
     messages = put_requests("cancelled", b"x" * MIB, archived=False, size=budget, finish=False)
     call = blobstore.stub.PutBlob(stalled_upload(messages, stalled))
     await stalled.wait()
-    # The whole budget is reserved by the upload in progress...
+    # The stalled upload holds what it sent (1 MiB), not what it announced:
+    # the rest of the budget is free for others...
+    await blobstore.put("others", b"x" * (budget - MIB), archived=False)
     await eventually(lambda: budget_is_taken(blobstore))
+    await blobstore.stub.DeleteBlob(blobstore_pb2.DeleteBlobRequest(key="others"))
     call.cancel()
     # ... and released once the client is gone.
     await eventually(lambda: budget_is_free(blobstore, budget))
@@ -427,3 +430,26 @@ async def test_a_transient_key_of_another_replica_is_refused(blobstore: Blobstor
     assert await is_missing(blobstore, key, archived=False)
     # Archived keys name no replica: any replica stores them.
     assert await blobstore.put(new_archived_key(), b"shared", archived=True) == 6
+
+
+@pytest.mark.parametrize("archived", [False, True])
+async def test_an_upload_whose_sender_goes_quiet_is_ended_and_leaves_nothing(tmp_path, archived):
+    from services.blobstore.tests.helpers import make_config, start_blobstore
+    from services.common.limits import RequestLimits
+
+    config = make_config(tmp_path, limits=RequestLimits(upload_idle_timeout_seconds=0.5))
+    running, stop = await start_blobstore(config)
+    try:
+        stalled = asyncio.Event()
+        messages = put_requests("quiet", b"x" * MIB, archived=archived, size=4 * MIB, finish=False)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await asyncio.wait_for(running.stub.PutBlob(stalled_upload(messages, stalled)), 10)
+        assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "COGMENT_MODEL_REGISTRY_UPLOAD_IDLE_TIMEOUT_SECONDS" in error.value.details()
+        assert await is_missing(running, "quiet", archived)
+        if archived:
+            assert [p.name for p in (tmp_path / "blobs" / ".tmp").iterdir() if not p.name.endswith(".lock")] == []
+        else:
+            await eventually(lambda: budget_is_free(running, config.memory_max_bytes))
+    finally:
+        await stop()

@@ -146,7 +146,8 @@ _CANCELLED = object()
 
 class FakeWatch:
     """An internal watch (grpc.aio.UnaryStreamCall): gives what is fed, in
-    order; cancelling it makes its reader raise CancelledError, as grpc does."""
+    order (a version is given as the WatchVersionsReply carrying it);
+    cancelling it makes its reader raise CancelledError, as grpc does."""
 
     def __init__(self, *items: api.ModelVersionInfo | grpc.StatusCode | object) -> None:
         self._items: asyncio.Queue = asyncio.Queue()
@@ -161,7 +162,7 @@ class FakeWatch:
     def __aiter__(self) -> FakeWatch:
         return self
 
-    async def __anext__(self) -> api.ModelVersionInfo:
+    async def __anext__(self) -> metadata_pb2.WatchVersionsReply:
         if self.cancelled:
             raise asyncio.CancelledError()
         item = await self._items.get()
@@ -171,6 +172,8 @@ class FakeWatch:
             raise StopAsyncIteration
         if isinstance(item, grpc.StatusCode):
             raise rpc_error(item)
+        if isinstance(item, api.ModelVersionInfo):
+            return metadata_pb2.WatchVersionsReply(version_info=item)
         return item
 
     def cancel(self) -> bool:
@@ -188,6 +191,13 @@ def version(number: int, model_id: str = "model") -> api.ModelVersionInfo:
     return api.ModelVersionInfo(model_id=model_id, version_number=number)
 
 
+def started(after_version: int = 0, incarnation: int = 7) -> metadata_pb2.WatchVersionsReply:
+    """The first reply of a watch: registered, every version above `after_version` follows."""
+    return metadata_pb2.WatchVersionsReply(
+        started=metadata_pb2.WatchVersionsReply.Started(model_incarnation=incarnation, after_version=after_version)
+    )
+
+
 class FakeMetadata:
     """Metadata's calls, over a dictionary of models and their versions."""
 
@@ -199,7 +209,9 @@ class FakeMetadata:
         self.resolves: list[tuple[str, int, bool]] = []
         self.forgotten: list[str] = []
         self.upserts: list[api.ModelInfo] = []
-        self.watches: list[tuple[str, int]] = []
+        # (model_id, after_version, model_incarnation) of each watch asked for.
+        self.watches: list[tuple[str, int | None, int]] = []
+        self.version_info_requests: list[api.RetrieveVersionInfosRequest] = []
         self.scripted_watches: list[FakeWatch] = []
         # Scripted answers.
         self.commit_error: RegistryError | None = None
@@ -226,8 +238,15 @@ class FakeMetadata:
         return api.RetrieveModelsReply(model_infos=[self._model(m) for m in ids])
 
     async def retrieve_version_infos(self, request: api.RetrieveVersionInfosRequest) -> api.RetrieveVersionInfosReply:
+        self.version_info_requests.append(request)
         self._model(request.model_id)
-        infos = [v for v in self.versions.values() if v.model_id == request.model_id]
+        start = int(request.version_handle or 1)
+        infos = sorted(
+            (v for v in self.versions.values() if v.model_id == request.model_id and v.version_number >= start),
+            key=lambda v: v.version_number,
+        )
+        if request.versions_count:
+            infos = infos[: request.versions_count]
         return api.RetrieveVersionInfosReply(version_infos=infos)
 
     async def commit_version(self, info: api.ModelVersionInfo, blob_key: str) -> metadata_pb2.CommitVersionReply:
@@ -272,7 +291,7 @@ class FakeMetadata:
     def script_watches(self, *watches: FakeWatch) -> None:
         self.scripted_watches.extend(watches)
 
-    def watch_versions(self, model_id: str, after_version: int) -> FakeWatch:
-        self.watches.append((model_id, after_version))
-        # Unscripted: a watch on which nothing happens.
-        return self.scripted_watches.pop(0) if self.scripted_watches else FakeWatch()
+    def watch_versions(self, model_id: str, after_version: int | None, model_incarnation: int) -> FakeWatch:
+        self.watches.append((model_id, after_version, model_incarnation))
+        # Unscripted: a watch that starts, then on which nothing happens.
+        return self.scripted_watches.pop(0) if self.scripted_watches else FakeWatch(started())

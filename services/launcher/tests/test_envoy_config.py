@@ -92,3 +92,23 @@ def test_every_cluster_is_http2_and_health_checked():
         (check,) = cluster["health_checks"]
         assert check["grpc_health_check"]["service_name"]
         assert check["no_traffic_interval"] == check["interval"]
+
+
+def test_circuit_breakers_and_stream_limits_are_set_deliberately():
+    """Envoy's default circuit breaker (1,024 requests per cluster) refused
+    the 1,025th subscriber: the frontends bound their streams themselves."""
+    from services.common.limits import RequestLimits
+    from services.launcher.envoy_config import CIRCUIT_BREAKERS, DOWNSTREAM_MAX_STREAMS, UPSTREAM_MAX_STREAMS
+
+    config = render_envoy_config(local_topology())
+    clusters = {cluster["name"]: cluster for cluster in config["static_resources"]["clusters"]}
+    for name in ("frontend", "metadata", "blobstore"):
+        (thresholds,) = clusters[name]["circuit_breakers"]["thresholds"]
+        assert thresholds["max_requests"] == CIRCUIT_BREAKERS[name]["max_requests"]
+    assert clusters["frontend"]["circuit_breakers"]["thresholds"][0]["max_requests"] > 2 * RequestLimits().max_streams
+    for listener in config["static_resources"]["listeners"]:
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        assert manager["http2_protocol_options"]["max_concurrent_streams"] == DOWNSTREAM_MAX_STREAMS >= 10_000
+    options = clusters["frontend"]["typed_extension_protocol_options"]
+    (protocol,) = options.values()
+    assert protocol["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"] == UPSTREAM_MAX_STREAMS

@@ -35,6 +35,7 @@ from psycopg import errors
 
 from services.common.errors import InvalidArgument, Unavailable
 from services.metadata.database_url import redacted_url
+from services.common.limits import RequestLimits
 from services.metadata.errors import StoreOpenError
 from services.metadata.postgres_session import CHANNEL, change_payload, connection_parameters, new_origin, reason
 from services.metadata.records import CacheBudget
@@ -158,7 +159,9 @@ class PostgresMetadataStore(SqlMetadataStore):
     otherwise database failures are `Unavailable`.
     """
 
-    def __init__(self, url: str, budget: CacheBudget, *, origin: str | None = None) -> None:
+    def __init__(
+        self, url: str, budget: CacheBudget, *, origin: str | None = None, limits: RequestLimits | None = None
+    ) -> None:
         self._url = url
         self.description = redacted_url(url)
         self.origin = origin or new_origin()
@@ -179,7 +182,7 @@ class PostgresMetadataStore(SqlMetadataStore):
         except BaseException:
             connection.close()
             raise
-        super().__init__(connection, budget)
+        super().__init__(connection, budget, limits)
         # `sequence` is a name PostgreSQL quoted itself. last_value counts
         # positions handed out, including those of deleted models.
         self._largest_seq_statement = f"SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {sequence}"

@@ -26,8 +26,8 @@ from typing import Any
 from opentelemetry import trace
 
 from services.common import metrics
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound, RegistryError
-from services.common.limits import check_version_fits_cache
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound, RegistryError, quoted
+from services.common.limits import RequestLimits, ReplyBudget, check_version_fits_cache, listed_item_bytes, reply_too_large
 from services.metadata.errors import StoreOpenError, model_not_found, require_model_id
 from services.metadata.paging import parse_handle
 from services.metadata.records import (
@@ -58,6 +58,8 @@ _INT64_MAX = 2**63 - 1
 _UINT32_MAX = 2**32 - 1
 # Bound on the parameters of one `IN (...)` list.
 _IN_LIST_CHUNK = 500
+# Rows a listing with no count reads at a time, until its reply is full.
+_LISTING_BATCH = 1000
 
 _VERSION_COLUMNS = "number, creation_timestamp, archived, data_hash, data_size, user_data"
 
@@ -97,6 +99,7 @@ SELECT_NTH_LATEST_VERSION = (
     "ORDER BY number DESC LIMIT 1 OFFSET ?"
 )
 COUNT_VERSIONS = "SELECT COUNT(*) FROM versions WHERE model_seq = ?"
+LATEST_NUMBERS = "SELECT number FROM versions WHERE model_seq = ? ORDER BY number DESC LIMIT ?"
 LIST_VERSIONS_FROM = f"SELECT {_VERSION_COLUMNS} FROM versions WHERE model_seq = ? AND number >= ? ORDER BY number"
 LIST_VERSIONS_AFTER = (
     f"SELECT {_VERSION_COLUMNS} FROM versions WHERE model_seq = ? AND number > ? ORDER BY number LIMIT ?"
@@ -190,7 +193,7 @@ class SqlMetadataStore(MetadataStore):
     Not thread-safe: one store, one thread (the connection is not shared).
     """
 
-    def __init__(self, connection: Any, budget: CacheBudget) -> None:
+    def __init__(self, connection: Any, budget: CacheBudget, limits: RequestLimits | None = None) -> None:
         self._connection = connection
         self._budget = budget
         measured = metrics.metadata()
@@ -199,6 +202,8 @@ class SqlMetadataStore(MetadataStore):
             write: (measured.database_seconds.labels(access), measured.database_errors.labels(access))
             for write, access in ((False, "read"), (True, "write"))
         }
+        # Only the reply size is the store's business: the frontend checks the rest.
+        self._limits = limits or RequestLimits()
 
     # -- dialect hooks ---------------------------------------------------
 
@@ -332,12 +337,24 @@ class SqlMetadataStore(MetadataStore):
         if handle:
             largest = self._largest_model_seq(cursor)
             after = parse_handle(handle, field="model_handle", low=0, high=largest, meaning="a model position")
-        statement = LIST_MODELS + (" LIMIT ?" if count else "")
-        parameters = (after, count) if count else (after,)
-        rows = self._execute(cursor, statement, parameters).fetchall()
-        models = tuple(Model(model_id=model_id, user_data=_load_user_data(data)) for _, model_id, data in rows)
-        next_handle = str(rows[-1][0]) if rows else str(after)
-        return ModelPage(models=models, next_handle=next_handle)
+        budget = self._limits.reply_budget()
+        # count 0 ("no limit"): as many as one reply holds; the rows are
+        # read a page's worth at a time, never the whole table.
+        limit = count or _LISTING_BATCH
+        models: list[Model] = []
+        last_seq = after
+        while True:
+            rows = self._execute(cursor, LIST_MODELS + " LIMIT ?", (last_seq, limit)).fetchall()
+            for seq, model_id, data in rows:
+                user_data = _load_user_data(data)
+                if not budget.take(listed_item_bytes(model_id, user_data)):
+                    if count:
+                        raise reply_too_large("models", count, len(models), budget.max_bytes, field="models_count", paged=True)
+                    return ModelPage(models=tuple(models), next_handle=str(last_seq))
+                models.append(Model(model_id=model_id, user_data=user_data))
+                last_seq = seq
+            if count or len(rows) < limit:
+                return ModelPage(models=tuple(models), next_handle=str(last_seq))
 
     def _models_by_id(self, cursor: Cursor, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
         offset = 0
@@ -350,14 +367,29 @@ class SqlMetadataStore(MetadataStore):
                 meaning=f"a position in the {len(model_ids)} model_ids requested",
             )
         selected = model_ids[offset : offset + count] if count else model_ids[offset:]
-        models = []
         for index, model_id in enumerate(selected, start=offset):
             require_model_id(model_id, f"model_ids[{index}]")
-            row = self._execute(cursor, SELECT_MODEL_INFO, (model_id,)).fetchone()
-            if row is None:
+        # One query per batch of ids, not one per id.
+        found: dict[str, str] = {}
+        unique = list(dict.fromkeys(selected))
+        for start in range(0, len(unique), _IN_LIST_CHUNK):
+            chunk = unique[start : start + _IN_LIST_CHUNK]
+            statement = f"SELECT model_id, user_data FROM models WHERE model_id IN ({', '.join('?' * len(chunk))})"
+            found.update(self._execute(cursor, statement, chunk).fetchall())
+        budget = self._limits.reply_budget()
+        models: list[Model] = []
+        for model_id in selected:
+            if model_id not in found:
                 raise model_not_found(model_id)
-            models.append(Model(model_id=model_id, user_data=_load_user_data(row[0])))
-        return ModelPage(models=tuple(models), next_handle=str(offset + len(selected)))
+            user_data = _load_user_data(found[model_id])
+            if not budget.take(listed_item_bytes(model_id, user_data)):
+                if count:
+                    raise reply_too_large(
+                        "models", len(selected), len(models), budget.max_bytes, field="models_count", paged=True
+                    )
+                break
+            models.append(Model(model_id=model_id, user_data=user_data))
+        return ModelPage(models=tuple(models), next_handle=str(offset + len(models)))
 
     # -- versions -------------------------------------------------------------
 
@@ -377,15 +409,15 @@ class SqlMetadataStore(MetadataStore):
                     if number <= last_allocated
                     else f"the last version created is {last_allocated}"
                 )
-                raise NotFound(f"model {model_id!r} has no version {number} ({why})")
+                raise NotFound(f"model {quoted(model_id)} has no version {number} ({why})")
         elif number < 0:
             row = self._execute(cursor, SELECT_NTH_LATEST_VERSION, (model_seq, -number - 1)).fetchone()
             if row is None:
                 (existing,) = self._execute(cursor, COUNT_VERSIONS, (model_seq,)).fetchone()
-                raise NotFound(f"model {model_id!r} has {_plural_versions(existing)}, {number} is out of range")
+                raise NotFound(f"model {quoted(model_id)} has {_plural_versions(existing)}, {number} is out of range")
         else:
             raise NotFound(
-                f"model {model_id!r} has no version 0: versions are numbered from 1, and -1 is the latest"
+                f"model {quoted(model_id)} has no version 0: versions are numbered from 1, and -1 is the latest"
             )
         return ResolvedVersion(version=_version_from_row(model_id, row), blob_key=row[6])
 
@@ -394,9 +426,13 @@ class SqlMetadataStore(MetadataStore):
         with self._transaction(write=False) as cursor:
             seq, last_allocated = self._model_row(cursor, model_id)
             if numbers:
-                versions = tuple(
-                    self.resolve_version_number(cursor, model_id, seq, number).version for number in numbers
-                )
+                versions = self._versions_by_number(cursor, model_id, seq, numbers)
+                budget = self._limits.reply_budget()
+                for fitting, version in enumerate(versions):
+                    if not budget.take(listed_item_bytes(model_id, version.user_data)):
+                        raise reply_too_large(
+                            "versions", len(numbers), fitting, budget.max_bytes, field="version_numbers", paged=False
+                        )
                 return VersionPage(versions=versions, next_handle=str(versions[-1].number + 1))
             start = 1
             if handle:
@@ -405,14 +441,72 @@ class SqlMetadataStore(MetadataStore):
                     field="version_handle",
                     low=1,
                     high=last_allocated + 1,
-                    meaning=f"a version number of model {model_id!r}",
+                    meaning=f"a version number of model {quoted(model_id)}",
                 )
-            statement = LIST_VERSIONS_FROM + (" LIMIT ?" if count else "")
-            parameters = (seq, start, count) if count else (seq, start)
-            rows = self._execute(cursor, statement, parameters).fetchall()
-        versions = tuple(_version_from_row(model_id, row) for row in rows)
+            versions = self._list_versions(cursor, model_id, seq, start, count)
         next_handle = str(versions[-1].number + 1) if versions else str(start)
         return VersionPage(versions=versions, next_handle=next_handle)
+
+    def _list_versions(self, cursor: Cursor, model_id: str, seq: int, start: int, count: int) -> tuple[Version, ...]:
+        """Versions numbered from `start`: `count` of them (all must fit one
+        reply), or with count 0 as many as fit one reply."""
+        budget = self._limits.reply_budget()
+        limit = count or _LISTING_BATCH
+        versions: list[Version] = []
+        while True:
+            rows = self._execute(cursor, LIST_VERSIONS_FROM + " LIMIT ?", (seq, start, limit)).fetchall()
+            for row in rows:
+                version = _version_from_row(model_id, row)
+                if not budget.take(listed_item_bytes(model_id, version.user_data)):
+                    if count:
+                        raise reply_too_large(
+                            "versions", count, len(versions), budget.max_bytes, field="versions_count", paged=True
+                        )
+                    return tuple(versions)
+                versions.append(version)
+                start = version.number + 1
+            if count or len(rows) < limit:
+                return tuple(versions)
+
+    def _versions_by_number(
+        self, cursor: Cursor, model_id: str, seq: int, numbers: Sequence[int]
+    ) -> tuple[Version, ...]:
+        """Each of `numbers` resolved as by `resolve_version_number` (n > 0,
+        or -n from the latest), in request order, in a few queries whatever
+        their count: the -n are located in one, the versions read in one per
+        batch of numbers. The first one that does not exist is NotFound,
+        worded as `resolve_version_number` words it."""
+        deepest = max((-number for number in numbers if number < 0), default=0)
+        latest: list[int] = []
+        if deepest:
+            rows = self._execute(cursor, LATEST_NUMBERS, (seq, deepest)).fetchall()
+            latest = [number for (number,) in rows]
+        wanted: list[int] = []
+        for number in numbers:
+            if number < 0 and -number <= len(latest):
+                wanted.append(latest[-number - 1])
+            elif number > 0:
+                wanted.append(number)
+        rows_by_number: dict[int, Sequence[Any]] = {}
+        unique = list(dict.fromkeys(wanted))
+        for start in range(0, len(unique), _IN_LIST_CHUNK):
+            chunk = unique[start : start + _IN_LIST_CHUNK]
+            statement = (
+                f"SELECT {_VERSION_COLUMNS} FROM versions WHERE model_seq = ? "
+                f"AND number IN ({', '.join('?' * len(chunk))})"
+            )
+            rows_by_number.update((row[0], row) for row in self._execute(cursor, statement, (seq, *chunk)).fetchall())
+        versions = []
+        for number in numbers:
+            if number < 0 and -number <= len(latest):
+                number = latest[-number - 1]
+            row = rows_by_number.get(number) if number > 0 else None
+            if row is None:
+                # Raises the NotFound that says what exists.
+                self.resolve_version_number(cursor, model_id, seq, number)
+                raise AssertionError("unreachable")  # pragma: no cover - it exists after all
+            versions.append(_version_from_row(model_id, row))
+        return tuple(versions)
 
     def resolve_version(self, model_id: str, number: int, *, touch: bool) -> ResolvedVersion:
         require_model_id(model_id)
@@ -451,8 +545,8 @@ class SqlMetadataStore(MetadataStore):
                 version = _version_from_row(existing[0], existing[1:])
                 if version.model_id != draft.model_id:
                     raise AlreadyExists(
-                        f"blob_key {blob_key!r} is already committed as version {version.number} "
-                        f"of model {version.model_id!r}, not of model {draft.model_id!r}"
+                        f"blob_key {quoted(blob_key)} is already committed as version {version.number} "
+                        f"of model {quoted(version.model_id)}, not of model {quoted(draft.model_id)}"
                     )
                 return Commit(version=version, evicted=(), created=False)
 

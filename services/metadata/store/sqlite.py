@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from services.common.limits import RequestLimits
 from services.metadata.errors import StoreOpenError
 from services.metadata.records import CacheBudget
 from services.metadata.store.base import ReadDeferred
@@ -58,9 +59,9 @@ class SqliteMetadataStore(SqlMetadataStore):
     Use from the thread that created it only (sqlite3 enforces this).
     """
 
-    def __init__(self, path: Path, budget: CacheBudget) -> None:
+    def __init__(self, path: Path, budget: CacheBudget, limits: RequestLimits | None = None) -> None:
         self.path = path
-        super().__init__(self._open(path), budget)
+        super().__init__(self._open(path), budget, limits)
 
     def _open(self, path: Path) -> sqlite3.Connection:
         """A configured connection to `path`, with the schema up to date."""

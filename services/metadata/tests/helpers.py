@@ -57,3 +57,16 @@ def test_config(tmp_path: Path, **overrides: str) -> MetadataConfig:
 
 
 test_config.__test__ = False  # a builder, not a test
+
+
+async def watch_versions(registry, model_id: str, after_version: int | None = None, incarnation: int = 0):
+    """`registry.watch_versions` without its first event (`WatchStart`):
+    the versions only, as most tests want them."""
+    from contextlib import aclosing
+
+    from services.metadata.records import WatchStart
+
+    async with aclosing(registry.watch_versions(model_id, after_version, incarnation)) as events:
+        async for event in events:
+            if not isinstance(event, WatchStart):
+                yield event

@@ -136,9 +136,11 @@ def test_two_replica_processes_share_numbers_and_wake_each_others_watchers(tmp_p
             committed.append(stub.CommitVersion(request, timeout=5).version_info.version_number)
         assert committed == [1, 2, 3, 4, 5, 6]
         received = []
-        for info in watch:
-            received.append(info.version_number)
-            if info.version_number == 6:
+        for reply in watch:
+            if reply.WhichOneof("event") == "started":
+                continue
+            received.append(reply.version_info.version_number)
+            if reply.version_info.version_number == 6:
                 break
         assert received == list(range(received[0], 7))
         watch.cancel()
@@ -162,7 +164,7 @@ def test_sigterm_stops_promptly_even_with_a_watch_open(tmp_path, processes):
         assert process.wait(15) == 0
         assert time.monotonic() - started < 10  # the grace period is 1 s
         with pytest.raises(grpc.RpcError):
-            next(watch)
+            list(watch)  # `started`, then the end
 
 
 @pytest.mark.parametrize(

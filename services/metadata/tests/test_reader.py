@@ -22,7 +22,7 @@ from services.metadata.records import Model
 from services.metadata.registry import MetadataRegistry
 from services.metadata.store.base import ReadDeferred
 from services.metadata.store.sqlite import SqliteMetadataStore, SqliteReader
-from services.metadata.tests.helpers import LARGE_BUDGET, draft, new_blob_key
+from services.metadata.tests.helpers import LARGE_BUDGET, draft, new_blob_key, watch_versions
 
 
 class ThreadRecording:
@@ -88,6 +88,23 @@ async def registry(db_path: Path):
     await registry.close()
 
 
+async def test_big_reads_run_on_the_store_thread_not_the_loop(registry):
+    """A listing without a small count, or many numbers, could hold the
+    event loop for long: it runs on the store thread."""
+    await registry.commit_version(draft("m"), new_blob_key())
+    await registry.retrieve_models([], 0, "")
+    await registry.retrieve_models(["m"] * 101, 0, "")
+    await registry.retrieve_versions("m", [], 0, "")
+    await registry.retrieve_versions("m", [1] * 101, 0, "")
+    assert registry._reader.threads == []
+    assert [call for call, _ in registry._store.threads][-4:] == [
+        "retrieve_models",
+        "retrieve_models",
+        "retrieve_versions",
+        "retrieve_versions",
+    ]
+
+
 def threads_of(store) -> set[str]:
     return {thread for _, thread in store.threads}
 
@@ -95,7 +112,7 @@ def threads_of(store) -> set[str]:
 async def test_reads_run_on_the_loop_thread_and_writes_on_the_store_thread(registry):
     loop_thread = threading.current_thread().name
     await registry.commit_version(draft("m"), new_blob_key())
-    await registry.retrieve_models([], 0, "")
+    await registry.retrieve_models([], 10, "")
     await registry.retrieve_versions("m", [-1], 0, "")
     await registry.resolve_version("m", 1, touch=False)
     await registry.resolve_version("m", 1, touch=True)
@@ -154,7 +171,7 @@ async def test_a_deferred_read_runs_on_the_store_thread(registry):
 
 async def test_watches_read_through_the_reader(registry):
     await registry.commit_version(draft("m"), new_blob_key())
-    watch = registry.watch_versions("m", 0)
+    watch = watch_versions(registry, "m")
     assert (await asyncio.wait_for(anext(watch), 2)).number == 1
     await registry.commit_version(draft("m"), new_blob_key())
     assert (await asyncio.wait_for(anext(watch), 2)).number == 2

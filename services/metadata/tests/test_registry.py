@@ -15,7 +15,7 @@ from services.metadata.registry import MetadataRegistry
 from services.metadata.store.base import MetadataStore
 from services.metadata.store.postgres import PostgresMetadataStore
 from services.metadata.store.sqlite import SqliteMetadataStore
-from services.metadata.tests.helpers import draft, new_blob_key
+from services.metadata.tests.helpers import draft, new_blob_key, watch_versions
 
 
 class Hooks:
@@ -98,7 +98,7 @@ async def test_concurrent_commits_are_numbered_1_to_8_on_one_thread(registry):
 async def test_watch_from_zero_sends_the_latest_then_new_ones(registry):
     for _ in range(3):
         await commit(registry)
-    watch = registry.watch_versions("m", 0)
+    watch = watch_versions(registry, "m")
     assert await next_number(watch) == 3
     for expected in (4, 5, 6, 7, 8):  # more than a batch (2) at a time is read in batches
         await commit(registry)
@@ -110,7 +110,7 @@ async def test_watch_from_zero_sends_the_latest_then_new_ones(registry):
 async def test_watch_catches_up_in_batches(registry):
     for _ in range(7):
         await commit(registry)
-    watch = registry.watch_versions("m", 2)
+    watch = watch_versions(registry, "m", 2)
     assert [await next_number(watch) for _ in range(5)] == [3, 4, 5, 6, 7]
     await commit(registry)
     assert await next_number(watch) == 8
@@ -128,7 +128,7 @@ async def test_a_commit_right_after_the_first_read_is_not_missed(registry):
         loop.call_soon_threadsafe(registry.hub.version_committed, "m")
 
     store_of(registry).after_read = commit_behind_the_watchers_back
-    watch = registry.watch_versions("m", 0)
+    watch = watch_versions(registry, "m")
     assert await next_number(watch) == 1
     assert await next_number(watch) == 2
     await watch.aclose()
@@ -137,7 +137,7 @@ async def test_a_commit_right_after_the_first_read_is_not_missed(registry):
 async def test_a_commit_right_after_a_later_read_is_not_missed(registry):
     """Same race on every later read: the flag must be cleared before reading."""
     await commit(registry)
-    watch = registry.watch_versions("m", 0)
+    watch = watch_versions(registry, "m")
     assert await next_number(watch) == 1
     loop = asyncio.get_running_loop()
 
@@ -171,7 +171,7 @@ async def start_held_commit(registry: MetadataRegistry) -> tuple[asyncio.Future[
 async def test_watchers_are_woken_even_when_the_committer_gave_up(registry):
     """A commit whose caller is cancelled once it is running still commits,
     so its watchers must still hear of it."""
-    watch = registry.watch_versions("m", 0)
+    watch = watch_versions(registry, "m")
     first = asyncio.ensure_future(anext(watch))
     await asyncio.sleep(0.05)  # the watcher is waiting
     committer, release = await start_held_commit(registry)
@@ -195,7 +195,7 @@ async def test_a_queued_call_is_dropped_when_its_caller_is_cancelled(registry):
 
 async def test_deleting_the_model_ends_its_watches(registry):
     await commit(registry)
-    watch = registry.watch_versions("m", 0)
+    watch = watch_versions(registry, "m")
     assert await next_number(watch) == 1
     await registry.delete_model("m")
     with pytest.raises(NotFound, match="model 'm' was deleted"):
@@ -208,7 +208,7 @@ async def test_a_model_re_created_under_a_watcher_ends_the_watch(registry):
     re-created: it must not continue on the new model's numbers."""
     for _ in range(3):
         await commit(registry)
-    watch = registry.watch_versions("m", 1)  # reads 2 and 3 (a full batch)
+    watch = watch_versions(registry, "m", 1)  # reads 2 and 3 (a full batch)
     assert await next_number(watch) == 2
     await registry.delete_model("m")
     await registry.upsert_model(Model("m"))
@@ -224,7 +224,7 @@ async def test_a_model_re_created_under_a_watcher_ends_the_watch(registry):
 async def test_closing_ends_watches_and_refuses_calls(database):
     registry = await MetadataRegistry.open(lambda: database.open(close_at_end=False))
     await registry.upsert_model(Model("m"))
-    watch = registry.watch_versions("m", 0)
+    watch = watch_versions(registry, "m")
     waiting = asyncio.ensure_future(anext(watch))
     await asyncio.sleep(0.05)
     await registry.close()
@@ -239,7 +239,7 @@ async def test_a_model_replaced_by_another_writer_ends_the_watch(registry, datab
     neither): the watcher must notice it is a different model, not stream
     the new model's versions as if they followed the old ones."""
     await commit(registry)
-    watch = registry.watch_versions("m", 0)
+    watch = watch_versions(registry, "m")
     assert await next_number(watch) == 1
     other_writer = database.open()
     other_writer.delete_model("m")

@@ -17,7 +17,7 @@ from services.metadata.change_feed import PostgresChangeFeed
 from services.metadata.records import Model, Version
 from services.metadata.registry import MetadataRegistry
 from services.metadata.server import open_registry
-from services.metadata.tests.helpers import draft, new_blob_key
+from services.metadata.tests.helpers import draft, new_blob_key, watch_versions
 
 pytestmark = pytest.mark.postgres
 
@@ -54,7 +54,7 @@ async def start_waiting_watch(
 ) -> tuple[AsyncIterator[Version], asyncio.Future[int]]:
     """A watch of `model_id` from the latest version, once it has read the
     (empty) state and waits; and its next number, awaited meanwhile."""
-    watch = registry.watch_versions(model_id, 0)
+    watch = watch_versions(registry, model_id)
     waiting = asyncio.ensure_future(next_number(watch, timeout))
     await asyncio.sleep(0.1)
     return watch, waiting
@@ -77,7 +77,7 @@ async def test_a_watcher_wakes_within_a_second_for_a_commit_on_another_replica(r
 
 async def test_commits_on_both_replicas_reach_watchers_on_both_in_order(replicas):
     one, two = replicas
-    watches = [one.watch_versions("m", 0), two.watch_versions("m", 0)]
+    watches = [watch_versions(one, "m"), watch_versions(two, "m")]
     pending = [asyncio.ensure_future(next_number(watch)) for watch in watches]
     await asyncio.sleep(0.1)
     results = await asyncio.gather(*(commit(registry) for registry in (one, two, one, two, one, two)))
@@ -93,7 +93,7 @@ async def test_commits_on_both_replicas_reach_watchers_on_both_in_order(replicas
 async def test_a_deletion_on_another_replica_ends_the_watch(replicas):
     one, two = replicas
     await commit(one)
-    watch = one.watch_versions("m", 0)
+    watch = watch_versions(one, "m")
     assert await next_number(watch) == 1
     await two.delete_model("m")
     with pytest.raises(NotFound, match="model 'm' was deleted"):

@@ -17,15 +17,25 @@ from services.metadata.tests.helpers import new_blob_key
 class Watch:
     """A WatchVersions call whose messages are pumped into a queue."""
 
-    def __init__(self, service, model_id: str = "m", after_version: int = 0) -> None:
-        self.call = service.stub.WatchVersions(pb.WatchVersionsRequest(model_id=model_id, after_version=after_version))
+    def __init__(self, service, model_id: str = "m", after_version: int | None = None, incarnation: int = 0) -> None:
+        request = pb.WatchVersionsRequest(model_id=model_id, after_version=after_version, model_incarnation=incarnation)
+        self.call = service.stub.WatchVersions(request)
         self.received: asyncio.Queue = asyncio.Queue()
+        # The incarnations announced by `started` (the first message, once).
+        self.started: list[int] = []
+        self.started_after: list[int] = []
         self._pump = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
         try:
-            async for info in self.call:
-                await self.received.put(info)
+            async for reply in self.call:
+                if reply.WhichOneof("event") == "started":
+                    assert not self.started, "started twice"
+                    self.started.append(reply.started.model_incarnation)
+                    self.started_after.append(reply.started.after_version)
+                else:
+                    assert self.started, "a version before started"
+                    await self.received.put(reply.version_info)
         except grpc.aio.AioRpcError as error:
             await self.received.put(error)
         except asyncio.CancelledError:
@@ -116,6 +126,55 @@ async def test_after_version_catches_up_then_follows(service):
     await watch.close()
 
 
+async def test_after_version_zero_is_every_version_not_the_latest(service):
+    """A follower resuming having been sent nothing (a model with no version
+    when it subscribed) must get every version committed since: 0 set is
+    not 0 unset."""
+    await create_model(service)
+    for _ in range(3):
+        await commit(service)
+    watch = Watch(service, after_version=0)
+    assert await watch.take(3) == [1, 2, 3]
+    await watch.close()
+    latest = Watch(service)
+    assert await latest.take(1) == [3]
+    assert latest.started_after == [2]
+    await latest.nothing_for(0.1)
+    await latest.close()
+
+
+async def test_a_watch_announces_the_incarnation_it_follows_first(service):
+    await create_model(service)
+    watch = Watch(service)
+    await wait_until(lambda: watch.started)
+    incarnation = watch.started[0]
+    await watch.close()
+    resumed = Watch(service, after_version=0, incarnation=incarnation)
+    await commit(service)
+    assert await resumed.take(1) == [1]
+    assert resumed.started == [incarnation]
+    await resumed.close()
+
+
+async def test_resuming_a_model_deleted_and_recreated_meanwhile_is_not_found(service):
+    await create_model(service)
+    await commit(service)
+    watch = Watch(service)
+    assert await watch.take(1) == [1]
+    incarnation = watch.started[0]
+    await watch.close()
+    await service.stub.DeleteModel(pb.DeleteModelRequest(model_id="m"))
+    await create_model(service)
+    await commit(service)
+    await commit(service)
+    resumed = Watch(service, after_version=1, incarnation=incarnation)
+    error = await resumed.error()
+    assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND, "model 'm' was deleted")
+    await service.stub.DeleteModel(pb.DeleteModelRequest(model_id="m"))
+    gone = Watch(service, after_version=1, incarnation=incarnation)
+    assert (await gone.error()).code() == grpc.StatusCode.NOT_FOUND
+
+
 async def test_after_the_latest_version_only_new_ones_come(service):
     await create_model(service)
     await commit(service)
@@ -161,7 +220,8 @@ async def test_a_subscriber_that_does_not_read_neither_slows_writers_nor_loses_v
     for _ in range(200):  # nobody reads the stream meanwhile
         await commit(service, archived=True)
     assert asyncio.get_running_loop().time() - started < 20
-    received = [(await asyncio.wait_for(call.read(), 5)).version_number for _ in range(200)]
+    assert (await asyncio.wait_for(call.read(), 5)).WhichOneof("event") == "started"
+    received = [(await asyncio.wait_for(call.read(), 5)).version_info.version_number for _ in range(200)]
     assert received == list(range(1, 201))
     call.cancel()
 
