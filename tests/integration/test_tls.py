@@ -210,6 +210,8 @@ def test_tls_launcher_status_and_internal_surfaces_stay_on_loopback(tls):
 def test_tls_rotation_replacing_the_files_takes_effect_without_a_restart(tls):
     """Last of the TLS tests: it changes the stack's certificate."""
     pid = envoy_pid(tls.stack)
+    with RegistryClient(tls.address, **tls.client_kwargs()) as client:
+        client.create_model("tls-rotation", {"before": "rotation"})
     assert served_certificate_issuer(tls.stack.port) == tls.server_ca.certificate.subject.rfc4514_string()
     new_ca = CertificateAuthority.create("registry test rotated CA")
     new_cert, new_key = new_ca.issue("localhost", server=True)
@@ -224,9 +226,9 @@ def test_tls_rotation_replacing_the_files_takes_effect_without_a_restart(tls):
     assert envoy_pid(tls.stack) == pid
     new_ca_file = new_ca.write(tls.directory / "rotated-ca.pem")
     with RegistryClient(tls.address, ca_cert=new_ca_file) as client:
-        assert client.get_model("tls-sdk").user_data == {"via": "sdk"}
+        assert client.get_model("tls-rotation").user_data == {"before": "rotation"}
     with RegistryClient(tls.address, ca_cert=tls.ca_file) as stale, pytest.raises(UnavailableError, match="not trusted"):
-        stale.get_model("tls-sdk")
+        stale.get_model("tls-rotation")
 
 
 # -- mTLS ----------------------------------------------------------------------
