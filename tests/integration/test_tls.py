@@ -9,6 +9,7 @@ single shape only (`make test` runs the suite again replicated)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -36,6 +37,10 @@ pytestmark = pytest.mark.skipif(REPLICATED, reason="transport only: the single s
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "model-registry")
+# The access check of issue 11 (branch `auth`): with it, the mTLS stack also
+# gets a credentials file mapping certificate CNs to roles.
+ACCESS_CHECK = importlib.util.find_spec("services.common.access") is not None
+WRITER_CN, READER_CN = "trainer-1", "dashboard-1"
 ROTATION_WITHIN_SECONDS = 5.0
 
 
@@ -77,7 +82,14 @@ def start_tls_stack(base: Path, *, mutual: bool) -> TlsStack:
     if mutual:
         client_ca = CertificateAuthority.create("registry test client CA")
         extra["COGMENT_MODEL_REGISTRY_TLS_CLIENT_CA_FILE"] = str(client_ca.write(directory / "client-ca.pem"))
-        client = write_pair(directory, "client", client_ca.issue("trainer-1", server=False))
+        client = write_pair(directory, "client", client_ca.issue(WRITER_CN, server=False))
+        write_pair(directory, "reader", client_ca.issue(READER_CN, server=False))
+        if ACCESS_CHECK:
+            auth_file = directory / "credentials"
+            for name, role in ((WRITER_CN, "write"), (READER_CN, "read")):
+                added = cli("auth", "add-cert", "--file", str(auth_file), "--name", name, "--role", role)
+                assert added.returncode == 0, added.stderr
+            extra["COGMENT_MODEL_REGISTRY_AUTH_FILE"] = str(auth_file)
     port = free_port()
     stack = Stack(stack_env(port, base / "archive", base / "run", **extra), port, base / "archive", base / "run")
     stack.up()
@@ -281,6 +293,31 @@ def test_mtls_the_launcher_checks_health_without_a_certificate(mtls):
     assert health(grpc.insecure_channel(f"127.0.0.1:{state['internal_port']}")) == health_pb2.HealthCheckResponse.SERVING
     envoy = (mtls.stack.run_dir / "envoy.yaml").read_text()
     assert "require_client_certificate: true" in envoy and "SANITIZE_SET" in envoy
+
+
+@pytest.mark.skipif(not ACCESS_CHECK, reason="needs the access check (issue 11, branch auth)")
+def test_mtls_the_certificate_cn_role_is_enforced(mtls):
+    """Under mTLS with a credentials file, the client certificate's subject
+    CN is the identity: a `read` CN reads and is refused writes, naming the
+    role needed; a `write` CN writes."""
+    with RegistryClient(mtls.address, **mtls.client_kwargs()) as writer:
+        writer.create_model("mtls-roles", {"by": WRITER_CN})
+        writer.push("mtls-roles", b"weights")
+    reader_kwargs = dict(
+        mtls.client_kwargs(), cert=str(mtls.directory / "reader.pem"), key=str(mtls.directory / "reader-key.pem")
+    )
+    with RegistryClient(mtls.address, **reader_kwargs) as reader:
+        assert reader.get_model("mtls-roles").user_data == {"by": WRITER_CN}
+        assert reader.pull("mtls-roles", -1) == b"weights"
+        with pytest.raises(Exception) as refused:
+            reader.push("mtls-roles", b"not allowed")
+        assert getattr(refused.value, "code", None) == grpc.StatusCode.PERMISSION_DENIED, refused.value
+        assert "write" in str(refused.value) and READER_CN in str(refused.value)
+        with pytest.raises(Exception) as refused_delete:
+            reader.delete_model("mtls-roles")
+        assert getattr(refused_delete.value, "code", None) == grpc.StatusCode.PERMISSION_DENIED
+        assert "admin" in str(refused_delete.value)
+        assert [v.data_size for v in reader.list_versions("mtls-roles")] == [len(b"weights")]
 
 
 def test_missing_tls_files_stop_the_launcher_with_one_line_naming_the_variable(tmp_path):
