@@ -24,6 +24,7 @@ from services.launcher.compose import (
     render,
     rendered_files,
 )
+from services.common.tls import public_tls_enabled
 from services.launcher.prometheus_targets import ENVOY_METRICS_PATH
 from services.launcher.stack import MALLOC_TUNABLES
 
@@ -209,19 +210,47 @@ def test_prometheus_scrapes_every_replica_of_every_service_and_envoy(compose, en
 # -- TLS, networks, secrets (issue 11) ------------------------------------------
 
 
-def test_envoy_runs_the_chosen_config_and_mounts_the_tls_directory(compose):
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR:+replacement}` and `${VAR:-default}`, the two forms used here."""
+
+    def one(match: re.Match) -> str:
+        name, operator, operand = match.group(1), match.group(2), match.group(3)
+        value = env.get(name, "")
+        if operator == ":+":
+            return operand if value else ""
+        return value or operand
+
+    return re.sub(r"\$\{([A-Z_]+)(:[+-])([^}]*)\}", one, text)
+
+
+@pytest.mark.parametrize(
+    "env, tls",
+    [
+        ({}, "off"),
+        ({"COGMENT_MODEL_REGISTRY_TLS_DIR": "/srv/tls"}, "tls"),
+        ({"COGMENT_MODEL_REGISTRY_TLS_DIR": "/srv/tls", "COGMENT_MODEL_REGISTRY_TLS_MUTUAL": "1"}, "mtls"),
+    ],
+)
+def test_envoy_and_the_frontend_follow_the_same_tls_variables(compose, env, tls):
+    """Envoy's config and the frontend's TLS settings come from the same two
+    variables: Envoy never speaks TLS while the frontend registers GRPC, nor
+    the reverse."""
     envoy = compose["services"]["envoy"]
-    config_argument = envoy["command"][envoy["command"].index("-c") + 1]
-    assert config_argument == f"{ENVOY_DIR_IN_CONTAINER}/${{COGMENT_MODEL_REGISTRY_ENVOY_CONFIG:-envoy.yaml}}"
-    assert set(CONFIG_FILES.values()) == {p.name for p in ENVOY_DIR.glob("envoy*.yaml")}
+    config_argument = _interpolate(envoy["command"][envoy["command"].index("-c") + 1], env)
+    assert config_argument == f"{ENVOY_DIR_IN_CONTAINER}/{CONFIG_FILES[tls]}"
+    assert (ENVOY_DIR / CONFIG_FILES[tls]).exists()
+    frontend_env = {k: _interpolate(str(v), env) for k, v in compose["services"]["frontend"]["environment"].items()}
+    assert public_tls_enabled(frontend_env) is (tls != "off")
+    assert bool(frontend_env[PREFIX + "TLS_CLIENT_CA_FILE"]) is (tls == "mtls")
     # A directory mount: rotation moves files inside it (a file mount pins the inode).
-    tls_mount = envoy["volumes"][1]
-    source, target, mode = tls_mount.rsplit(":", 2)
+    source, target, mode = _interpolate(envoy["volumes"][1], env).rsplit(":", 2)
     assert (target, mode) == (TLS_DIR_IN_CONTAINER, "ro")
-    assert source == "${COGMENT_MODEL_REGISTRY_TLS_DIR:-./envoy/no-tls}" and (ROOT / "envoy" / "no-tls").is_dir()
-    # The frontend registers GRPC_SSL exactly when a TLS directory is given.
-    frontend_env = compose["services"]["frontend"]["environment"]
-    assert frontend_env[PREFIX + "TLS_CERT_FILE"] == f"${{COGMENT_MODEL_REGISTRY_TLS_DIR:+{TLS_DIR_IN_CONTAINER}/cert.pem}}"
+    assert source == env.get("COGMENT_MODEL_REGISTRY_TLS_DIR", "./envoy/no-tls")
+    assert (ROOT / "envoy" / "no-tls").is_dir()
+    for variable in (PREFIX + "TLS_CERT_FILE", PREFIX + "TLS_CLIENT_CA_FILE"):
+        if frontend_env[variable]:
+            assert frontend_env[variable].startswith(f"{TLS_DIR_IN_CONTAINER}/")
+    assert set(CONFIG_FILES.values()) == {p.name for p in ENVOY_DIR.glob("envoy*.yaml")}
 
 
 @pytest.mark.parametrize("tls", ["tls", "mtls"])
