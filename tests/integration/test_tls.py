@@ -31,7 +31,7 @@ from model_registry_client import RegistryClient, UnavailableError
 from services.launcher.ports import free_port
 
 from certs import CertificateAuthority, KeyPair, replace_by_move, write_pair
-from conftest import REPLICATED, Stack, stack_env
+from conftest import REPLICATED, REPO_ROOT, Stack, stack_env
 
 pytestmark = pytest.mark.skipif(REPLICATED, reason="transport only: the single shape covers it")
 
@@ -41,6 +41,32 @@ CLI = str(BIN / "model-registry")
 # gets a credentials file mapping certificate CNs to roles.
 ACCESS_CHECK = importlib.util.find_spec("services.common.access") is not None
 WRITER_CN, READER_CN = "trainer-1", "dashboard-1"
+# The official Cogment SDK's venv (tests/cogment_sdk/setup_venv.sh; shared
+# with test_cogment_deployment.py, built once, ~20 s).
+SDK_VENV = REPO_ROOT / ".venv-cogment-sdk"
+
+
+def cogment_sdk_python() -> str:
+    setup = subprocess.run(
+        ["bash", str(REPO_ROOT / "tests/cogment_sdk/setup_venv.sh"), str(SDK_VENV)], capture_output=True, text=True, timeout=600
+    )
+    if setup.returncode == 3:
+        pytest.skip(f"the official Cogment SDK cannot be installed, PyPI is unreachable: {setup.stderr.strip()}")
+    assert setup.returncode == 0, setup.stderr
+    return str(SDK_VENV / "bin/python")
+
+
+def run_cogment_sdk(running: "TlsStack", *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            cogment_sdk_python(),
+            str(REPO_ROOT / "tests/cogment_sdk/sdk_tls.py"),
+            "--endpoint", f"grpc://localhost:{running.stack.port}",
+            "--ca-cert", str(running.ca_file),
+            *extra,
+        ],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "GRPC_VERBOSITY": "NONE"},
+    )
 ROTATION_WITHIN_SECONDS = 5.0
 
 
@@ -209,6 +235,12 @@ def test_tls_grpcurl_with_cacert(tls):
     assert plaintext.returncode != 0
 
 
+def test_tls_the_cogment_sdk_stores_and_retrieves_through_a_tls_endpoint(tls):
+    result = run_cogment_sdk(tls)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    print(json.loads(result.stdout.splitlines()[-1])["detail"])
+
+
 def test_tls_launcher_status_and_internal_surfaces_stay_on_loopback(tls):
     assert tls.stack.launcher("status").returncode == 0
     envoy = (tls.stack.run_dir / "envoy.yaml").read_text()
@@ -283,6 +315,13 @@ def test_mtls_a_good_client_pushes_and_pulls(mtls, tmp_path):
     pulled = cli("pull", "mtls-cli", "-o", str(target), "--addr", mtls.address, env=env)
     assert pulled.returncode == 0, pulled.stderr
     assert target.read_bytes() == source.read_bytes()
+
+
+def test_mtls_the_cogment_sdk_with_a_client_certificate(mtls):
+    refused = run_cogment_sdk(mtls)
+    assert refused.returncode == 1, refused.stdout
+    result = run_cogment_sdk(mtls, "--cert", str(mtls.client.cert_file), "--key", str(mtls.client.key_file))
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
 
 
 def test_mtls_the_launcher_checks_health_without_a_certificate(mtls):
