@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cogmentAPI import directory_pb2
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -32,6 +33,7 @@ from services.launcher.ports import free_port
 
 from certs import CertificateAuthority, KeyPair, replace_by_move, write_pair
 from conftest import REPLICATED, REPO_ROOT, Stack, stack_env
+from fake_directory import DirectoryThread
 
 pytestmark = pytest.mark.skipif(REPLICATED, reason="transport only: the single shape covers it")
 
@@ -94,7 +96,7 @@ class TlsStack:
         return kwargs
 
 
-def start_tls_stack(base: Path, *, mutual: bool) -> TlsStack:
+def start_tls_stack(base: Path, *, mutual: bool, **more_env: str) -> TlsStack:
     directory = base / "tls"
     directory.mkdir()
     server_ca = CertificateAuthority.create("registry test server CA")
@@ -117,7 +119,7 @@ def start_tls_stack(base: Path, *, mutual: bool) -> TlsStack:
                 assert added.returncode == 0, added.stderr
             extra["COGMENT_MODEL_REGISTRY_AUTH_FILE"] = str(auth_file)
     port = free_port()
-    stack = Stack(stack_env(port, base / "archive", base / "run", **extra), port, base / "archive", base / "run")
+    stack = Stack(stack_env(port, base / "archive", base / "run", **extra, **more_env), port, base / "archive", base / "run")
     stack.up()
     return TlsStack(stack, directory, server_ca, server, client_ca, client)
 
@@ -130,8 +132,26 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
 
 
 @pytest.fixture(scope="module")
-def mtls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
-    running = start_tls_stack(tmp_path_factory.mktemp("mtls-stack"), mutual=True)
+def directory() -> Iterator[DirectoryThread]:
+    """A Cogment Directory the mTLS stack registers in. Its own health check
+    of the endpoint is off: it speaks plaintext, as the fake's does (a real
+    directory needs the CA and, under mTLS, a client certificate)."""
+    served = DirectoryThread(health_check=False)
+    served.start()
+    try:
+        yield served
+    finally:
+        served.close()
+
+
+@pytest.fixture(scope="module")
+def mtls(tmp_path_factory: pytest.TempPathFactory, directory: DirectoryThread) -> Iterator[TlsStack]:
+    running = start_tls_stack(
+        tmp_path_factory.mktemp("mtls-stack"),
+        mutual=True,
+        COGMENT_DIRECTORY_ENDPOINT=f"grpc://{directory.fake.address}",
+        COGMENT_MODEL_REGISTRY_DIRECTORY_REGISTRATION_HOST="localhost",
+    )
     yield running
     running.stack.down()
 
@@ -315,6 +335,15 @@ def test_mtls_a_good_client_pushes_and_pulls(mtls, tmp_path):
     pulled = cli("pull", "mtls-cli", "-o", str(target), "--addr", mtls.address, env=env)
     assert pulled.returncode == 0, pulled.stderr
     assert target.read_bytes() == source.read_bytes()
+
+
+def test_mtls_the_frontend_registers_grpc_ssl_in_the_directory(mtls, directory):
+    """The registration waits for the stack's health (asked internally, no
+    certificate needed) and announces the TLS endpoint."""
+    directory.wait_for(lambda fake: any(e.request.endpoint.port == mtls.stack.port for e in fake.listed()))
+    (entry,) = [e for e in directory.fake.listed() if e.request.endpoint.port == mtls.stack.port]
+    assert entry.request.endpoint.protocol == directory_pb2.ServiceEndpoint.GRPC_SSL
+    assert entry.request.endpoint.host == "localhost"
 
 
 def test_mtls_the_cogment_sdk_with_a_client_certificate(mtls):
