@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -351,7 +352,7 @@ class LocalStack:
                     # `up` waits for every replica to be in rotation.
                     if (
                         reply.status == health_pb2.HealthCheckResponse.SERVING
-                        and (not s.tls or _accepts_connections(s.public_port))
+                        and (not s.tls or self._public_tls_ready(state))
                         and not _unhealthy_hosts(state["admin_port"])
                         and _every_frontend_serving(state)
                     ):
@@ -365,6 +366,25 @@ class LocalStack:
                         f"{s.startup_timeout_seconds:.0f}s (COGMENT_MODEL_REGISTRY_STARTUP_TIMEOUT_SECONDS)\n{logs}"
                     )
                 time.sleep(0.2)
+
+    def _public_tls_ready(self, state: dict) -> bool:
+        """Whether the public port completes a TLS handshake: Envoy opens the
+        listener even when it could not load the certificate (it then
+        resets every connection), so a bound port proves nothing. A
+        certificate Envoy rejected stops the start at once, saying so."""
+        if _completes_tls_handshake(self.settings.public_port):
+            return True
+        (envoy,) = [p for p in state["processes"] if p["kind"] == "envoy"]
+        rejected = [line for line in _tail(envoy["log"], 50).splitlines() if "update rejected" in line]
+        if rejected:
+            files = self.settings.tls
+            raise StackError(
+                f"Envoy rejected the TLS files ({files.cert_file}, {files.key_file}"
+                f"{', ' + str(files.client_ca_file) if files and files.client_ca_file else ''}) given by "
+                f"COGMENT_MODEL_REGISTRY_TLS_CERT_FILE/_KEY_FILE/_CLIENT_CA_FILE: "
+                f"{rejected[-1].rsplit('] ', 1)[-1]}"
+            )
+        return False
 
     # -- stop -----------------------------------------------------------
 
@@ -407,11 +427,18 @@ def _unhealthy_hosts(admin_port: int) -> list[str]:
     return [host for host, _, flags in hosts if flags != "healthy"]
 
 
-def _accepts_connections(port: int) -> bool:
+def _completes_tls_handshake(port: int) -> bool:
+    """A handshake that trusts anything: only whether Envoy serves a
+    certificate at all. Under mTLS a TLS 1.3 client finishes its side
+    before the server asks for (and misses) the client certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=1.0):
-            return True
-    except OSError:
+        with socket.create_connection((LOOPBACK, port), timeout=1.0) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost"):
+                return True
+    except (OSError, ssl.SSLError):
         return False
 
 

@@ -409,3 +409,28 @@ def test_missing_tls_files_stop_the_launcher_with_one_line_naming_the_variable(t
     (line,) = result.stderr.splitlines()
     assert "COGMENT_MODEL_REGISTRY_TLS_CERT_FILE=" in line and "cannot be read" in line
     assert not (tmp_path / "run" / "state.json").exists()
+
+
+def test_a_certificate_envoy_rejects_stops_the_launcher_saying_so(tmp_path):
+    """Envoy opens a TLS listener even without a usable certificate (and
+    resets every connection): `up` must not call that ready."""
+    garbage = tmp_path / "cert.pem"
+    garbage.write_text("this is not a certificate\n")
+    port = free_port()
+    stack = Stack(
+        stack_env(
+            port,
+            tmp_path / "archive",
+            tmp_path / "run",
+            COGMENT_MODEL_REGISTRY_TLS_CERT_FILE=str(garbage),
+            COGMENT_MODEL_REGISTRY_TLS_KEY_FILE=str(garbage),
+            COGMENT_MODEL_REGISTRY_STARTUP_TIMEOUT_SECONDS="30",
+        ),
+        port,
+        tmp_path / "archive",
+        tmp_path / "run",
+    )
+    result = stack.launcher("up", timeout=90)
+    assert result.returncode == 1, result.stdout
+    assert "Envoy rejected the TLS files" in result.stderr and "COGMENT_MODEL_REGISTRY_TLS_CERT_FILE" in result.stderr
+    assert stack.launcher("status").returncode == 1, "a failed start stops what it started"
