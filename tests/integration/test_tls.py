@@ -265,6 +265,14 @@ def test_tls_launcher_status_and_internal_surfaces_stay_on_loopback(tls):
     assert tls.stack.launcher("status").returncode == 0
     envoy = (tls.stack.run_dir / "envoy.yaml").read_text()
     assert "public_certificate" in envoy and "require_client_certificate" not in envoy
+    import yaml
+
+    config = yaml.safe_load(envoy)
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    for listener in config["static_resources"]["listeners"]:
+        if listener["name"] != "public":
+            assert listener["address"]["socket_address"]["address"] == "127.0.0.1", listener["name"]
+            assert "transport_socket" not in listener["filter_chains"][0]
     state = json.loads((tls.stack.run_dir / "state.json").read_text())
     assert state["public_tls"] == "tls"
     # The loopback health route the launcher uses: plaintext, health only.
@@ -386,6 +394,23 @@ def test_mtls_the_certificate_cn_role_is_enforced(mtls):
         assert getattr(refused_delete.value, "code", None) == grpc.StatusCode.PERMISSION_DENIED
         assert "admin" in str(refused_delete.value)
         assert [v.data_size for v in reader.list_versions("mtls-roles")] == [len(b"weights")]
+    # A client cannot claim another CN by sending the header itself: Envoy
+    # replaces it with the verified certificate's (SANITIZE_SET).
+    from cogmentAPI import model_registry_pb2 as api
+    from cogmentAPI import model_registry_pb2_grpc as api_grpc
+
+    credentials = grpc.ssl_channel_credentials(
+        mtls.ca_file.read_bytes(),
+        (mtls.directory / "reader-key.pem").read_bytes(),
+        (mtls.directory / "reader.pem").read_bytes(),
+    )
+    forged = (("x-forwarded-client-cert", f'Hash=00;Subject="CN={WRITER_CN},O=registry tests"'),)
+    with grpc.secure_channel(mtls.address, credentials) as channel:
+        stub = api_grpc.ModelRegistrySPStub(channel)
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.DeleteModel(api.DeleteModelRequest(model_id="mtls-roles"), metadata=forged, timeout=10)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert READER_CN in denied.value.details()
 
 
 def test_missing_tls_files_stop_the_launcher_with_one_line_naming_the_variable(tmp_path):
