@@ -30,7 +30,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common import config as c
 from services.common.metrics import METRICS_OFF, METRICS_PORT_VARIABLE
 from services.common.tls import PublicTlsFiles
-from services.launcher.envoy_config import render_envoy_yaml, render_sds_resources
+from services.launcher.envoy_config import (
+    CERTIFICATE_SECRET,
+    CLIENT_CA_SECRET,
+    render_envoy_yaml,
+    render_sds_resources,
+)
 from services.launcher.prometheus_targets import TARGETS_FILE_NAME, write_scrape_targets
 from services.launcher.ports import LOOPBACK, free_ports
 from services.launcher.topology import Endpoint, PublicTls, StackTopology
@@ -263,26 +268,27 @@ class LocalStack:
     def sds_dir(self) -> Path:
         return self.settings.run_dir / "sds"
 
+    def _sds_path(self, secret: str) -> str:
+        return str(self.sds_dir / f"{secret}.yaml")
+
     def _public_tls(self) -> PublicTls | None:
         files = self.settings.tls
         if files is None:
             return None
         return PublicTls(
-            certificate_sds_path=str(self.sds_dir / "public_certificate.yaml"),
-            client_ca_sds_path=str(self.sds_dir / "public_client_ca.yaml") if files.mutual else None,
+            certificate_sds_path=self._sds_path(CERTIFICATE_SECRET),
+            client_ca_sds_path=self._sds_path(CLIENT_CA_SECRET) if files.mutual else None,
         )
 
-    def _write_sds_resources(self, tls: PublicTls) -> None:
+    def _write_sds_resources(self) -> None:
+        """The SDS files Envoy loads the public certificate (and client CA)
+        from, naming the operator's PEM files."""
         files = self.settings.tls
         assert files is not None
-        resources = render_sds_resources(
-            str(files.cert_file), str(files.key_file), str(files.client_ca_file) if files.client_ca_file else None
-        )
+        client_ca = str(files.client_ca_file) if files.client_ca_file else None
         self.sds_dir.mkdir(parents=True, exist_ok=True)
-        paths = [tls.certificate_sds_path, tls.client_ca_sds_path]
-        for (name, text), path in zip(resources.items(), paths):
-            assert path is not None and Path(path).stem == name
-            Path(path).write_text(text)
+        for secret, text in render_sds_resources(str(files.cert_file), str(files.key_file), client_ca).items():
+            Path(self._sds_path(secret)).write_text(text)
 
     def start(self) -> dict:
         """Starts every process and returns the state; raises StackError
@@ -297,7 +303,7 @@ class LocalStack:
         s.archive_dir.mkdir(parents=True, exist_ok=True)
         topology, processes = self.plan()
         if topology.public_tls is not None:
-            self._write_sds_resources(topology.public_tls)
+            self._write_sds_resources()
         (s.run_dir / "envoy.yaml").write_text(
             render_envoy_yaml(topology, header="# Rendered by services.launcher for this run; do not edit.\n")
         )
