@@ -194,16 +194,9 @@ def _split_unquoted(text: str, separator: str) -> list[str]:
 def _unquote(value: str) -> str:
     value = value.strip()
     if len(value) >= 2 and value[0] == value[-1] == '"':
-        inner, out, escaped = value[1:-1], [], False
-        for ch in inner:
-            if escaped:
-                out.append(ch)
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            else:
-                out.append(ch)
-        return "".join(out)
+        # Envoy escapes only double quotes inside a quoted value; other
+        # backslashes belong to the value (a DN's own escapes, as in `\,`).
+        return value[1:-1].replace('\\"', '"')
     return value
 
 
