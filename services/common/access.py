@@ -449,9 +449,19 @@ def _forbidden_message(method: str, needed: str, identity: Identity) -> str:
     return f"{method} needs the role {needed}; {identity.name!r} has the role {identity.role}"
 
 
-def _trace_id() -> str:
+def _trace_id(context: grpc.aio.ServicerContext | None = None) -> str:
+    """The call's trace id: its span's when tracing is on, else the one
+    the caller's W3C `traceparent` names (so a client's trace still finds
+    the line), else "-"."""
     span_context = trace.get_current_span().get_span_context()
-    return format(span_context.trace_id, "032x") if span_context.is_valid else "-"
+    if span_context.is_valid:
+        return format(span_context.trace_id, "032x")
+    traceparent = _metadata_value(context, "traceparent") if context is not None else None
+    if traceparent is not None:
+        parts = traceparent.strip().split("-")
+        if len(parts) >= 4 and len(parts[1]) == 32 and all(ch in "0123456789abcdef" for ch in parts[1]):
+            return parts[1]
+    return "-"
 
 
 def _peer(context: grpc.aio.ServicerContext) -> str:
@@ -469,7 +479,7 @@ def _log_refusal(method: str, context: grpc.aio.ServicerContext, refused: _Refus
         refused.credential,
         refused.reason,
         refused.error.code.name,
-        _trace_id(),
+        _trace_id(context),
     )
 
 
@@ -491,6 +501,7 @@ class AuditRecord:
 
     identity: Identity
     method: str
+    trace_id: str = "-"
     model_id: str | None = None
     version_number: int | None = None
 
@@ -499,7 +510,7 @@ class AuditRecord:
         version = "-" if self.version_number is None else str(self.version_number)
         return (
             f"event=call identity={json.dumps(self.identity.name)} method={self.method} model={model} "
-            f"version={version} outcome={outcome.name} trace_id={_trace_id()}"
+            f"version={version} outcome={outcome.name} trace_id={self.trace_id}"
         )
 
 
@@ -507,10 +518,12 @@ class AuditRecord:
 _current: contextvars.ContextVar[AuditRecord | None] = contextvars.ContextVar("audit_record", default=None)
 
 
-def begin(identity: Identity, method: str) -> contextvars.Token[AuditRecord | None]:
+def begin(
+    identity: Identity, method: str, context: grpc.aio.ServicerContext | None = None
+) -> contextvars.Token[AuditRecord | None]:
     """Starts the audit record of the call running in this task; returns
     the token `end` takes."""
-    return _current.set(AuditRecord(identity, method))
+    return _current.set(AuditRecord(identity, method, _trace_id(context)))
 
 
 def end(token: contextvars.Token[AuditRecord | None], outcome: grpc.StatusCode) -> None:

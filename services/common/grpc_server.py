@@ -246,7 +246,7 @@ async def _admit(w: _Wrapping, context: grpc.aio.ServicerContext) -> Any:
     if w.access is None:
         return None
     identity = await w.access.authorize(w.method, context)
-    return access_control.begin(identity, w.method) if w.audited else None
+    return access_control.begin(identity, w.method, context) if w.audited else None
 
 
 def _audit_end(audit: Any, code: grpc.StatusCode) -> None:
