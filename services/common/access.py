@@ -411,7 +411,8 @@ class AccessPolicy:
             raise _Refused("basic", "malformed", Unauthenticated(MALFORMED_MESSAGE))
         entry = self._loaded.users.get(user)
         stored = entry.secret if entry is not None else _DUMMY_SCRYPT
-        key = hashlib.sha256(decoded + b"\0" + json.dumps(stored, sort_keys=True).encode()).digest()
+        # The stored hash in the key: a changed password never matches an old entry.
+        key = hashlib.sha256(decoded + b"\0" + stored["hash"].encode("ascii")).digest()
         cached = self._basic_cache.get(key)
         if cached is not None:
             self._basic_cache.move_to_end(key)
