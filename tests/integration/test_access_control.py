@@ -357,6 +357,35 @@ def test_a_bad_setting_stops_the_frontend_with_one_line(auth_stack: AuthStack, t
         assert len(lines) == 1 and wanted in lines[0], done.stderr
 
 
+def test_the_cogment_sdk_with_http_basic(auth_stack: AuthStack) -> None:
+    """The official Cogment SDK, `GrpcMetadata.add_http_basic_auth` (scheme
+    `basic`), in its own venv (tests/cogment_sdk/setup_venv.sh, as
+    test_cogment_deployment.py builds it)."""
+    sdk_venv = REPO_ROOT / ".venv-cogment-sdk"
+    setup = subprocess.run(
+        ["bash", str(REPO_ROOT / "tests/cogment_sdk/setup_venv.sh"), str(sdk_venv)], capture_output=True, text=True, timeout=600
+    )
+    if setup.returncode == 3:
+        pytest.skip(f"the official Cogment SDK cannot be installed, PyPI is unreachable: {setup.stderr.strip()}")
+    assert setup.returncode == 0, setup.stderr
+    run = subprocess.run(
+        [
+            str(sdk_venv / "bin/python"),
+            str(REPO_ROOT / "tests/cogment_sdk/sdk_auth.py"),
+            "--endpoint", f"grpc://{auth_stack.stack.address}",
+            "--writer", "user-write",
+            "--reader", "user-read",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "SDK_WRITER_PASSWORD": PASSWORDS["write"], "SDK_READER_PASSWORD": PASSWORDS["read"]},
+    )
+    steps = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    failed = [result for result in steps if not result["ok"]]
+    assert run.returncode == 0 and len(steps) == 4 and not failed, (failed, run.stderr[-3000:])
+
+
 def test_no_secret_in_any_log_file(auth_stack: AuthStack) -> None:
     """Last here: after every test above has sent its credentials."""
     secrets = [*auth_stack.tokens.values(), *PASSWORDS.values()]
