@@ -376,7 +376,8 @@ class AccessPolicy:
                 return self._bearer(value.strip())
             if scheme == "basic":
                 return await self._basic(value.strip())
-            raise _Refused("none", "malformed", Unauthenticated(MALFORMED_MESSAGE))
+            # A scheme of no kind we know: counted (and logged) as "other".
+            raise _Refused("other", "malformed", Unauthenticated(MALFORMED_MESSAGE))
         if self.settings.client_certificates:
             header = _metadata_value(context, XFCC_HEADER)
             if header is not None:

@@ -97,8 +97,8 @@ async def read_header(stream: AsyncIterator[bytes], limits: RequestLimits) -> ap
         raise InvalidArgument("the first message of CreateVersion must be a header, not a body")
     info = api.ModelVersionInfo()
     info.CopyFrom(first.header.version_info)
-    # The audit line names the model (and, for an import, the version) even if the upload fails later.
-    access.note(model_id=info.model_id, version_number=info.version_number or None)
+    # The audit line names the model even if the upload fails later.
+    access.note(model_id=info.model_id)
     limits.check_model_id(info.model_id, "header.version_info.model_id")
     limits.check_user_data(info.user_data, "header.version_info.user_data")
     check_data_size(info.data_size)

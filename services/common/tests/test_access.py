@@ -488,3 +488,10 @@ def test_the_check_runs_before_decoding_and_audits_writes(auth_file, caplog):
     assert ran == ["m2"]
     audit_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=call")]
     assert audit_lines == [f'event=call identity="writer" method={API}CreateOrUpdateModel model="m2" version=- outcome=OK trace_id=-']
+
+
+def test_an_unknown_scheme_counts_as_other(auth_file):
+    before = failures("other", "malformed")
+    with pytest.raises(Unauthenticated):
+        authorize(policy(auth_file), API + "Status", Context(authorization="Digest username=x"))
+    assert failures("other", "malformed") == before + 1
