@@ -253,8 +253,15 @@ MALFORMED_MESSAGE = (
 )
 # Successful Basic verifications kept (a call that hits pays a SHA-256, not scrypt).
 BASIC_CACHE_MAX_ENTRIES = 1024
-# Verified so that an unknown user costs what a wrong password does.
-_DUMMY_SCRYPT = credentials_file.hash_password("not a password", salt=b"\0" * credentials_file.SALT_BYTES)
+# Verified against for an unknown user, so that it costs what a wrong
+# password does (no password matches it: its hash is of nothing).
+_DUMMY_SCRYPT = {
+    "n": credentials_file.SCRYPT_N,
+    "r": credentials_file.SCRYPT_R,
+    "p": credentials_file.SCRYPT_P,
+    "salt": base64.b64encode(b"\0" * credentials_file.SALT_BYTES).decode("ascii"),
+    "hash": base64.b64encode(b"\0" * credentials_file.SCRYPT_DKLEN).decode("ascii"),
+}
 
 
 class _Refused(Exception):
