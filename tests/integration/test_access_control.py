@@ -255,8 +255,13 @@ def test_audit_lines_for_a_write_and_a_delete_with_trace_id(auth_stack: AuthStac
     r = auth_stack.registry
     r.CreateOrUpdateModel(api.CreateOrUpdateModelRequest(model_info=api.ModelInfo(model_id=model_id)), metadata=traced("basic-write", 0))
     info = r.CreateVersion(version_chunks(model_id, b"audited"), metadata=traced("bearer-write", 1)).version_info
+    imported = f"{model_id}-imported"
+    auth_stack.admin.ImportModel(
+        admin_pb2.ImportModelRequest(model_info=api.ModelInfo(model_id=imported)), metadata=auth_stack.metadata("basic-admin")
+    )
     r.DeleteModel(api.DeleteModelRequest(model_id=model_id), metadata=traced("bearer-admin", 2))
     wanted = [
+        f'identity="user-admin" method=/registry.Admin/ImportModel model="{imported}" version=- outcome=OK trace_id=-',
         f'identity="user-write" method=/cogmentAPI.ModelRegistrySP/CreateOrUpdateModel model="{model_id}" version=- outcome=OK trace_id={trace_ids[0]}',
         f'identity="token-write" method=/cogmentAPI.ModelRegistrySP/CreateVersion model="{model_id}" version={info.version_number} outcome=OK trace_id={trace_ids[1]}',
         f'identity="token-admin" method=/cogmentAPI.ModelRegistrySP/DeleteModel model="{model_id}" version=- outcome=OK trace_id={trace_ids[2]}',
@@ -271,6 +276,19 @@ def test_audit_lines_for_a_write_and_a_delete_with_trace_id(auth_stack: AuthStac
     while "event=refused method=/cogmentAPI.ModelRegistrySP/DeleteModel" not in frontend_log(auth_stack.stack):
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def test_grpcurl_with_a_bearer_header(auth_stack: AuthStack) -> None:
+    """The README's grpcurl line: -H reaches reflection and the call alike."""
+    grpcurl = str(Path(sys.executable).parent / "grpcurl")
+    address = auth_stack.stack.address
+    command = [grpcurl, "-plaintext", "-d", "{}", address, "cogmentAPI.ModelRegistrySP/RetrieveModels"]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "Unauthenticated" in refused.stderr, refused.stderr
+    header = ["-H", f"authorization: Bearer {auth_stack.tokens['read']}"]
+    done = subprocess.run([grpcurl, *header, *command[1:]], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "modelInfos" in done.stdout or done.stdout.strip().startswith("{")
 
 
 def test_cli_and_sdk_with_credentials(auth_stack: AuthStack, tmp_path: Path) -> None:
