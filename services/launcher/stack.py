@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import config as c
+from services.common.access import AUTH_FILE_VARIABLE
 from services.common.metrics import METRICS_OFF, METRICS_PORT_VARIABLE
 from services.common.tls import PublicTlsFiles
 from services.launcher.envoy_config import (
@@ -309,6 +310,10 @@ class LocalStack:
         )
         write_scrape_targets(self.targets_path, processes, topology)
         base_env = dict(os.environ)
+        # Children run in the repository: a relative credentials file is the caller's.
+        auth_file = c.env_str(AUTH_FILE_VARIABLE, "")
+        if auth_file:
+            base_env[AUTH_FILE_VARIABLE] = str(Path(auth_file).expanduser().resolve())
         base_env.update(
             {
                 c.PREFIX + "BIND_HOST": LOOPBACK,

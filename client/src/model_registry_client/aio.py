@@ -64,6 +64,8 @@ class AsyncRegistryClient:
         address: str | None = None,
         *,
         token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = 60.0,
         ca_cert: PathLike | None = None,
@@ -73,7 +75,7 @@ class AsyncRegistryClient:
         self.address = resolve_address(address)
         if credentials is None:
             credentials = tls_credentials(ca_cert, cert, key)
-        self._metadata = call_metadata(token)
+        self._metadata = call_metadata(token, user, password)
         self._timeout = timeout
         self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None

@@ -48,7 +48,9 @@ class RegistryClient:
     """A blocking client of the model registry (`cogmentAPI.ModelRegistrySP`).
 
     `address` defaults to $MODEL_REGISTRY_ADDRESS, else ``localhost:9000``;
-    `token` to $MODEL_REGISTRY_TOKEN (sent as ``authorization: Bearer …``).
+    `token` to $MODEL_REGISTRY_TOKEN (sent as ``authorization: Bearer …``);
+    `user` with `password` (else $MODEL_REGISTRY_PASSWORD) is sent as
+    ``authorization: Basic …`` instead.
     TLS: `ca_cert` (the CA the registry's certificate chains to), and for
     mTLS `cert` and `key` (PEM paths; defaults $MODEL_REGISTRY_CA_CERT,
     $MODEL_REGISTRY_CERT, $MODEL_REGISTRY_KEY), or your own `credentials`.
@@ -62,6 +64,8 @@ class RegistryClient:
         address: str | None = None,
         *,
         token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = 60.0,
         ca_cert: PathLike | None = None,
@@ -71,7 +75,7 @@ class RegistryClient:
         self.address = resolve_address(address)
         if credentials is None:
             credentials = tls_credentials(ca_cert, cert, key)
-        self._metadata = call_metadata(token)
+        self._metadata = call_metadata(token, user, password)
         self._timeout = timeout
         if credentials is None:
             self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
