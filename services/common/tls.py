@@ -3,8 +3,9 @@
 TLS terminates in Envoy (docs/design.md, "Where does TLS terminate?"): the
 Python services never read a certificate. This module is the one place
 that decides, from the environment, whether the public port speaks TLS
-(and mTLS); the launcher renders Envoy's configuration from it and the
-frontend announces GRPC_SSL to a Cogment Directory from it.
+(and mTLS); the launcher renders Envoy's configuration from it, the
+frontend announces GRPC_SSL to a Cogment Directory from it, and the access
+check takes client certificates as identities only under mTLS.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ CLIENT_CA_FILE_VARIABLE = c.PREFIX + "TLS_CLIENT_CA_FILE"
 def public_tls_enabled(env: Mapping[str, str] | None = None) -> bool:
     """Whether the public port speaks TLS: its certificate file is set."""
     return bool(c.env_str(CERT_FILE_VARIABLE, "", env))
+
+
+def public_mtls_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the public port requires client certificates (mTLS): its
+    client CA file is set. Only then is Envoy's x-forwarded-client-cert an
+    identity (services/common/access.py)."""
+    return bool(c.env_str(CLIENT_CA_FILE_VARIABLE, "", env))
 
 
 def _readable_file(variable: str, value: str) -> Path:

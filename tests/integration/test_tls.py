@@ -9,7 +9,6 @@ single shape only (`make test` runs the suite again replicated)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -39,9 +38,7 @@ pytestmark = pytest.mark.skipif(REPLICATED, reason="transport only: the single s
 
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "model-registry")
-# The access check of issue 11 (branch `auth`): with it, the mTLS stack also
-# gets a credentials file mapping certificate CNs to roles.
-ACCESS_CHECK = importlib.util.find_spec("services.common.access") is not None
+# The mTLS stack has a credentials file mapping certificate CNs to roles.
 WRITER_CN, READER_CN = "trainer-1", "dashboard-1"
 # The official Cogment SDK's venv (tests/cogment_sdk/setup_venv.sh; shared
 # with test_cogment_deployment.py, built once, ~20 s).
@@ -112,12 +109,11 @@ def start_tls_stack(base: Path, *, mutual: bool, **more_env: str) -> TlsStack:
         extra["COGMENT_MODEL_REGISTRY_TLS_CLIENT_CA_FILE"] = str(client_ca.write(directory / "client-ca.pem"))
         client = write_pair(directory, "client", client_ca.issue(WRITER_CN, server=False))
         write_pair(directory, "reader", client_ca.issue(READER_CN, server=False))
-        if ACCESS_CHECK:
-            auth_file = directory / "credentials"
-            for name, role in ((WRITER_CN, "write"), (READER_CN, "read")):
-                added = cli("auth", "add-cert", "--file", str(auth_file), "--name", name, "--role", role)
-                assert added.returncode == 0, added.stderr
-            extra["COGMENT_MODEL_REGISTRY_AUTH_FILE"] = str(auth_file)
+        auth_file = directory / "credentials"
+        for name, role in ((WRITER_CN, "write"), (READER_CN, "read")):
+            added = cli("auth", "add-cert", "--file", str(auth_file), "--name", name, "--role", role)
+            assert added.returncode == 0, added.stderr
+        extra["COGMENT_MODEL_REGISTRY_AUTH_FILE"] = str(auth_file)
     port = free_port()
     stack = Stack(stack_env(port, base / "archive", base / "run", **extra, **more_env), port, base / "archive", base / "run")
     stack.up()
@@ -371,7 +367,6 @@ def test_mtls_the_launcher_checks_health_without_a_certificate(mtls):
     assert "require_client_certificate: true" in envoy and "SANITIZE_SET" in envoy
 
 
-@pytest.mark.skipif(not ACCESS_CHECK, reason="needs the access check (issue 11, branch auth)")
 def test_mtls_the_certificate_cn_role_is_enforced(mtls):
     """Under mTLS with a credentials file, the client certificate's subject
     CN is the identity: a `read` CN reads and is refused writes, naming the
