@@ -245,7 +245,8 @@ def test_tls_grpcurl_with_cacert(tls):
     assert listed.returncode == 0, listed.stderr
     assert json.loads(listed.stdout)["modelInfos"] == [{"modelId": "tls-grpcurl"}]
     plaintext = subprocess.run(
-        [grpcurl, "-plaintext", f"localhost:{tls.stack.port}", "grpc.health.v1.Health/Check"],
+        # Refused at once or after its dial timeout (grpcurl retries the dial): 3 s, not its 10.
+        [grpcurl, "-plaintext", "-connect-timeout", "3", f"localhost:{tls.stack.port}", "grpc.health.v1.Health/Check"],
         capture_output=True, text=True, timeout=60,
     )
     assert plaintext.returncode != 0
