@@ -4,6 +4,7 @@ archive dir; every call goes through Envoy's public port."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,9 +42,9 @@ class Stack:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def launcher(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def launcher(self, command: str, *targets: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "services.launcher", command],
+            [sys.executable, "-m", "services.launcher", command, *targets],
             cwd=REPO_ROOT,
             env=self.env,
             capture_output=True,
@@ -58,6 +59,18 @@ class Stack:
     def down(self) -> None:
         result = self.launcher("down")
         assert result.returncode == 0, f"make down failed:\n{result.stdout}\n{result.stderr}"
+
+    def restart(self, *targets: str) -> None:
+        """Restarts processes (names like `metadata-0`, or kinds) through the
+        stack's supervisor, and returns once the stack is healthy again: a
+        test never restarts a service behind the supervisor's back."""
+        result = self.launcher("restart", *targets)
+        assert result.returncode == 0, f"restart failed:\n{result.stdout}\n{result.stderr}"
+
+    def processes(self, kind: str | None = None) -> list[dict]:
+        """The stack's processes as its state file records them (PIDs change on restarts)."""
+        state = json.loads((self.run_dir / "state.json").read_text())
+        return [p for p in state["processes"] if kind is None or p["kind"] == kind]
 
     def channel(self) -> grpc.Channel:
         channel = grpc.insecure_channel(
