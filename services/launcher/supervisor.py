@@ -92,7 +92,8 @@ class Supervisor:
 
     def request_start_now(self, signum: int = 0, frame: object = None) -> None:
         """SIGUSR1 (`make up` on a supervised stack, `launcher restart`):
-        start whatever is down now, its backoff reset."""
+        start whatever is down now; every backoff starts again from the
+        initial delay."""
         self._start_now = True
 
     def run(self) -> None:
@@ -128,11 +129,12 @@ class Supervisor:
         changed = False
         now = time.monotonic()
         if self._start_now:
+            # An operator's `make up`: start what is down now, forget past exits.
             self._start_now = False
             for watched in self._watched.values():
+                watched.consecutive_exits = 0
                 if watched.restart_at is not None:
                     watched.restart_at = now
-                    watched.consecutive_exits = 0
         for proc in state["processes"]:
             watched = self._watched[proc["name"]]
             if watched.restart_at is None:
