@@ -62,7 +62,9 @@ def _read(path: Path) -> dict[str, dict]:
 
 def markdown(rows: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows.values():
+    # One fault's rows together (single shape first), faults in the order first recorded.
+    order = list(dict.fromkeys(row["fault"] for row in rows.values()))
+    for row in sorted(rows.values(), key=lambda r: (order.index(r["fault"]), r["shape"])):
         seconds = "serves throughout" if row["seconds_to_serve"] is None else f"{row['seconds_to_serve']:.1f}"
         lines.append(
             f"| {row['fault']} | {row['shape']} | {row['client_saw']} | {row['lost_acked_versions']} "

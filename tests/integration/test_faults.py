@@ -182,7 +182,7 @@ def test_kill_mid_upload(stack, registry_channel, kind):
     try:
         info = registry.CreateVersion(paced(), timeout=60).version_info
         LEDGER.add(model_id, info.version_number, data, True)
-        saw = "CreateVersion OK (the service was back before the commit)"
+        saw = "CreateVersion OK; the version reads back whole"
     except grpc.RpcError as error:
         saw = f"CreateVersion {error.code().name}; nothing of it listed"
     finish(stack, f"kill -9 {kind} mid-upload", saw, fault_at[0], model_id)
@@ -237,11 +237,11 @@ def test_kill_mid_commit(stack, registry_channel, kind):
     try:
         info = registry.CreateVersion(then_fault(), timeout=60).version_info
         LEDGER.add(model_id, info.version_number, data, True)
-        saw = f"OK (version {info.version_number}, readable)"
+        saw = "CreateVersion OK; the version reads back whole"
     except grpc.RpcError as error:
         # Not acknowledged: it may or may not have committed; if it is listed, its bytes must be right.
         listed = wait_listed(stack, model_id)
-        saw = f"{error.code().name}; the version is {'listed, with its bytes' if listed else 'not listed'}"
+        saw = f"CreateVersion {error.code().name}; the version is {'listed, with its bytes' if listed else 'not listed'}"
         if listed:
             LEDGER.add(model_id, listed[-1], data, True)
     finish(stack, f"kill -9 {kind} mid-commit", saw, fault_at[0], model_id)
@@ -533,7 +533,7 @@ def test_postgres_connection_cut(tmp_path):
         relay.close()
     saw = (
         f"upload in flight {upload}; calls during the cut {during}; calls work again "
-        f"{seconds:.1f} s after the restore, no restart (seconds: from the cut)"
+        f"{seconds:.1f} s after the restore, without a restart"
     )
     record_fault(f"PostgreSQL connection cut ({CUT_SECONDS:.0f} s)", saw, lost_acked_versions=lost, wrong_bytes=wrong,
                  seconds_to_serve=seconds + cut_for, shape=f"{SHAPE}, metadata on PostgreSQL")
