@@ -64,7 +64,7 @@ def markdown(rows: dict[str, dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     # One fault's rows together (single shape first), faults in the order first recorded.
     order = list(dict.fromkeys(row["fault"] for row in rows.values()))
-    for row in sorted(rows.values(), key=lambda r: (order.index(r["fault"]), r["shape"])):
+    for row in sorted(rows.values(), key=lambda r: (order.index(r["fault"]), not r["shape"].startswith("single"), r["shape"])):
         seconds = "serves throughout" if row["seconds_to_serve"] is None else f"{row['seconds_to_serve']:.1f}"
         lines.append(
             f"| {row['fault']} | {row['shape']} | {row['client_saw']} | {row['lost_acked_versions']} "
