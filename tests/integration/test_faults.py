@@ -64,8 +64,8 @@ class Ledger:
 
     versions: list[tuple[str, int, str, bool]] = field(default_factory=list)
 
-    def create(self, registry, model_id: str, data: bytes, *, archived: bool = True, **kwargs) -> api.ModelVersionInfo:  # type: ignore[no-untyped-def]
-        info = registry.CreateVersion(version_chunks(model_id, data, archived=archived, **kwargs), timeout=60).version_info
+    def create(self, registry, model_id: str, data: bytes, *, archived: bool = True, timeout: float = 60, **kwargs) -> api.ModelVersionInfo:  # type: ignore[no-untyped-def]
+        info = registry.CreateVersion(version_chunks(model_id, data, archived=archived, **kwargs), timeout=timeout).version_info
         self.add(model_id, info.version_number, data, archived)
         return info
 
@@ -99,19 +99,24 @@ def new_model(registry) -> str:  # type: ignore[no-untyped-def]
     return model_id
 
 
-def probe(stack: Stack, model_id: str) -> bool:
+def probe(stack: Stack, model_id: str, timeout: float = 60) -> bool:
     """One small archived upload and its read back, on a fresh channel (no
     client reconnect backoff in the measure)."""
+    return probe_outcome(stack, model_id, timeout) == "OK"
+
+
+def probe_outcome(stack: Stack, model_id: str, timeout: float = 60) -> str:
     data = os.urandom(1024)
     try:
         with new_channel(stack) as channel:
             registry = api_grpc.ModelRegistrySPStub(channel)
             registry.CreateOrUpdateModel(api.CreateOrUpdateModelRequest(model_info=api.ModelInfo(model_id=model_id)), timeout=2)
-            info = LEDGER.create(registry, model_id, data)
+            info = LEDGER.create(registry, model_id, data, timeout=timeout)
             request = api.RetrieveVersionDataRequest(model_id=model_id, version_number=info.version_number)
-            return b"".join(c.data_chunk for c in registry.RetrieveVersionData(request, timeout=2)) == data
-    except grpc.RpcError:
-        return False
+            same = b"".join(c.data_chunk for c in registry.RetrieveVersionData(request, timeout=timeout)) == data
+            return "OK" if same else "WRONG BYTES"
+    except grpc.RpcError as error:
+        return error.code().name
 
 
 def seconds_until_serving(stack: Stack, since: float, model_id: str) -> float:
@@ -417,15 +422,19 @@ def test_a_frozen_blobstore_replica(stack, registry_channel):
     archived = [LEDGER.create(registry, model_id, os.urandom(4096)) for _ in range(3)]
     frozen = victim(stack, "blobstore")
     fault_at = hit(stack, "blobstore", signal.SIGSTOP)
-    failures, attempts = [], 0
+    failures: list[str] = []
+    attempts = 0
     try:
-        # Uploads and archived reads, every 0.2 s for 5 s, while it is frozen.
+        # Uploads and archived reads, every 0.2 s for 5 s, while it is frozen;
+        # each with a 3 s deadline, so that one stuck on the frozen replica counts as failed.
         last_failure = None
         while time.monotonic() - fault_at < 5:
             attempts += 1
-            if not probe(stack, model_id):
-                failures.append(time.monotonic())
-                last_failure = time.monotonic()
+            started = time.monotonic()
+            result = probe_outcome(stack, model_id, timeout=3)
+            if result != "OK":
+                failures.append(result)
+                last_failure = started
             time.sleep(0.2)
         reads = [outcome(lambda i=i: b"".join(
             c.data_chunk for c in registry.RetrieveVersionData(
@@ -436,8 +445,9 @@ def test_a_frozen_blobstore_replica(stack, registry_channel):
     stack.up()
     lost, wrong = LEDGER.check(stack)
     seconds = None if last_failure is None else last_failure - fault_at
+    failed = f" ({'/'.join(sorted(set(failures)))}: placed on the replica before it left rotation)" if failures else ""
     saw = (
-        f"{len(failures)} of {attempts} upload+read probes failed while frozen; archived reads "
+        f"{len(failures)} of {attempts} upload+read probes failed while frozen{failed}; archived reads "
         f"{'/'.join(sorted(set(reads)))}; thawed, it rejoins"
     )
     record_fault("SIGSTOP one blobstore replica (5 s)", saw, lost_acked_versions=lost, wrong_bytes=wrong,
