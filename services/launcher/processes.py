@@ -4,8 +4,9 @@ One decision lives here: whether a recorded PID still runs our process.
 A PID is ours while it is alive, not a zombie, and its command line holds
 the marker it was started with (PIDs get reused). An empty command line on
 a live process is read as "ours": the kernel shows one while a process
-execs (Envoy's console script execs the real binary right after start), and
-concluding "it exited" in that window made `make up` fail with an empty log.
+execs (Envoy's console script, which the launcher once started, execs the
+real binary right after start), and concluding "it exited" in that window
+made `make up` fail with an empty log.
 """
 
 from __future__ import annotations

