@@ -70,8 +70,9 @@ envoy-config: proto  ## regenerate envoy/envoy.yaml (docker compose) from servic
 # Fault injection on real stacks (tests/integration/test_faults.py), both
 # shapes; prints the fault table (README "Faults") from the recorded rows.
 # Not part of `make test` (it takes minutes); CI runs it after.
+# Every test marked `faults` under tests/integration (test_faults.py and others).
 faults: proto
 	rm -f .run/faults.json
-	$(PY) -m pytest -m faults tests/integration/test_faults.py
-	REGISTRY_TEST_SHAPE=replicated $(PY) -m pytest -m faults tests/integration/test_faults.py
+	$(PY) -m pytest -m faults tests/integration
+	REGISTRY_TEST_SHAPE=replicated $(PY) -m pytest -m faults tests/integration
 	$(PY) tests/integration/fault_table.py

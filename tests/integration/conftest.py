@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,6 +68,23 @@ class Stack:
         test never restarts a service behind the supervisor's back."""
         result = self.launcher("restart", *targets)
         assert result.returncode == 0, f"restart failed:\n{result.stdout}\n{result.stderr}"
+
+    def kill(self, name: str, signum: int = signal.SIGKILL, timeout: float = 30) -> int:
+        """Sends `signum` to the process `name` (e.g. `blobstore-0`) and waits
+        until the supervisor runs it again under a new PID, which it returns
+        (after its first restart delay; the stack may not be healthy yet:
+        `up()` waits for that)."""
+        from services.launcher.processes import pid_runs
+
+        (old,) = [p for p in self.processes() if p["name"] == name]
+        os.kill(old["pid"], signum)
+        deadline = time.monotonic() + timeout
+        while True:
+            (now,) = [p for p in self.processes() if p["name"] == name]
+            if now["pid"] and now["pid"] != old["pid"] and pid_runs(now["pid"], now["marker"]):
+                return now["pid"]
+            assert time.monotonic() < deadline, f"the supervisor did not restart {name}"
+            time.sleep(0.05)
 
     def processes(self, kind: str | None = None) -> list[dict]:
         """The stack's processes as its state file records them (PIDs change on restarts)."""
