@@ -368,13 +368,14 @@ class LocalStack:
         if not chosen:
             raise StackError(f"no process named or of kind {', '.join(selectors)}")
         baseline = _exit_counts(state)
-        for proc in chosen:
+        running = [p for p in chosen if pid_runs(p.get("pid"), p["marker"])]  # others wait in backoff
+        for proc in running:
             os.kill(proc["pid"], signal.SIGTERM)
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds + 10
         # Wait for the supervisor to see every exit, then have it start them now.
         while True:
             counts = _exit_counts(self.state_file.read() or state)
-            if all(counts.get(p["name"], 0) > baseline[p["name"]] for p in chosen):
+            if all(counts.get(p["name"], 0) > baseline[p["name"]] for p in running):
                 break
             if time.monotonic() > deadline:
                 raise StackError(f"{', '.join(p['name'] for p in chosen)} did not stop")
@@ -406,8 +407,11 @@ class LocalStack:
                 os.kill(supervisor["pid"], signal.SIGKILL)
             reap(supervisor["pid"])
             stopped.append("supervisor")
-        # Whatever the supervisor did not stop (it was dead, or killed above).
-        stop_in_order(state["processes"], self.settings.shutdown_grace_seconds)
+        # Whatever the supervisor did not stop (it was dead, or killed above
+        # mid-way: then the state file has the PIDs it last started).
+        latest = self.state_file.read() or state
+        recorded = {(p["name"], p.get("pid")): p for p in [*state["processes"], *latest["processes"]]}
+        stop_in_order(list(recorded.values()), self.settings.shutdown_grace_seconds)
         self.state_file.remove()
         self.targets_path.unlink(missing_ok=True)
         return stopped
