@@ -316,3 +316,50 @@ def test_minio_refuses_to_start_without_a_secret(compose):
     assert minio["environment"]["MINIO_ROOT_PASSWORD"] == "${AWS_SECRET_ACCESS_KEY:-}"
     (script,) = minio["command"]
     assert "AWS_SECRET_ACCESS_KEY" in script and "exit 1" in script and script.rstrip().endswith("exec minio server /data")
+
+
+def test_every_service_restarts_after_a_fault(compose):
+    """Issue 16: a container that exits (kill, crash, OOM) comes back; the
+    one-shot bucket creation is retried only when it failed."""
+    for name, definition in compose["services"].items():
+        expected = "on-failure" if name == "minio-bucket" else "unless-stopped"
+        assert definition.get("restart") == expected, f"{name}: restart {definition.get('restart')!r}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_registry_service_is_health_checked_with_the_image_check(compose, service):
+    check = compose["services"][service]["healthcheck"]
+    assert check["test"] == ["CMD", "python", "-m", "services.common.healthcheck", service]
+    assert all(check[key] for key in ("interval", "timeout", "retries", "start_period"))
+
+
+def test_dependencies_wait_for_health_where_order_matters(compose):
+    services = compose["services"]
+    waits = {
+        name: {dep: spec["condition"] for dep, spec in (definition.get("depends_on") or {}).items()}
+        for name, definition in services.items()
+    }
+    assert waits["envoy"] == {
+        "frontend": "service_healthy", "metadata": "service_healthy", "blobstore": "service_healthy",
+        "jaeger": "service_started",
+    }
+    assert waits["frontend"] == {"metadata": "service_healthy", "blobstore": "service_healthy"}
+    assert waits["metadata"] == {"postgres": "service_healthy"}
+    assert waits["blobstore"] == {"minio-bucket": "service_completed_successfully"}
+    assert waits["minio-bucket"] == {"minio": "service_healthy"}
+    # A dependency in another profile is optional, or plain `up` would refuse to start.
+    for name, definition in services.items():
+        for dep, spec in (definition.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on an unknown {dep}"
+            if services[dep].get("profiles") and services[dep].get("profiles") != definition.get("profiles"):
+                assert spec.get("required") is False, f"{name} -> {dep} must be required: false"
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy, which has no healthcheck"
+    # No cycle: compose would refuse the file.
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"dependency cycle {' -> '.join((*path, name))}"
+        for dep in waits.get(name, {}):
+            visit(dep, (*path, name))
+
+    for name in services:
+        visit(name, ())
