@@ -39,6 +39,7 @@ from services.metadata.records import (
     BlobRef,
     CacheUsage,
     Commit,
+    DatabaseIdentity,
     Model,
     ModelPage,
     ResolvedVersion,
@@ -297,6 +298,10 @@ class MetadataRegistry:
         # On the worker thread even with a reader: a sweep asks about
         # thousands of keys at once, too long a read to hold the loop for.
         return await self._run(self._store.find_unreferenced_blobs, keys)
+
+    async def describe_database(self) -> DatabaseIdentity:
+        # A count of every version: on the worker thread, as for sweeps.
+        return await self._run(self._store.describe_database)
 
     async def forget_lost_version(self, blob_key: str) -> bool:
         return await self._run(self._store.forget_lost_version, blob_key)

@@ -17,6 +17,7 @@ from services.metadata.records import (
     BlobRef,
     CacheUsage,
     Commit,
+    DatabaseIdentity,
     Model,
     ModelPage,
     ResolvedVersion,
@@ -138,6 +139,11 @@ class MetadataStore(ABC):
     def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
         """Those of `keys` (first occurrence order, no duplicates) that no
         version references."""
+
+    @abstractmethod
+    def describe_database(self) -> DatabaseIdentity:
+        """The database's identity (created with its schema, never changed)
+        and its version counts."""
 
     @abstractmethod
     def forget_lost_version(self, blob_key: str) -> bool:

@@ -90,6 +90,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Eviction picks the least recently used transient versions.
         "CREATE INDEX versions_transient_lru ON versions (last_used) WHERE archived = FALSE",
     ),
+    (
+        # The database's identity (see the SQLite store's migration 2).
+        "CREATE TABLE database_identity (database_id TEXT NOT NULL)",
+        "INSERT INTO database_identity (database_id) "
+        "VALUES (md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text))",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

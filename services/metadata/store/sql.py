@@ -35,6 +35,7 @@ from services.metadata.records import (
     CacheUsage,
     CacheBudget,
     Commit,
+    DatabaseIdentity,
     Model,
     ModelPage,
     ResolvedVersion,
@@ -116,6 +117,11 @@ TOUCH_VERSION = "UPDATE versions SET last_used = ? WHERE model_seq = ? AND numbe
 SELECT_MODEL_BLOBS = "SELECT blob_key, archived FROM versions WHERE model_seq = ? ORDER BY number"
 DELETE_MODEL_VERSIONS = "DELETE FROM versions WHERE model_seq = ?"
 DELETE_VERSION = "DELETE FROM versions WHERE model_seq = ? AND number = ?"
+SELECT_DATABASE_ID = "SELECT database_id FROM database_identity"
+COUNT_VERSIONS_BY_TIER = (
+    "SELECT COALESCE(SUM(CASE WHEN archived THEN 1 ELSE 0 END), 0), "
+    "COALESCE(SUM(CASE WHEN archived THEN 0 ELSE 1 END), 0) FROM versions"
+)
 FORGET_LOST_VERSION = "DELETE FROM versions WHERE blob_key = ? AND archived = FALSE"
 
 # The transient LRU; `archived = FALSE` matches the partial index's predicate.
@@ -757,6 +763,12 @@ class SqlMetadataStore(MetadataStore):
                 statement = f"SELECT blob_key FROM versions WHERE blob_key IN ({', '.join('?' * len(chunk))})"
                 referenced.update(key for (key,) in self._execute(cursor, statement, chunk))
         return tuple(key for key in unique if key not in referenced)
+
+    def describe_database(self) -> DatabaseIdentity:
+        with self._transaction(write=False) as cursor:
+            (database_id,) = self._execute(cursor, SELECT_DATABASE_ID).fetchone()
+            archived, transient = self._execute(cursor, COUNT_VERSIONS_BY_TIER).fetchone()
+        return DatabaseIdentity(database_id, int(archived), int(transient))
 
     def forget_lost_version(self, blob_key: str) -> bool:
         with self._transaction(write=True) as cursor:

@@ -49,6 +49,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Eviction picks the least recently used transient versions.
         "CREATE INDEX versions_transient_lru ON versions (last_used) WHERE archived = FALSE",
     ),
+    (
+        # The database's identity, drawn once when the database is created
+        # (or first migrated): the blobstore's sweeper refuses to sweep
+        # against a database other than the one it last swept against.
+        "CREATE TABLE database_identity (database_id TEXT NOT NULL)",
+        "INSERT INTO database_identity (database_id) VALUES (lower(hex(randomblob(16))))",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
