@@ -17,6 +17,7 @@ from services.common.limits import RequestLimits
 DEFAULT_MEMORY_MAX_BYTES = 2 * c.DEFAULT_VERSION_CACHE_MAX_BYTES
 
 MEMORY_MAX_BYTES_VARIABLE = c.PREFIX + "BLOBSTORE_MEMORY_MAX_BYTES"
+ACCEPT_DATABASE_ID_VARIABLE = c.PREFIX + "BLOBSTORE_ACCEPT_DATABASE_ID"
 ARCHIVE_URL_VARIABLE = c.PREFIX + "ARCHIVE_URL"
 
 # Loose on purpose (S3-compatible stores differ): what cannot be a bucket
@@ -85,6 +86,9 @@ class BlobstoreConfig:
     # Blobs younger than this are never swept: their upload may still be
     # on its way to the commit.
     orphan_grace_seconds: float = 600.0
+    # A metadata database the sweeper accepts although it is not the one it
+    # last swept against, or is empty (see services.blobstore.sweeper).
+    accept_database_id: str | None = None
     shutdown_grace_seconds: float = 10.0
     limits: RequestLimits = field(default_factory=RequestLimits)
 
@@ -114,6 +118,7 @@ class BlobstoreConfig:
             internal_call_timeout_seconds=c.env_float(p + "INTERNAL_CALL_TIMEOUT_SECONDS", 10.0, env),
             sweep_interval_seconds=c.env_float(p + "BLOBSTORE_SWEEP_INTERVAL_SECONDS", 300.0, env),
             orphan_grace_seconds=c.env_float(p + "BLOBSTORE_ORPHAN_GRACE_SECONDS", 600.0, env),
+            accept_database_id=c.env_str(ACCEPT_DATABASE_ID_VARIABLE, "", env).strip() or None,
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
             limits=RequestLimits.from_env(env),
         )

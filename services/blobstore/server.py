@@ -9,7 +9,7 @@ from services.blobstore.blobs import BlobService
 from services.blobstore.config import BlobstoreConfig
 from services.blobstore.servicer import BlobStoreServicer, add_to_server
 from services.blobstore.store import BlobTier, FileTier, MemoryTier
-from services.blobstore.sweeper import Sweeper, metadata_lookup
+from services.blobstore.sweeper import GrpcMetadataView, Sweeper
 from services.common import metrics, service_names
 from services.common.grpc_client import internal_channel
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
@@ -56,17 +56,18 @@ async def create_server(config: BlobstoreConfig) -> ServiceApp:
         await health_servicer.set(service, NOT_SERVING)
 
     channel = None
-    find_unreferenced = None
+    metadata = None
     if config.internal_address:
         channel = internal_channel(config.internal_address, config.max_message_bytes)
-        find_unreferenced = metadata_lookup(channel, config.internal_call_timeout_seconds)
+        metadata = GrpcMetadataView(channel, config.internal_call_timeout_seconds)
     else:
         log.warning("no COGMENT_MODEL_REGISTRY_INTERNAL_ADDRESS: orphaned blobs will not be swept")
     sweeper = Sweeper(
         blobs.tiers,
-        find_unreferenced,
+        metadata,
         interval_seconds=config.sweep_interval_seconds,
         grace_seconds=config.orphan_grace_seconds,
+        accept_database_id=config.accept_database_id,
     )
 
     async def prepare() -> None:
