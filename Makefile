@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find proto -name '*.proto')
 CLIENT_STUBS := client/src/model_registry_client/_generated/model_registry_pb2.py
 
-.PHONY: run up down status test unit integration bench fuzz venv proto clean envoy-config
+.PHONY: run up down status test unit integration faults bench fuzz venv proto clean envoy-config
 
 run: proto  ## the whole stack in the foreground; Ctrl-C stops everything
 	$(PY) -m services.launcher run
@@ -22,8 +22,14 @@ status: venv
 	$(PY) -m services.launcher status
 
 test: proto  ## every test: unit and full stack, then the full stack again in the replicated shape
-	$(PY) -m pytest
-	REGISTRY_TEST_SHAPE=replicated $(PY) -m pytest tests/integration
+	$(PY) -m pytest -m "not faults"
+	REGISTRY_TEST_SHAPE=replicated $(PY) -m pytest -m "not faults" tests/integration
+
+# Faults injected on stacks of their own (disk full, metadata on an empty
+# database...): slow, so apart from `make test`; CI runs it too.
+faults: proto
+	$(PY) -m pytest -m faults tests/integration
+	REGISTRY_TEST_SHAPE=replicated $(PY) -m pytest -m faults tests/integration
 
 unit: proto
 	$(PY) -m pytest services client/tests --ignore-glob='*_stack.py'
