@@ -36,7 +36,7 @@ from psycopg import errors
 from services.common.errors import InvalidArgument, Unavailable
 from services.metadata.database_url import redacted_url
 from services.common.limits import RequestLimits
-from services.metadata.errors import StoreOpenError
+from services.metadata.errors import StoreOpenError, database_disk_full
 from services.metadata.postgres_session import CHANNEL, change_payload, connection_parameters, new_origin, reason
 from services.metadata.records import CacheBudget
 from services.metadata.store.base import MetadataStore
@@ -264,6 +264,17 @@ class PostgresMetadataStore(SqlMetadataStore):
                 raise InvalidArgument(
                     f"the request holds a value the metadata database cannot store: {reason(exc)}"
                 ) from None
+            except errors.DiskFull as exc:
+                # SQLSTATE 53100, on a connection that is still there: the
+                # statement, or COMMIT, failed and the transaction is rolled
+                # back. (A server that lost its WAL write ends the connection:
+                # that is the "lost while committing" case below.)
+                if self._connection.closed:
+                    raise Unavailable(
+                        f"the metadata database {self.description} ran out of disk space and dropped the "
+                        f"connection; the change may or may not have been made: {reason(exc)}"
+                    ) from exc
+                raise database_disk_full(self.description, reason(exc)) from None
             except psycopg.OperationalError as exc:
                 lost = self._connection.closed
                 if lost and self._committing and self._writing:

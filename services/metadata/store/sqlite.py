@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from services.common.limits import RequestLimits
-from services.metadata.errors import StoreOpenError
+from services.metadata.errors import StoreOpenError, database_disk_full
 from services.metadata.records import CacheBudget
 from services.metadata.store.base import ReadDeferred
 from services.metadata.store.sql import Cursor, SqlMetadataStore, apply_migrations
@@ -86,6 +86,18 @@ class SqliteMetadataStore(SqlMetadataStore):
             connection.close()
             raise
         return connection
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Cursor]:
+        try:
+            with super()._transaction(write=write) as cursor:
+                yield cursor
+        except sqlite3.OperationalError as exc:
+            # SQLITE_FULL ("database or disk is full"): the transaction is
+            # rolled back, nothing is written (a WAL commit is its last frame).
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
+                raise database_disk_full(str(self.path), str(exc)) from exc
+            raise
 
     def _begin(self, cursor: Cursor, *, write: bool) -> None:
         # IMMEDIATE takes the write lock at once, so a transaction that reads
