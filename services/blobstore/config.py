@@ -18,6 +18,11 @@ DEFAULT_MEMORY_MAX_BYTES = 2 * c.DEFAULT_VERSION_CACHE_MAX_BYTES
 
 MEMORY_MAX_BYTES_VARIABLE = c.PREFIX + "BLOBSTORE_MEMORY_MAX_BYTES"
 ACCEPT_DATABASE_ID_VARIABLE = c.PREFIX + "BLOBSTORE_ACCEPT_DATABASE_ID"
+ARCHIVE_RESERVED_BYTES_VARIABLE = c.PREFIX + "ARCHIVE_RESERVED_BYTES"
+# Free space archived blobs never take from a file archive's disk: the
+# metadata database lives beside it by default, and a disk filled to the
+# last byte by blobs would refuse model updates and transient commits too.
+DEFAULT_ARCHIVE_RESERVED_BYTES = 64 * c.MIB
 ARCHIVE_URL_VARIABLE = c.PREFIX + "ARCHIVE_URL"
 
 # Loose on purpose (S3-compatible stores differ): what cannot be a bucket
@@ -75,6 +80,7 @@ class BlobstoreConfig:
     # and region come from the standard AWS_* variables, read by boto3.
     archive_dir: Path = Path("./data")
     archive_s3: S3Location | None = None
+    archive_reserved_bytes: int = DEFAULT_ARCHIVE_RESERVED_BYTES
     memory_max_bytes: int = DEFAULT_MEMORY_MAX_BYTES
     # GetBlob chunk size when the request leaves it at 0.
     sent_chunk_size: int = c.DEFAULT_SENT_CHUNK_SIZE
@@ -110,6 +116,9 @@ class BlobstoreConfig:
             port=c.env_int(*c.SERVICE_PORTS["blobstore"], env, minimum=0),
             archive_dir=Path(c.env_str(p + "ARCHIVE_DIR", "./data", env)).expanduser(),
             archive_s3=parse_archive_url(archive_url) if archive_url else None,
+            archive_reserved_bytes=c.env_int(
+                ARCHIVE_RESERVED_BYTES_VARIABLE, DEFAULT_ARCHIVE_RESERVED_BYTES, env, minimum=0
+            ),
             memory_max_bytes=c.env_int(
                 MEMORY_MAX_BYTES_VARIABLE, DEFAULT_MEMORY_MAX_BYTES, env, minimum=0
             ),

@@ -23,7 +23,7 @@ HEALTH_SERVICES = ("", service_names.BLOBSTORE)
 def archive_tier(config: BlobstoreConfig) -> BlobTier:
     """The tier of archived blobs: an S3 bucket if configured, else files."""
     if config.archive_s3 is None:
-        return FileTier(config.archive_dir)
+        return FileTier(config.archive_dir, reserved_bytes=config.archive_reserved_bytes)
     # Imported only when used: boto3 takes a while to import.
     from services.blobstore.store.s3 import S3Tier
 

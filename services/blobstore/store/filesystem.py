@@ -44,6 +44,7 @@ from opentelemetry import trace
 from services.blobstore.store.base import KEY_PATTERN, BlobReader, BlobWriter, Chunk, StoredBlob, not_found
 from services.blobstore.store.blocking import ThreadedTier, VerifyingReader, default_io_threads
 from services.common import metrics
+from services.blobstore.config import ARCHIVE_RESERVED_BYTES_VARIABLE
 from services.common.errors import AlreadyExists, ResourceExhausted
 
 log = logging.getLogger("registry.blobstore")
@@ -124,12 +125,14 @@ class FileTier(ThreadedTier):
 
     name = "archive"
 
-    def __init__(self, archive_dir: Path | str, *, io_threads: int | None = None) -> None:
+    def __init__(self, archive_dir: Path | str, *, io_threads: int | None = None, reserved_bytes: int = 0) -> None:
         super().__init__(io_threads=io_threads or default_io_threads(), thread_name_prefix="blob-io")
         self.root = os.path.join(os.fspath(archive_dir), "blobs")
         self.location = self.root
         self.temp_dir = os.path.join(self.root, TEMP_DIR_NAME)
         self.published_dir = os.path.join(self.root, PUBLISHED_DIR_NAME)
+        # Free space blobs leave on the disk (for the metadata database).
+        self.reserved_bytes = reserved_bytes
         self._owner: str | None = None
         self._owner_lock_fd: int | None = None
         self._upload_numbers = itertools.count()
@@ -262,13 +265,23 @@ class FileTier(ThreadedTier):
     def _create_temp_file(self, key: str, size: int, final_path: str, temp_path: str) -> BinaryIO:
         if os.path.exists(final_path):
             raise AlreadyExists(f"blob {key} already exists")
-        stats = os.statvfs(self.temp_dir)
-        free = stats.f_bavail * stats.f_frsize
-        if size > free:
-            raise ResourceExhausted(
-                f"the archive has {free} bytes free, not enough for blob {key} of {size} bytes"
-            )
+        self.check_room(key, size)
         return open(temp_path, "xb")  # noqa: SIM115 - closed by the writer
+
+    def check_room(self, key: str, size: int) -> None:
+        """Raises ResourceExhausted unless `size` more bytes fit on the
+        archive's disk without taking its reserve (checked at the start of
+        an upload, for its whole size, and before each chunk is written:
+        concurrent uploads, or anything else on the disk, may have taken the
+        room meanwhile). Space freed later counts at once: no restart."""
+        stats = os.statvfs(self.temp_dir)
+        available = stats.f_bavail * stats.f_frsize - self.reserved_bytes
+        if size > available:
+            raise ResourceExhausted(
+                f"the archive {self.root} has {max(available, 0)} bytes free for blobs, not enough for blob {key} "
+                f"({size} more bytes; {self.reserved_bytes} bytes are kept free for the metadata database, "
+                f"{ARCHIVE_RESERVED_BYTES_VARIABLE}): free space in the archive, or store the version as transient"
+            )
 
     async def _open_reader(self, key: str, *, expected_sha256: bytes | None, chunk_size: int) -> BlobReader:
         try:
@@ -404,6 +417,7 @@ class FileWriter(BlobWriter):
         self._last_write = self._tier._submit(self._write_and_write_back, chunk)
 
     def _write_and_write_back(self, chunk: Chunk) -> int:
+        self._tier.check_room(self.key, len(chunk))
         written = self._file.write(chunk)
         self._written += written
         if self._written - self._written_back >= WRITEBACK_EVERY_BYTES:
