@@ -16,8 +16,9 @@ tier is swept (docs/design.md, "the sweeper's safety rules"):
   one and waits a whole grace period from then;
 - an upload in progress in this process is never swept, whatever is listed;
 - metadata must be the database this tier was last swept against (its
-  `DescribeDatabase` id, kept beside the blobs by the tier) and must not be
-  empty while the tier holds blobs. Otherwise the sweep of that tier is
+  `DescribeDatabase` id, kept beside the blobs by the tier) and, for the
+  archive, must hold an archived version while the archive holds blobs
+  older than the grace period. Otherwise the sweep of that tier is
   refused, with one log line saying why and what the operator can do:
   `BLOBSTORE_ACCEPT_DATABASE_ID` names a database to accept deliberately.
 """
@@ -164,9 +165,12 @@ class Sweeper:
                 "Metadata may be on the wrong database (check COGMENT_MODEL_REGISTRY_METADATA_URL, or a restore): "
                 f"nothing is deleted until it is back. {to_accept}."
             )
-        held = database.archived_versions if tier.durable else database.transient_versions
-        if candidates and held == 0 and not accepted:
-            kind = "archived" if tier.durable else "transient"
+        # Durable tiers only: a memory tier's blobs live as long as this
+        # process, whose first sweep recorded the database; and metadata
+        # legitimately forgets every transient version of a replica whose
+        # lease expired (a frozen one keeps its blobs when it thaws).
+        if tier.durable and candidates and database.archived_versions == 0 and not accepted:
+            kind = "archived"
             raise SweepRefused(
                 f"refusing to sweep the {tier.name} tier ({tier.location}): it holds {len(candidates)} blobs older "
                 f"than the grace period but "

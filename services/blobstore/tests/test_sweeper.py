@@ -231,14 +231,19 @@ async def test_a_new_database_is_accepted_deliberately(file_tier: FileTier):
     assert other.asked == set()
 
 
-async def test_the_memory_tier_is_checked_against_transient_versions():
+async def test_the_memory_tier_is_checked_against_its_database_only():
+    """Its blobs live as long as the process, which recorded the database at
+    its first sweep; metadata may have forgotten every transient version
+    (a replica's expired lease) while a thawed replica still holds blobs."""
     memory = MemoryTier(10_000, clock=lambda: time.time() - HOUR)
     await store(memory, "t1", [b"x"])
-    no_transient = FakeMetadata(archived_versions=4, transient_versions=0)
-    assert await Sweeper([memory], no_transient, interval_seconds=60, grace_seconds=600).sweep_once() == 0
-    assert await keys(memory) == {"t1"}
-    some = FakeMetadata(archived_versions=0, transient_versions=1)
-    assert await Sweeper([memory], some, interval_seconds=60, grace_seconds=600).sweep_once() == 1
+    await store(memory, "t2", [b"y"])
+    no_transient = FakeMetadata(referenced={"t2"}, archived_versions=4, transient_versions=0)
+    assert await Sweeper([memory], no_transient, interval_seconds=60, grace_seconds=600).sweep_once() == 1
+    assert await keys(memory) == {"t2"}
+    other = FakeMetadata(database_id="db-2")
+    assert await Sweeper([memory], other, interval_seconds=60, grace_seconds=600).sweep_once() == 0
+    assert await keys(memory) == {"t2"}
 
 
 async def test_young_blobs_do_not_make_a_new_database_look_empty(file_tier: FileTier):
