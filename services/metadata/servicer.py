@@ -105,6 +105,14 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
             transient_versions=identity.transient_versions,
         )
 
+    async def RenewReplicaLease(
+        self, request: metadata_pb2.RenewReplicaLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> metadata_pb2.RenewReplicaLeaseReply:
+        """A blobstore replica is alive for lease_seconds more (0: it stops);
+        the transient versions of replicas it replaced are forgotten."""
+        forgotten = await self._registry.renew_replica_lease(request.replica_id, request.slot, request.lease_seconds)
+        return metadata_pb2.RenewReplicaLeaseReply(forgotten_versions=forgotten)
+
     async def ForgetLostVersion(
         self, request: metadata_pb2.ForgetLostVersionRequest, context: grpc.aio.ServicerContext
     ) -> metadata_pb2.ForgetLostVersionReply:

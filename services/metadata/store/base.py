@@ -146,6 +146,22 @@ class MetadataStore(ABC):
         and its version counts."""
 
     @abstractmethod
+    def renew_replica_lease(self, replica_id: str, slot: str, lease_seconds: float, now_ns: int) -> int:
+        """Records blobstore replica `replica_id`, running in `slot`, as
+        alive until `now_ns` + `lease_seconds`; then forgets (deletes) the
+        transient versions of every other replica recorded in that slot (it
+        restarted: its memory is gone) and their leases. `lease_seconds` 0
+        releases the lease: the replica's own transient versions go too.
+        Returns how many versions were forgotten. A bad replica id:
+        InvalidArgument."""
+
+    @abstractmethod
+    def expire_replica_leases(self, now_ns: int) -> int:
+        """Forgets the transient versions of every replica whose lease
+        expired before `now_ns` (dead, or frozen past its lease), and their
+        leases. Returns how many versions were forgotten."""
+
+    @abstractmethod
     def forget_lost_version(self, blob_key: str) -> bool:
         """Deletes the transient version stored under `blob_key` (its data
         is gone); True if one was deleted. Archived versions are kept."""

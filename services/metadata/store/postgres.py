@@ -96,6 +96,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "INSERT INTO database_identity (database_id) "
         "VALUES (md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text))",
     ),
+    (
+        # Blobstore replicas alive, each until its lease expires (ns since
+        # the epoch); `slot` is where it runs: a new id in a slot replaces the old.
+        """CREATE TABLE blobstore_leases (
+            replica_id TEXT PRIMARY KEY,
+            slot TEXT NOT NULL,
+            expires_at BIGINT NOT NULL
+        )""",
+        "CREATE INDEX blobstore_leases_slot ON blobstore_leases (slot)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -56,6 +56,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE database_identity (database_id TEXT NOT NULL)",
         "INSERT INTO database_identity (database_id) VALUES (lower(hex(randomblob(16))))",
     ),
+    (
+        # Blobstore replicas alive, each until its lease expires (ns since
+        # the epoch); `slot` is where it runs: a new id in a slot replaces the old.
+        """CREATE TABLE blobstore_leases (
+            replica_id TEXT PRIMARY KEY,
+            slot TEXT NOT NULL,
+            expires_at INTEGER NOT NULL
+        )""",
+        "CREATE INDEX blobstore_leases_slot ON blobstore_leases (slot)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -433,6 +433,10 @@ CONTRACT_CALLS: dict[str, ContractCall] = {
     "import_version": ContractCall(lambda store: store.import_version(imported("m", 7), new_blob_key()), writes=True),
     "cache_usage": ContractCall(lambda store: store.cache_usage(), writes=False),
     "describe_database": ContractCall(lambda store: store.describe_database(), writes=False),
+    "renew_replica_lease": ContractCall(
+        lambda store: store.renew_replica_lease("0123456789abcdef", "a:1", 30, 0), writes=True
+    ),
+    "expire_replica_leases": ContractCall(lambda store: store.expire_replica_leases(0), writes=True),
 }
 # From the contract itself, so that a method added to it gets its cases
 # here (which fail until CONTRACT_CALLS says how to call it). `close` must
