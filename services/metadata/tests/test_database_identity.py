@@ -44,6 +44,7 @@ def test_a_database_of_the_previous_schema_gets_an_identity_when_migrated(tmp_pa
     # Back to schema 1, as a database written before identities existed.
     with sqlite3.connect(path) as connection:
         connection.execute("DROP TABLE database_identity")
+        connection.execute("DROP TABLE blobstore_leases")
         connection.execute("UPDATE schema_version SET version = 1")
     migrated = SqliteMetadataStore(path, LARGE_BUDGET)
     try:
