@@ -84,7 +84,7 @@ def test_the_schema_is_created_with_its_version(open_replica, sql):
     open_replica()
     assert sql("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     tables = {name for (name,) in sql("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
-    assert tables == {"schema_version", "models", "versions", "database_identity"}
+    assert tables == {"schema_version", "models", "versions", "database_identity", "blobstore_leases"}
 
 
 def test_replicas_starting_together_migrate_once(postgres_url, sql):
