@@ -19,6 +19,7 @@ DEFAULT_MEMORY_MAX_BYTES = 2 * c.DEFAULT_VERSION_CACHE_MAX_BYTES
 MEMORY_MAX_BYTES_VARIABLE = c.PREFIX + "BLOBSTORE_MEMORY_MAX_BYTES"
 ACCEPT_DATABASE_ID_VARIABLE = c.PREFIX + "BLOBSTORE_ACCEPT_DATABASE_ID"
 ARCHIVE_RESERVED_BYTES_VARIABLE = c.PREFIX + "ARCHIVE_RESERVED_BYTES"
+LEASE_SECONDS_VARIABLE = c.PREFIX + "BLOBSTORE_LEASE_SECONDS"
 # Free space archived blobs never take from a file archive's disk: the
 # metadata database lives beside it by default, and a disk filled to the
 # last byte by blobs would refuse model updates and transient commits too.
@@ -95,6 +96,9 @@ class BlobstoreConfig:
     # A metadata database the sweeper accepts although it is not the one it
     # last swept against, or is empty (see services.blobstore.sweeper).
     accept_database_id: str | None = None
+    # How long metadata takes this replica for alive (holding its transient
+    # blobs) without hearing from it: a frozen replica is not gone before.
+    lease_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
     limits: RequestLimits = field(default_factory=RequestLimits)
 
@@ -106,6 +110,10 @@ class BlobstoreConfig:
     @property
     def max_message_bytes(self) -> int:
         return c.grpc_message_limit(self.sent_chunk_size)
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0:
+            raise c.ConfigError(f"{LEASE_SECONDS_VARIABLE}={self.lease_seconds} must be above 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BlobstoreConfig:
@@ -128,6 +136,7 @@ class BlobstoreConfig:
             sweep_interval_seconds=c.env_float(p + "BLOBSTORE_SWEEP_INTERVAL_SECONDS", 300.0, env),
             orphan_grace_seconds=c.env_float(p + "BLOBSTORE_ORPHAN_GRACE_SECONDS", 600.0, env),
             accept_database_id=c.env_str(ACCEPT_DATABASE_ID_VARIABLE, "", env).strip() or None,
+            lease_seconds=c.env_float(LEASE_SECONDS_VARIABLE, 30.0, env),
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
             limits=RequestLimits.from_env(env),
         )
