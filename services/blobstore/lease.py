@@ -30,6 +30,9 @@ from services.common.grpc_client import upstream_error
 
 log = logging.getLogger("registry.blobstore")
 
+# How soon a failed renewal is tried again.
+RETRY_SECONDS = 1.0
+
 
 def replica_slot(port: int) -> str:
     """Where this replica runs, as metadata records it."""
@@ -38,8 +41,9 @@ def replica_slot(port: int) -> str:
 
 class LeaseKeeper:
     """Renews this replica's lease every third of `lease_seconds`; releases
-    it at `stop`. A failed renewal is logged once per outage and retried at
-    the next beat (the lease outlives two failed renewals)."""
+    it at `stop`. A failed renewal is logged once per outage and retried
+    every second (metadata may not be reachable yet at start, and the
+    lease outlives two failed renewals)."""
 
     def __init__(
         self,
@@ -78,7 +82,7 @@ class LeaseKeeper:
             if not self._failing:
                 log.warning(
                     "could not renew this replica's lease in metadata (retried every %.1fs; the lease "
-                    "lasts %.0fs): %s", self.lease_seconds / 3, self.lease_seconds, exc.message,
+                    "lasts %.0fs): %s", min(RETRY_SECONDS, self.lease_seconds / 3), self.lease_seconds, exc.message,
                 )
             self._failing = True
             return
@@ -98,8 +102,11 @@ class LeaseKeeper:
 
     async def _run(self) -> None:
         # The first renewal is the caller's (before the replica serves).
+        # After a failure, retried every second: until metadata has recorded
+        # this replica, a restart of it would not be noticed (metadata
+        # cannot forget the versions of a replica it never heard of).
         while True:
-            await asyncio.sleep(self.lease_seconds / 3)
+            await asyncio.sleep(min(RETRY_SECONDS, self.lease_seconds / 3) if self._failing else self.lease_seconds / 3)
             await self.renew_logged()
 
     async def stop(self, *, release: bool = True) -> None:

@@ -1,0 +1,94 @@
+"""A blobstore replica gone for good takes its transient versions with it,
+and metadata forgets them at once, without waiting for anyone to read them:
+infos vanish as data vanishes, and -1 never names a version whose data is
+gone. (On the replicated shape one of three replicas restarts; on the
+single shape the only one does.)"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import grpc
+from cogmentAPI import model_registry_pb2 as api
+from registry import blobstore_pb2, blobstore_pb2_grpc
+
+from conftest import REPLICATED, Stack, create_version, read_data
+from restarts import restart_process, stack_processes
+
+
+def replica_id_at(port: int) -> str:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = blobstore_pb2_grpc.BlobStoreStub(channel)
+        return stub.DescribeReplica(blobstore_pb2.DescribeReplicaRequest(), timeout=2).replica_id
+
+
+def blob_keys(stack: Stack, model_id: str) -> dict[int, str]:
+    """version number -> blob key, from the metadata database itself (the
+    test's oracle: the public API does not show keys)."""
+    statement = (
+        "SELECT v.number, v.blob_key FROM versions v JOIN models m ON m.seq = v.model_seq WHERE m.model_id = "
+    )
+    url = stack.env.get("COGMENT_MODEL_REGISTRY_METADATA_URL")
+    if url and url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as connection:
+            return dict(connection.execute(statement + "%s", (model_id,)).fetchall())
+    import sqlite3
+
+    path = stack.archive_dir / "metadata.sqlite3"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+        return dict(connection.execute(statement + "?", (model_id,)).fetchall())
+
+
+def listed(registry, model_id: str) -> set[int]:
+    reply = registry.RetrieveVersionInfos(api.RetrieveVersionInfosRequest(model_id=model_id))
+    return {info.version_number for info in reply.version_infos}
+
+
+def test_a_restarted_replica_s_transient_versions_vanish_from_infos_at_once(registry, stack, model_id):
+    archived = create_version(registry, model_id, b"archived", archived=True)
+    transient = [create_version(registry, model_id, f"transient {n}".encode()) for n in range(9)]
+    replicas = {p["name"]: replica_id_at(p["port"]) for p in stack_processes(stack, "blobstore")}
+    keys = blob_keys(stack, model_id)
+    held = {
+        name: {number for number, key in keys.items() if key.endswith("-" + replica_id)}
+        for name, replica_id in replicas.items()
+    }
+    victim = max(held, key=lambda name: len(held[name]))
+    lost = held[victim]
+    assert lost, f"no replica holds a transient version: {held}"
+    kept = {info.version_number for info in transient} - lost
+
+    started = time.monotonic()
+    restart_process(stack, victim, signal.SIGKILL)
+    # Nobody reads: the new process's first lease renewal, before it
+    # serves, makes metadata forget the old one's versions.
+    while listed(registry, model_id) & lost:
+        assert time.monotonic() - started < 15, f"versions {sorted(lost)} of the restarted {victim} still listed"
+        time.sleep(0.05)
+    vanished_after = time.monotonic() - started
+    print(f"\n{len(lost)} transient versions of {victim} vanished from infos {vanished_after:.2f} s after its kill -9")
+    assert listed(registry, model_id) == kept | {archived.version_number}
+    assert replica_id_at(next(p["port"] for p in stack_processes(stack, "blobstore") if p["name"] == victim)) != replicas[victim]
+
+    # -1 is a version whose data exists (infos and data agree).
+    (latest,) = registry.RetrieveVersionInfos(
+        api.RetrieveVersionInfosRequest(model_id=model_id, version_numbers=[-1])
+    ).version_infos
+    expected_latest = max(kept | {archived.version_number})
+    assert latest.version_number == expected_latest
+    assert read_data(registry, model_id, -1) == read_data(registry, model_id, expected_latest)
+    for number in kept:
+        assert read_data(registry, model_id, number) == f"transient {number - 2}".encode()
+    for number in lost:
+        try:
+            read_data(registry, model_id, number)
+            raise AssertionError(f"version {number} of the restarted replica answered data")
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+    # The stack serves on: new transient versions, on any replica.
+    for n in range(3):
+        info = create_version(registry, model_id, b"after the restart")
+        assert read_data(registry, model_id, info.version_number) == b"after the restart"
