@@ -6,10 +6,12 @@ single shape the only one does.)"""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 
 import grpc
+import pytest
 from cogmentAPI import model_registry_pb2 as api
 from registry import blobstore_pb2, blobstore_pb2_grpc
 
@@ -92,3 +94,89 @@ def test_a_restarted_replica_s_transient_versions_vanish_from_infos_at_once(regi
     for n in range(3):
         info = create_version(registry, model_id, b"after the restart")
         assert read_data(registry, model_id, info.version_number) == b"after the restart"
+
+
+# -- leases: frozen is not gone, until the lease expires -----------------------------
+
+LEASE_SECONDS = 4.0
+
+
+@pytest.fixture
+def leased_stack(tmp_path):
+    """A stack of its own whose blobstores hold 4 s leases."""
+    from services.launcher.ports import free_port
+
+    from conftest import stack_env
+
+    port = free_port()
+    env = stack_env(port, tmp_path / "archive", tmp_path / "run", COGMENT_MODEL_REGISTRY_BLOBSTORE_LEASE_SECONDS=str(LEASE_SECONDS))
+    stack = Stack(env, port, tmp_path / "archive", tmp_path / "run")
+    stack.up()
+    try:
+        yield stack
+    finally:
+        for proc in stack_processes(stack, "blobstore"):
+            try:
+                os.kill(proc["pid"], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        for channel in stack.channels:
+            channel.close()
+        stack.down()
+
+
+def holders(stack: Stack, model_id: str) -> dict[str, set[int]]:
+    replicas = {p["name"]: replica_id_at(p["port"]) for p in stack_processes(stack, "blobstore")}
+    keys = blob_keys(stack, model_id)
+    return {
+        name: {number for number, key in keys.items() if key.endswith("-" + replica_id)}
+        for name, replica_id in replicas.items()
+    }
+
+
+@pytest.mark.faults  # a stack of its own, and waits for leases: ~20 s
+def test_a_frozen_replica_keeps_its_versions_until_its_lease_expires(leased_stack: Stack):
+    from cogmentAPI import model_registry_pb2_grpc as api_grpc
+
+    registry = api_grpc.ModelRegistrySPStub(leased_stack.channel())
+    model_id = "frozen"
+    registry.CreateOrUpdateModel(api.CreateOrUpdateModelRequest(model_info=api.ModelInfo(model_id=model_id)))
+    for n in range(6):
+        create_version(registry, model_id, f"transient {n}".encode())
+    held = holders(leased_stack, model_id)
+    victim = max(held, key=lambda name: len(held[name]))
+    (proc,) = [p for p in stack_processes(leased_stack, "blobstore") if p["name"] == victim]
+    os.kill(proc["pid"], signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        # Frozen, within its lease: listed still, and its data is UNAVAILABLE, not NOT_FOUND.
+        time.sleep(LEASE_SECONDS / 2)
+        assert held[victim] <= listed(registry, model_id)
+        number = min(held[victim])
+        try:
+            read_data(registry, model_id, number)
+            raise AssertionError("a frozen replica's version answered data")
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+        assert number in listed(registry, model_id)  # a read of a frozen replica forgets nothing
+        # Past its lease: gone for good, without anyone reading.
+        while listed(registry, model_id) & held[victim]:
+            assert time.monotonic() - frozen_at < LEASE_SECONDS + 10, "the expired lease should forget its versions"
+            time.sleep(0.1)
+        gone_after = time.monotonic() - frozen_at
+        print(f"\n{victim} frozen: its {len(held[victim])} transient versions listed until its lease "
+              f"expired, forgotten {gone_after:.1f} s after SIGSTOP (lease {LEASE_SECONDS:.0f} s)")
+        assert gone_after >= LEASE_SECONDS
+    finally:
+        os.kill(proc["pid"], signal.SIGCONT)
+    # Thawed: it renews its lease and serves again; the stack goes on.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            info = create_version(registry, model_id, b"after thaw")
+            assert read_data(registry, model_id, info.version_number) == b"after thaw"
+            break
+        except grpc.RpcError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert listed(registry, model_id) & held[victim] == set()
