@@ -166,7 +166,8 @@ def test_a_frozen_replica_keeps_its_versions_until_its_lease_expires(leased_stac
         gone_after = time.monotonic() - frozen_at
         print(f"\n{victim} frozen: its {len(held[victim])} transient versions listed until its lease "
               f"expired, forgotten {gone_after:.1f} s after SIGSTOP (lease {LEASE_SECONDS:.0f} s)")
-        assert gone_after >= LEASE_SECONDS
+        # The lease runs from its last renewal, at most a third of it before the freeze.
+        assert gone_after >= LEASE_SECONDS * 2 / 3 - 0.2
     finally:
         os.kill(proc["pid"], signal.SIGCONT)
     # Thawed: it renews its lease and serves again; the stack goes on.
