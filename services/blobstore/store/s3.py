@@ -299,7 +299,9 @@ class S3Tier(ThreadedTier):
         return await self._call(f"listing {self.location}", self._list)
 
     async def remove_abandoned_uploads(self) -> int:
-        return await self._call(f"sweeping the uploads of {self.location}", self._remove_abandoned)
+        # This process's own uploads are never aborted, however slow.
+        in_progress = self.uploads_in_progress()
+        return await self._call(f"sweeping the uploads of {self.location}", self._remove_abandoned, in_progress)
 
     async def record_published(self, keys: list[str]) -> None:
         await self._call(f"recording blobs as published in {self.location}", self._record_published_sync, keys)
@@ -479,14 +481,15 @@ class S3Tier(ThreadedTier):
                     sizes[key] = item["Size"]
         return [StoredBlob(key, size, recorded.get(key)) for key, size in sizes.items()]
 
-    def _remove_abandoned(self) -> int:
+    def _remove_abandoned(self, in_progress: frozenset[str] = frozenset()) -> int:
         cutoff = self._clock() - self._grace
         removed = 0
         uploads = self._client.get_paginator("list_multipart_uploads")
         for page in uploads.paginate(Bucket=self.bucket, Prefix=self._key_prefix):
             for upload in page.get("Uploads", ()):
                 object_key, upload_id = upload["Key"], upload["UploadId"]
-                if self._blob_key(object_key) is None or upload["Initiated"].timestamp() > cutoff:
+                key = self._blob_key(object_key)
+                if key is None or key in in_progress or upload["Initiated"].timestamp() > cutoff:
                     continue
                 if self._last_part_time(object_key, upload_id) > cutoff:
                     continue  # still receiving parts

@@ -246,6 +246,22 @@ async def test_stale_multipart_uploads_are_aborted_by_the_sweeper(s3_archive: S3
     assert await tier.remove_abandoned_uploads() == 0
 
 
+async def test_an_upload_in_progress_is_never_aborted_however_slow(s3_archive: S3Archive):
+    tier = s3_archive.tier
+    writer = await tier.open_writer("slow", 12 * MIB)
+    for _ in range(6):  # more than a part: a multipart upload is open
+        await writer.write(b"x" * MIB)
+    await writer._collect_part()  # the first part has arrived
+    assert s3_archive.pending() == 1
+    tier._clock = lambda: time.time() + HOUR  # no part for an hour, by the clock
+    assert await tier.remove_abandoned_uploads() == 0
+    assert s3_archive.pending() == 1
+    for _ in range(6):
+        await writer.write(b"x" * MIB)
+    await writer.commit()
+    assert s3_archive.stored() == ["slow"]
+
+
 async def test_old_unreferenced_blobs_are_swept(s3_archive: S3Archive):
     tier = s3_archive.tier
     for key in ("orphan", "referenced"):
