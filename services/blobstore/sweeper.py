@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,7 +36,7 @@ import grpc
 from registry import metadata_pb2, metadata_pb2_grpc
 
 from services.blobstore.config import ACCEPT_DATABASE_ID_VARIABLE
-from services.blobstore.store.base import BlobTier, StoredBlob
+from services.blobstore.store.base import BlobTier
 from services.common import metrics
 from services.common.grpc_client import call_idempotent
 
@@ -110,7 +110,7 @@ class Sweeper:
         grace_seconds: float,
         accept_database_id: str | None = None,
         batch_size: int = MAX_KEYS_PER_LOOKUP,
-        clock=time.time,  # noqa: ANN001 - () -> float
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._tiers = tiers
         self._metadata = metadata
@@ -132,7 +132,9 @@ class Sweeper:
                 database = await self._metadata.describe_database()
             except Exception as exc:  # noqa: BLE001 - retried next interval
                 outcome = "failed"
-                log.warning("cannot sweep: metadata does not describe its database (retried in %.0fs): %s", self._interval, exc)
+                log.warning(
+                    "cannot sweep: metadata does not describe its database (retried in %.0fs): %s", self._interval, exc
+                )
         for tier in self._tiers:
             try:
                 await tier.remove_abandoned_uploads()
@@ -181,7 +183,12 @@ class Sweeper:
             )
         if swept_against != database.database_id:
             await tier.record_swept_database_id(database.database_id)
-            log.info("the %s tier (%s) is now swept against metadata database %s", tier.name, tier.location, database.database_id)
+            log.info(
+                "the %s tier (%s) is now swept against metadata database %s",
+                tier.name,
+                tier.location,
+                database.database_id,
+            )
 
     async def _sweep_tier(self, tier: BlobTier, metadata: MetadataView, database: DatabaseView) -> int:
         blobs = await tier.list_blobs()
