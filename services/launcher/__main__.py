@@ -12,8 +12,9 @@ from services.launcher.stack import LaunchSettings, LocalStack, StackError, _pid
 
 def _banner(stack: LocalStack, state: dict) -> str:
     s = stack.settings
+    transport = {"tls": ", TLS", "mtls": ", mTLS: client certificates required"}.get(state.get("public_tls", "off"), "")
     return (
-        f"model registry ready on port {s.public_port} "
+        f"model registry ready on port {s.public_port}{transport} "
         f"(archive {s.archive_dir}, logs in {s.run_dir}, Envoy admin on 127.0.0.1:{state['admin_port']})\n"
         f"Prometheus scrape targets (file_sd): {stack.targets_path}"
     )

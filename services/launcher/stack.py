@@ -2,7 +2,9 @@
 
 State lives in a run directory (default `.run/<public port>/`): the rendered
 Envoy config, one log file per process, `state.json` with the PIDs, and
-`prometheus-targets.json`, the stack's metrics endpoints for Prometheus.
+`prometheus-targets.json`, the stack's metrics endpoints for Prometheus,
+and with TLS `sds/`, the SDS resource files Envoy loads its certificate
+from (they point at the operator's PEM files; Envoy watches them).
 `down` stops exactly the processes recorded there, by PID, after checking
 that each PID still runs the command it was started with.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,10 +30,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common import config as c
 from services.common.access import AUTH_FILE_VARIABLE
 from services.common.metrics import METRICS_OFF, METRICS_PORT_VARIABLE
-from services.launcher.envoy_config import render_envoy_yaml
+from services.common.tls import PublicTlsFiles
+from services.launcher.envoy_config import (
+    CERTIFICATE_SECRET,
+    CLIENT_CA_SECRET,
+    render_envoy_yaml,
+    render_sds_resources,
+)
 from services.launcher.prometheus_targets import TARGETS_FILE_NAME, write_scrape_targets
 from services.launcher.ports import LOOPBACK, free_ports
-from services.launcher.topology import Endpoint, StackTopology
+from services.launcher.topology import Endpoint, PublicTls, StackTopology
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,6 +69,8 @@ class LaunchSettings:
     public_host: str
     # Each service serves /metrics on a free loopback port; METRICS_PORT=0 turns them off.
     metrics: bool = True
+    # None: the public port speaks plaintext.
+    tls: PublicTlsFiles | None = None
 
     @classmethod
     def from_env(cls) -> LaunchSettings:
@@ -84,6 +96,7 @@ class LaunchSettings:
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0),
             public_host=c.env_str(p + "PUBLIC_HOST", "0.0.0.0"),
             metrics=c.env_str(METRICS_PORT_VARIABLE, "") != str(METRICS_OFF),
+            tls=PublicTlsFiles.from_env(),
         )
 
 
@@ -200,6 +213,7 @@ class LocalStack:
             metadata=tuple(Endpoint(LOOPBACK, p) for p in m_ports),
             blobstores=tuple(Endpoint(LOOPBACK, p) for p in b_ports),
             otlp_collector=_otlp_endpoint(),
+            public_tls=self._public_tls(),
         )
         python = sys.executable
         envoy_bin = envoy_binary()
@@ -251,6 +265,32 @@ class LocalStack:
         )
         return topology, processes
 
+    @property
+    def sds_dir(self) -> Path:
+        return self.settings.run_dir / "sds"
+
+    def _sds_path(self, secret: str) -> str:
+        return str(self.sds_dir / f"{secret}.yaml")
+
+    def _public_tls(self) -> PublicTls | None:
+        files = self.settings.tls
+        if files is None:
+            return None
+        return PublicTls(
+            certificate_sds_path=self._sds_path(CERTIFICATE_SECRET),
+            client_ca_sds_path=self._sds_path(CLIENT_CA_SECRET) if files.mutual else None,
+        )
+
+    def _write_sds_resources(self) -> None:
+        """The SDS files Envoy loads the public certificate (and client CA)
+        from, naming the operator's PEM files."""
+        files = self.settings.tls
+        assert files is not None
+        client_ca = str(files.client_ca_file) if files.client_ca_file else None
+        self.sds_dir.mkdir(parents=True, exist_ok=True)
+        for secret, text in render_sds_resources(str(files.cert_file), str(files.key_file), client_ca).items():
+            Path(self._sds_path(secret)).write_text(text)
+
     def start(self) -> dict:
         """Starts every process and returns the state; raises StackError
         (after stopping what it started) if the stack is not healthy in time."""
@@ -263,6 +303,8 @@ class LocalStack:
         s.run_dir.mkdir(parents=True, exist_ok=True)
         s.archive_dir.mkdir(parents=True, exist_ok=True)
         topology, processes = self.plan()
+        if topology.public_tls is not None:
+            self._write_sds_resources()
         (s.run_dir / "envoy.yaml").write_text(
             render_envoy_yaml(topology, header="# Rendered by services.launcher for this run; do not edit.\n")
         )
@@ -288,6 +330,7 @@ class LocalStack:
         )
         state = {
             "public_port": s.public_port,
+            "public_tls": "mtls" if s.tls and s.tls.mutual else "tls" if s.tls else "off",
             "internal_port": topology.internal_port,
             "admin_port": topology.admin_port,
             "archive_dir": str(s.archive_dir),
@@ -326,7 +369,11 @@ class LocalStack:
     def _wait_healthy(self, state: dict) -> None:
         s = self.settings
         deadline = time.monotonic() + s.startup_timeout_seconds
-        target = f"{LOOPBACK}:{s.public_port}"
+        # Under TLS the launcher holds no client certificate (nor, maybe, a CA
+        # the server certificate chains to): it asks Envoy's loopback
+        # internal listener, which routes health to the frontends too, and
+        # checks that the public port accepts connections.
+        target = f"{LOOPBACK}:{state['internal_port']}" if s.tls else f"{LOOPBACK}:{s.public_port}"
         with grpc.insecure_channel(target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
@@ -339,6 +386,7 @@ class LocalStack:
                     # `up` waits for every replica to be in rotation.
                     if (
                         reply.status == health_pb2.HealthCheckResponse.SERVING
+                        and (not s.tls or self._public_tls_ready(state))
                         and not _unhealthy_hosts(state["admin_port"])
                         and _every_frontend_serving(state)
                     ):
@@ -352,6 +400,25 @@ class LocalStack:
                         f"{s.startup_timeout_seconds:.0f}s (COGMENT_MODEL_REGISTRY_STARTUP_TIMEOUT_SECONDS)\n{logs}"
                     )
                 time.sleep(0.2)
+
+    def _public_tls_ready(self, state: dict) -> bool:
+        """Whether the public port completes a TLS handshake: Envoy opens the
+        listener even when it could not load the certificate (it then
+        resets every connection), so a bound port proves nothing. A
+        certificate Envoy rejected stops the start at once, saying so."""
+        if _completes_tls_handshake(self.settings.public_port):
+            return True
+        (envoy,) = [p for p in state["processes"] if p["kind"] == "envoy"]
+        rejected = [line for line in _tail(envoy["log"], 50).splitlines() if "update rejected" in line]
+        if rejected:
+            files = self.settings.tls
+            raise StackError(
+                f"Envoy rejected the TLS files ({files.cert_file}, {files.key_file}"
+                f"{', ' + str(files.client_ca_file) if files and files.client_ca_file else ''}) given by "
+                f"COGMENT_MODEL_REGISTRY_TLS_CERT_FILE/_KEY_FILE/_CLIENT_CA_FILE: "
+                f"{rejected[-1].rsplit('] ', 1)[-1]}"
+            )
+        return False
 
     # -- stop -----------------------------------------------------------
 
@@ -392,6 +459,21 @@ def _unhealthy_hosts(admin_port: int) -> list[str]:
         return ["(envoy admin not answering)"]
     hosts = [line.rsplit("::", 2) for line in text.splitlines() if "::health_flags::" in line]
     return [host for host, _, flags in hosts if flags != "healthy"]
+
+
+def _completes_tls_handshake(port: int) -> bool:
+    """A handshake that trusts anything: only whether Envoy serves a
+    certificate at all. Under mTLS a TLS 1.3 client finishes its side
+    before the server asks for (and misses) the client certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1.0) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost"):
+                return True
+    except (OSError, ssl.SSLError):
+        return False
 
 
 def _reap(pid: int, block: bool = False) -> None:
