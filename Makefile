@@ -25,6 +25,13 @@ test: proto  ## every test: unit and full stack, then the full stack again in th
 	$(PY) -m pytest
 	REGISTRY_TEST_SHAPE=replicated $(PY) -m pytest tests/integration
 
+# Faults injected on stacks of their own (disk full, metadata on an empty
+# database...): slow, so apart from `make test` (pytest.ini deselects the
+# `faults` marker unless -m asks for it); CI runs it too.
+faults: proto
+	$(PY) -m pytest -m faults tests/integration
+	REGISTRY_TEST_SHAPE=replicated $(PY) -m pytest -m faults tests/integration
+
 unit: proto
 	$(PY) -m pytest services client/tests --ignore-glob='*_stack.py'
 

@@ -17,6 +17,13 @@ from services.common.limits import RequestLimits
 DEFAULT_MEMORY_MAX_BYTES = 2 * c.DEFAULT_VERSION_CACHE_MAX_BYTES
 
 MEMORY_MAX_BYTES_VARIABLE = c.PREFIX + "BLOBSTORE_MEMORY_MAX_BYTES"
+ACCEPT_DATABASE_ID_VARIABLE = c.PREFIX + "BLOBSTORE_ACCEPT_DATABASE_ID"
+ARCHIVE_RESERVED_BYTES_VARIABLE = c.PREFIX + "ARCHIVE_RESERVED_BYTES"
+LEASE_SECONDS_VARIABLE = c.PREFIX + "BLOBSTORE_LEASE_SECONDS"
+# Free space archived blobs never take from a file archive's disk: the
+# metadata database lives beside it by default, and a disk filled to the
+# last byte by blobs would refuse model updates and transient commits too.
+DEFAULT_ARCHIVE_RESERVED_BYTES = 64 * c.MIB
 ARCHIVE_URL_VARIABLE = c.PREFIX + "ARCHIVE_URL"
 
 # Loose on purpose (S3-compatible stores differ): what cannot be a bucket
@@ -74,6 +81,7 @@ class BlobstoreConfig:
     # and region come from the standard AWS_* variables, read by boto3.
     archive_dir: Path = Path("./data")
     archive_s3: S3Location | None = None
+    archive_reserved_bytes: int = DEFAULT_ARCHIVE_RESERVED_BYTES
     memory_max_bytes: int = DEFAULT_MEMORY_MAX_BYTES
     # GetBlob chunk size when the request leaves it at 0.
     sent_chunk_size: int = c.DEFAULT_SENT_CHUNK_SIZE
@@ -85,6 +93,12 @@ class BlobstoreConfig:
     # Blobs younger than this are never swept: their upload may still be
     # on its way to the commit.
     orphan_grace_seconds: float = 600.0
+    # A metadata database the sweeper accepts although it is not the one it
+    # last swept against, or is empty (see services.blobstore.sweeper).
+    accept_database_id: str | None = None
+    # How long metadata takes this replica for alive (holding its transient
+    # blobs) without hearing from it: a frozen replica is not gone before.
+    lease_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
     limits: RequestLimits = field(default_factory=RequestLimits)
 
@@ -97,6 +111,10 @@ class BlobstoreConfig:
     def max_message_bytes(self) -> int:
         return c.grpc_message_limit(self.sent_chunk_size)
 
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0:
+            raise c.ConfigError(f"{LEASE_SECONDS_VARIABLE}={self.lease_seconds} must be above 0")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BlobstoreConfig:
         p = c.PREFIX
@@ -106,6 +124,9 @@ class BlobstoreConfig:
             port=c.env_int(*c.SERVICE_PORTS["blobstore"], env, minimum=0),
             archive_dir=Path(c.env_str(p + "ARCHIVE_DIR", "./data", env)).expanduser(),
             archive_s3=parse_archive_url(archive_url) if archive_url else None,
+            archive_reserved_bytes=c.env_int(
+                ARCHIVE_RESERVED_BYTES_VARIABLE, DEFAULT_ARCHIVE_RESERVED_BYTES, env, minimum=0
+            ),
             memory_max_bytes=c.env_int(
                 MEMORY_MAX_BYTES_VARIABLE, DEFAULT_MEMORY_MAX_BYTES, env, minimum=0
             ),
@@ -114,6 +135,8 @@ class BlobstoreConfig:
             internal_call_timeout_seconds=c.env_float(p + "INTERNAL_CALL_TIMEOUT_SECONDS", 10.0, env),
             sweep_interval_seconds=c.env_float(p + "BLOBSTORE_SWEEP_INTERVAL_SECONDS", 300.0, env),
             orphan_grace_seconds=c.env_float(p + "BLOBSTORE_ORPHAN_GRACE_SECONDS", 600.0, env),
+            accept_database_id=c.env_str(ACCEPT_DATABASE_ID_VARIABLE, "", env).strip() or None,
+            lease_seconds=c.env_float(LEASE_SECONDS_VARIABLE, 30.0, env),
             shutdown_grace_seconds=c.env_float(p + "SHUTDOWN_GRACE_SECONDS", 10.0, env),
             limits=RequestLimits.from_env(env),
         )

@@ -9,7 +9,8 @@ from services.blobstore.blobs import BlobService
 from services.blobstore.config import BlobstoreConfig
 from services.blobstore.servicer import BlobStoreServicer, add_to_server
 from services.blobstore.store import BlobTier, FileTier, MemoryTier
-from services.blobstore.sweeper import Sweeper, metadata_lookup
+from services.blobstore.lease import LeaseKeeper, replica_slot
+from services.blobstore.sweeper import GrpcMetadataView, Sweeper
 from services.common import metrics, service_names
 from services.common.grpc_client import internal_channel
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
@@ -23,7 +24,7 @@ HEALTH_SERVICES = ("", service_names.BLOBSTORE)
 def archive_tier(config: BlobstoreConfig) -> BlobTier:
     """The tier of archived blobs: an S3 bucket if configured, else files."""
     if config.archive_s3 is None:
-        return FileTier(config.archive_dir)
+        return FileTier(config.archive_dir, reserved_bytes=config.archive_reserved_bytes)
     # Imported only when used: boto3 takes a while to import.
     from services.blobstore.store.s3 import S3Tier
 
@@ -52,21 +53,30 @@ async def create_server(config: BlobstoreConfig) -> ServiceApp:
     )
     add_to_server(BlobStoreServicer(blobs), server)
     port = bind(server, config.bind_host, config.port)
+    lease: LeaseKeeper | None = None
     for service in HEALTH_SERVICES:
         await health_servicer.set(service, NOT_SERVING)
 
     channel = None
-    find_unreferenced = None
+    metadata = None
     if config.internal_address:
         channel = internal_channel(config.internal_address, config.max_message_bytes)
-        find_unreferenced = metadata_lookup(channel, config.internal_call_timeout_seconds)
+        metadata = GrpcMetadataView(channel, config.internal_call_timeout_seconds)
+        lease = LeaseKeeper(
+            channel,
+            blobs.replica_id,
+            replica_slot(port),
+            lease_seconds=config.lease_seconds,
+            call_timeout_seconds=config.internal_call_timeout_seconds,
+        )
     else:
         log.warning("no COGMENT_MODEL_REGISTRY_INTERNAL_ADDRESS: orphaned blobs will not be swept")
     sweeper = Sweeper(
         blobs.tiers,
-        find_unreferenced,
+        metadata,
         interval_seconds=config.sweep_interval_seconds,
         grace_seconds=config.orphan_grace_seconds,
+        accept_database_id=config.accept_database_id,
     )
 
     async def prepare() -> None:
@@ -74,6 +84,11 @@ async def create_server(config: BlobstoreConfig) -> ServiceApp:
             await blobs.open()
         except Exception as exc:
             raise RuntimeError(f"cannot prepare the blob storage in {config.archive_location}: {exc}") from exc
+        if lease is not None:
+            # Before serving: metadata forgets the transient versions of the
+            # process this one replaces (same slot, another id) at once.
+            await lease.renew_logged()
+            lease.start()
         for service in HEALTH_SERVICES:
             await health_servicer.set(service, SERVING)
         sweeper.start()
@@ -87,6 +102,8 @@ async def create_server(config: BlobstoreConfig) -> ServiceApp:
         ready.cancel()
         await asyncio.gather(ready, return_exceptions=True)
         await sweeper.stop()
+        if lease is not None:
+            await lease.stop(release=True)  # our transient blobs go with this process
         if channel is not None:
             await channel.close()
         await blobs.close()

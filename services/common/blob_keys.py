@@ -34,6 +34,18 @@ def new_transient_key(replica_id: str) -> str:
     return f"{uuid.uuid4().hex}{_HOLDER_SEPARATOR}{replica_id}"
 
 
+def keys_held_by_pattern(replica_id: str) -> str:
+    """A SQL LIKE pattern matching the transient keys held by `replica_id`
+    (for metadata, which forgets them when that replica is gone)."""
+    if _REPLICA_ID_PATTERN.fullmatch(replica_id) is None:  # also: no LIKE wildcard
+        raise ValueError(f"{replica_id!r} is not a blobstore replica id")
+    return f"%{_HOLDER_SEPARATOR}{replica_id}"
+
+
+def is_replica_id(value: str) -> bool:
+    return _REPLICA_ID_PATTERN.fullmatch(value) is not None
+
+
 def holder_of(key: str) -> str | None:
     """The id of the replica a transient key names; None for other keys."""
     _, separator, holder = key.rpartition(_HOLDER_SEPARATOR)

@@ -470,11 +470,11 @@ class BlobstoreMetrics:
         self.memory_max_bytes = _gauge(
             "registry_blobstore_memory_max_bytes", "Budget of the memory tier in bytes (BLOBSTORE_MEMORY_MAX_BYTES)."
         )
-        self.sweeps = _counter("registry_sweeper_runs", "Sweeps of orphaned blobs, by outcome (ok or failed).", ("outcome",))
+        self.sweeps = _counter("registry_sweeper_runs", "Sweeps of orphaned blobs, by outcome (ok, failed, or refused: metadata looked like another or an empty database).", ("outcome",))
         self.swept_blobs = _counter("registry_sweeper_removed_blobs", "Orphaned blobs the sweeper removed.", ("tier",))
         self.data_loss = _data_loss()
         _start_at_zero(self.written_bytes, self.read_bytes, self.swept_blobs, values=TIERS)
-        _start_at_zero(self.sweeps, values=("ok", "failed"))
+        _start_at_zero(self.sweeps, values=("ok", "failed", "refused"))
         _start_at_zero(self.data_loss, values=("corrupt",))
 
     def follow_memory_tier(self, held_bytes: Callable[[], float], max_bytes: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Protocol
 
 import grpc
@@ -18,7 +19,6 @@ from services.common.errors import DataLoss, InvalidArgument, NotFound, Registry
 from services.common.grpc_client import upstream_error
 from services.common.limits import RequestLimits
 from services.common.wire import data_chunk_size
-from services.frontend.background import BackgroundTasks
 from services.frontend.blob_replicas import BlobMissing
 from services.frontend.upstream import BLOBSTORE
 
@@ -54,22 +54,36 @@ class Downloads:
         self,
         metadata: DownloadMetadata,
         blobs: DownloadBlobs,
-        background: BackgroundTasks,
         limits: RequestLimits = RequestLimits(),
     ) -> None:
         self._limits = limits
         self._metadata = metadata
         self._blobs = blobs
-        self._background = background
 
     async def read_version_data(self, model_id: str, version_number: int) -> AsyncIterator[bytes]:
         """The encoded RetrieveVersionDataReplyChunk messages of one
         version's data, each chunk at most the configured size.
 
-        Data gone from its blob: NOT_FOUND for a transient version (which is
-        then forgotten), DATA_LOSS for an archived one.
+        Data gone from its blob: NOT_FOUND for a transient version, which is
+        forgotten before the reply (a client that got NOT_FOUND never sees
+        it listed again), DATA_LOSS for an archived one. A relative number
+        (-1: the latest) whose version turns out lost is resolved again
+        once it is forgotten: `-1` names the latest version whose data
+        exists, not one whose data is gone.
         """
         self._limits.check_model_id(model_id)
+        for attempt in range(_RELATIVE_RETRIES + 1):
+            try:
+                # aclosing: a client that stops reading closes the blob read at once.
+                async with aclosing(self._read_resolved(model_id, version_number)) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+                return
+            except _LostTransient as lost:
+                if version_number > 0 or not lost.retry or attempt == _RELATIVE_RETRIES:
+                    raise lost.error from None
+
+    async def _read_resolved(self, model_id: str, version_number: int) -> AsyncIterator[bytes]:
         resolved = await self._metadata.resolve_version(model_id, version_number, touch=True)
         info = resolved.version_info
         trace.get_current_span().set_attributes(
@@ -87,6 +101,7 @@ class Downloads:
             expected_sha256=base64.b64decode(info.data_hash),
         )
         sent = 0
+        forgotten = False
         sent_bytes = metrics.frontend().download_bytes.labels(metrics.tier_label(info.archived))
         try:
             async for chunk in chunks:
@@ -96,15 +111,19 @@ class Downloads:
         except BlobMissing:
             if info.archived:
                 metrics.frontend().data_loss.labels("missing").inc()
-            else:
-                # The data is gone (eviction race, or the replica holding it
-                # restarted or left): make the info go too, so both answer NOT_FOUND.
-                self._background.spawn(self._forget_lost_version(resolved.blob_key))
-            raise _missing_data(info) from None
+                raise _missing_data(info) from None
+            # The data is gone (eviction race, or the replica holding it
+            # restarted or left): the info goes too, before the reply, so
+            # both answer NOT_FOUND from now on.
+            forgotten = True
         except grpc.aio.AioRpcError as exc:
             raise upstream_error(BLOBSTORE, exc) from None
         finally:
             await chunks.aclose()
+        if forgotten:
+            await self._forget_lost_version(resolved.blob_key)
+            # Nothing was sent: a blob is found missing when opened.
+            raise _LostTransient(_missing_data(info), retry=sent == 0)
         if sent == 0:
             # A zero-byte version: one empty chunk, for clients that expect a message.
             yield _EMPTY_DATA_CHUNK
@@ -115,6 +134,20 @@ class Downloads:
                 log.warning("forgot a transient version whose data was lost (blob %s)", blob_key)
         except RegistryError as exc:
             log.warning("could not forget the version of lost blob %s: %s", blob_key, exc)
+
+
+# How many times a relative number is resolved again after its version was
+# found lost (each time one version fewer exists).
+_RELATIVE_RETRIES = 3
+
+
+class _LostTransient(Exception):
+    """A transient version's data was gone (and the version is now forgotten)."""
+
+    def __init__(self, error: RegistryError, *, retry: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retry = retry
 
 
 def _missing_data(info: api.ModelVersionInfo) -> RegistryError:

@@ -65,7 +65,7 @@ async def create_server(config: FrontendConfig) -> ServiceApp:
     servicer = ModelRegistryServicer(
         Models(metadata, blobs, limits),
         Uploads(metadata, blobs, background, version_cache_max_bytes=config.version_cache_max_bytes, limits=limits),
-        Downloads(metadata, blobs, background, limits),
+        Downloads(metadata, blobs, limits),
         followers,
         status,
         limits,

@@ -8,7 +8,7 @@ request error.
 
 from __future__ import annotations
 
-from services.common.errors import InvalidArgument, NotFound, quoted
+from services.common.errors import InvalidArgument, NotFound, ResourceExhausted, quoted
 
 
 class StoreOpenError(RuntimeError):
@@ -26,3 +26,13 @@ def model_deleted(model_id: str) -> NotFound:
 def require_model_id(model_id: str, field: str = "model_id") -> None:
     if not model_id:
         raise InvalidArgument(f"{field} must not be empty")
+
+
+def database_disk_full(description: str, detail: str) -> ResourceExhausted:
+    """A write the database refused for lack of disk space. It was rolled
+    back: nothing changed (so the frontend may treat the request as refused,
+    not as perhaps committed), and reads still work."""
+    return ResourceExhausted(
+        f"the metadata database {description} has no disk space left ({detail}): nothing was changed; "
+        "free space on its disk and retry (reads keep working meanwhile)"
+    )

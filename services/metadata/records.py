@@ -27,6 +27,19 @@ class CacheUsage:
 
 
 @dataclass(frozen=True)
+class DatabaseIdentity:
+    """Which metadata database this is, and how much it holds (for the
+    blobstore's sweeper, which refuses to sweep against another database or
+    an empty one)."""
+
+    # Random, created with the database and kept in it: a restore of the
+    # same database keeps it, a new (empty or other) database has another.
+    database_id: str
+    archived_versions: int
+    transient_versions: int
+
+
+@dataclass(frozen=True)
 class Model:
     """A model: its id and free-form user data."""
 

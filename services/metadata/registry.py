@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar
@@ -39,6 +40,7 @@ from services.metadata.records import (
     BlobRef,
     CacheUsage,
     Commit,
+    DatabaseIdentity,
     Model,
     ModelPage,
     ResolvedVersion,
@@ -297,6 +299,16 @@ class MetadataRegistry:
         # On the worker thread even with a reader: a sweep asks about
         # thousands of keys at once, too long a read to hold the loop for.
         return await self._run(self._store.find_unreferenced_blobs, keys)
+
+    async def describe_database(self) -> DatabaseIdentity:
+        # A count of every version: on the worker thread, as for sweeps.
+        return await self._run(self._store.describe_database)
+
+    async def renew_replica_lease(self, replica_id: str, slot: str, lease_seconds: float) -> int:
+        return await self._run(self._store.renew_replica_lease, replica_id, slot, lease_seconds, time.time_ns())
+
+    async def expire_replica_leases(self) -> int:
+        return await self._run(self._store.expire_replica_leases, time.time_ns())
 
     async def forget_lost_version(self, blob_key: str) -> bool:
         return await self._run(self._store.forget_lost_version, blob_key)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from registry import metadata_pb2_grpc
 
 from services.common import metrics, service_names
-from services.common.errors import Unavailable
+from services.common.errors import RegistryError, Unavailable
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
 from services.common.health_status import HealthFollower
 from services.common.service import ServiceApp, run_service
@@ -14,6 +16,8 @@ from services.metadata.errors import StoreOpenError
 from services.metadata.registry import MetadataRegistry
 from services.metadata.servicer import MetadataServicer
 from services.metadata.store.sqlite import SqliteMetadataStore, SqliteReader
+
+log = logging.getLogger("registry.metadata")
 
 
 async def open_registry(config: MetadataConfig) -> MetadataRegistry:
@@ -68,6 +72,12 @@ async def create_server(config: MetadataConfig, *, registry: MetadataRegistry | 
         usage = await registry.cache_usage()
         measured.transient_versions.set(usage.versions)
         measured.transient_bytes.set(usage.bytes)
+        # ... and forgets the transient versions of blobstore replicas whose
+        # lease expired: within one beat of the expiry, without a read.
+        try:
+            await registry.expire_replica_leases()
+        except RegistryError as exc:  # a write refused (disk full...): not a health problem
+            log.warning("could not expire blobstore replica leases (retried in %.0fs): %s", interval, exc)
         return None
 
     # NOT_SERVING while the database does not answer: Envoy routes to the

@@ -94,6 +94,25 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
         keys = await self._registry.find_unreferenced_blobs(list(request.keys))
         return metadata_pb2.FindUnreferencedBlobsReply(keys=keys)
 
+    async def DescribeDatabase(
+        self, request: metadata_pb2.DescribeDatabaseRequest, context: grpc.aio.ServicerContext
+    ) -> metadata_pb2.DescribeDatabaseReply:
+        """The database's identity and version counts (for the blobstore's sweeper)."""
+        identity = await self._registry.describe_database()
+        return metadata_pb2.DescribeDatabaseReply(
+            database_id=identity.database_id,
+            archived_versions=identity.archived_versions,
+            transient_versions=identity.transient_versions,
+        )
+
+    async def RenewReplicaLease(
+        self, request: metadata_pb2.RenewReplicaLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> metadata_pb2.RenewReplicaLeaseReply:
+        """A blobstore replica is alive for lease_seconds more (0: it stops);
+        the transient versions of replicas it replaced are forgotten."""
+        forgotten = await self._registry.renew_replica_lease(request.replica_id, request.slot, request.lease_seconds)
+        return metadata_pb2.RenewReplicaLeaseReply(forgotten_versions=forgotten)
+
     async def ForgetLostVersion(
         self, request: metadata_pb2.ForgetLostVersionRequest, context: grpc.aio.ServicerContext
     ) -> metadata_pb2.ForgetLostVersionReply:

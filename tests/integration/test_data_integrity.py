@@ -35,12 +35,19 @@ class Archive:
         return client, bucket, prefix
 
     def objects(self) -> set[str]:
+        """The blobs' objects or files (not the blobstore's own records:
+        names with a part starting with ".", such as publication records)."""
         if self.url.startswith("s3://"):
             client, bucket, prefix = self._s3()
             pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            return {o["Key"] for page in pages for o in page.get("Contents", [])}
+            names = {o["Key"] for page in pages for o in page.get("Contents", [])}
+            return {name for name in names if not any(part.startswith(".") for part in name.split("/"))}
         blobs = self.stack.archive_dir / "blobs"
-        return {str(p) for p in blobs.rglob("*") if p.is_file() and ".tmp" not in p.parts}
+        return {
+            str(p)
+            for p in blobs.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(blobs).parts)
+        }
 
     def replace(self, name: str, data: bytes) -> None:
         if self.url.startswith("s3://"):

@@ -26,6 +26,7 @@ def infos(registry, model_id, numbers=(), **kwargs):
 
 
 def archive_files(stack) -> set[str]:
+    """Blob files and the blobstore's own (temp files, publication records)."""
     blobs = stack.archive_dir / "blobs"
     return {str(p) for p in blobs.rglob("*") if p.is_file()} if blobs.exists() else set()
 

@@ -56,8 +56,13 @@ class StoredBlob:
 
     key: str
     size: int
-    # When the blob was stored, in seconds since the epoch (time.time()).
-    stored_at: float
+    # When the blobstore published the blob, in seconds since the epoch:
+    # the tier's own record, written when the upload committed, never the
+    # storage's mtime or LastModified (S3 dates a multipart upload's object
+    # from its start). None: the blob has no record (stored before records
+    # existed, or a crash between publishing and recording); the sweeper
+    # then records one (`record_published`), so it ages from then.
+    published_at: float | None
 
 
 class BlobWriter(ABC):
@@ -83,6 +88,13 @@ class BlobWriter(ABC):
         self.received = 0
         # Set once `commit` succeeded or `abort` ran: later aborts do nothing.
         self._ended = False
+        # The tier's set of uploads in progress (set by `BlobTier.open_writer`).
+        self._in_progress: set[str] | None = None
+
+    def _end(self) -> None:
+        self._ended = True
+        if self._in_progress is not None:
+            self._in_progress.discard(self.key)
 
     async def write(self, chunk: Chunk) -> None:
         """Adds the next chunk; raises InvalidArgument at once if the blob
@@ -102,13 +114,13 @@ class BlobWriter(ABC):
                 f"blob {self.key}: received {self.received} bytes but the header announced {self.size}"
             )
         await self._commit()
-        self._ended = True
+        self._end()
 
     async def abort(self) -> None:
         """Discards the upload (no-op after a successful commit or a previous abort)."""
         if self._ended:
             return
-        self._ended = True
+        self._end()
         await self._abort()
 
     @abstractmethod
@@ -170,6 +182,19 @@ class BlobTier(ABC):
 
     # Short name for logs ("memory", "archive").
     name: str
+    # Where the blobs are, for messages to an operator.
+    location: str = "memory"
+    # Whether the tier holds archived blobs (else transient ones): which
+    # count of versions the sweeper compares with what the tier holds.
+    durable: bool = True
+
+    def __init__(self) -> None:
+        # Keys of this process's uploads from `open_writer` until `commit`
+        # returned or `abort` ran: the sweeper never touches them.
+        self._in_progress: set[str] = set()
+        # The database last swept against, for tiers that keep no record
+        # of their own (the memory tier: its blobs die with the process).
+        self._swept_database_id: str | None = None
 
     async def open(self) -> None:
         """Prepares the tier (directories, cleanup of abandoned uploads)."""
@@ -184,7 +209,15 @@ class BlobTier(ABC):
         stored (a blob is never overwritten) and ResourceExhausted if the
         tier has no room for `size` bytes; all before any byte is accepted.
         """
-        return await self._open_writer(validate_key(key), size)
+        writer = await self._open_writer(validate_key(key), size)
+        writer._in_progress = self._in_progress
+        self._in_progress.add(key)
+        return writer
+
+    def uploads_in_progress(self) -> frozenset[str]:
+        """Keys this process is uploading now (not yet published, or being
+        published): never swept, whatever the tier lists."""
+        return frozenset(self._in_progress)
 
     async def open_reader(
         self,
@@ -235,3 +268,18 @@ class BlobTier(ABC):
         """Removes leftovers of uploads whose process died (temp files...).
         Returns how many were removed. Called at `open` and by the sweeper."""
         return 0
+
+    async def record_published(self, keys: list[str]) -> None:
+        """Records now as the publication time of stored `keys` that have no
+        record (`StoredBlob.published_at` None). Tiers that always record
+        one at commit (memory) need not implement it."""
+
+    async def swept_database_id(self) -> str | None:
+        """The id of the metadata database the sweeper last swept this tier
+        against (None: never), kept beside the blobs by persistent tiers."""
+        return self._swept_database_id
+
+    async def record_swept_database_id(self, database_id: str) -> None:
+        """Keeps `database_id` as the database this tier is swept against
+        (durably, beside the blobs, for persistent tiers)."""
+        self._swept_database_id = database_id

@@ -38,6 +38,7 @@ class ThreadedTier(BlobTier):
     """A tier whose storage calls block, run on a pool of `io_threads` threads."""
 
     def __init__(self, *, io_threads: int, thread_name_prefix: str) -> None:
+        super().__init__()
         self.io_threads = io_threads
         self._executor = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix=thread_name_prefix)
 

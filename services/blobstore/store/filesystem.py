@@ -6,7 +6,13 @@ Layout under `<archive_dir>/blobs/`:
 - `<key[:2]>/<key>`: a stored blob (the two-character directories keep any
   one directory small);
 - `.tmp/<owner>.<key>.<n>`: an upload in progress by the process `owner`;
-- `.tmp/<owner>.lock`: held (flock) by that process for as long as it runs.
+- `.tmp/<owner>.lock`: held (flock) by that process for as long as it runs;
+- `.published/<key[:2]>/<key>`: the blob's publication record, an empty file
+  created when the blob is linked into place (its mtime is the time the
+  sweeper ages the blob from: the blob file's own mtime is when its last byte
+  was written, and copies or restores change it);
+- `.swept-database`: the id of the metadata database the sweeper last swept
+  against (see services.blobstore.sweeper).
 
 Several blobstore replicas may share the directory (one volume, as in
 docker-compose), so "leftover temp files" are only those whose owner's lock
@@ -38,11 +44,14 @@ from opentelemetry import trace
 from services.blobstore.store.base import KEY_PATTERN, BlobReader, BlobWriter, Chunk, StoredBlob, not_found
 from services.blobstore.store.blocking import ThreadedTier, VerifyingReader, default_io_threads
 from services.common import metrics
+from services.blobstore.config import ARCHIVE_RESERVED_BYTES_VARIABLE
 from services.common.errors import AlreadyExists, ResourceExhausted
 
 log = logging.getLogger("registry.blobstore")
 
 TEMP_DIR_NAME = ".tmp"
+PUBLISHED_DIR_NAME = ".published"
+SWEPT_DATABASE_FILE_NAME = ".swept-database"
 LOCK_SUFFIX = ".lock"
 # errnos meaning "this filesystem has no hard links": fall back to rename.
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS}
@@ -116,10 +125,14 @@ class FileTier(ThreadedTier):
 
     name = "archive"
 
-    def __init__(self, archive_dir: Path | str, *, io_threads: int | None = None) -> None:
+    def __init__(self, archive_dir: Path | str, *, io_threads: int | None = None, reserved_bytes: int = 0) -> None:
         super().__init__(io_threads=io_threads or default_io_threads(), thread_name_prefix="blob-io")
         self.root = os.path.join(os.fspath(archive_dir), "blobs")
+        self.location = self.root
         self.temp_dir = os.path.join(self.root, TEMP_DIR_NAME)
+        self.published_dir = os.path.join(self.root, PUBLISHED_DIR_NAME)
+        # Free space blobs leave on the disk (for the metadata database).
+        self.reserved_bytes = reserved_bytes
         self._owner: str | None = None
         self._owner_lock_fd: int | None = None
         self._upload_numbers = itertools.count()
@@ -128,6 +141,25 @@ class FileTier(ThreadedTier):
 
     def path_of(self, key: str) -> str:
         return os.path.join(self.root, key[:2], key)
+
+    def record_path_of(self, key: str) -> str:
+        """Where the publication record of `key` is."""
+        return os.path.join(self.published_dir, key[:2], key)
+
+    def _write_record(self, key: str) -> None:
+        """Creates (or renews) the publication record of `key`, dated now.
+        Not fsynced: a record lost in a crash is written again at the next
+        sweep, which then ages the blob from that sweep (younger, never older)."""
+        path = self.record_path_of(key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.utime(fd)
+        finally:
+            os.close(fd)
 
     async def open(self) -> None:
         await self._run(self._open_sync)
@@ -233,13 +265,23 @@ class FileTier(ThreadedTier):
     def _create_temp_file(self, key: str, size: int, final_path: str, temp_path: str) -> BinaryIO:
         if os.path.exists(final_path):
             raise AlreadyExists(f"blob {key} already exists")
-        stats = os.statvfs(self.temp_dir)
-        free = stats.f_bavail * stats.f_frsize
-        if size > free:
-            raise ResourceExhausted(
-                f"the archive has {free} bytes free, not enough for blob {key} of {size} bytes"
-            )
+        self.check_room(key, size)
         return open(temp_path, "xb")  # noqa: SIM115 - closed by the writer
+
+    def check_room(self, key: str, size: int) -> None:
+        """Raises ResourceExhausted unless `size` more bytes fit on the
+        archive's disk without taking its reserve (checked at the start of
+        an upload, for its whole size, and before each chunk is written:
+        concurrent uploads, or anything else on the disk, may have taken the
+        room meanwhile). Space freed later counts at once: no restart."""
+        stats = os.statvfs(self.temp_dir)
+        available = stats.f_bavail * stats.f_frsize - self.reserved_bytes
+        if size > available:
+            raise ResourceExhausted(
+                f"the archive {self.root} has {max(available, 0)} bytes free for blobs, not enough for blob {key} "
+                f"({size} more bytes; {self.reserved_bytes} bytes are kept free for the metadata database, "
+                f"{ARCHIVE_RESERVED_BYTES_VARIABLE}): free space in the archive, or store the version as transient"
+            )
 
     async def _open_reader(self, key: str, *, expected_sha256: bytes | None, chunk_size: int) -> BlobReader:
         try:
@@ -255,8 +297,48 @@ class FileTier(ThreadedTier):
         return file, os.fstat(file.fileno()).st_size
 
     async def _delete(self, key: str) -> bool:
-        # Not fsynced: a delete undone by a crash leaves an orphan for the sweeper.
-        return await self._run(_unlink_quietly, self.path_of(key))
+        return await self._run(self._delete_sync, key)
+
+    def _delete_sync(self, key: str) -> bool:
+        # Not fsynced: a delete undone by a crash leaves an orphan for the
+        # sweeper. The record goes after the blob: a blob never loses its
+        # record while it exists (a crash in between leaves a stray record,
+        # which nothing reads).
+        deleted = _unlink_quietly(self.path_of(key))
+        _unlink_quietly(self.record_path_of(key))
+        return deleted
+
+    async def record_published(self, keys: list[str]) -> None:
+        await self._run(self._record_published_sync, keys)
+
+    def _record_published_sync(self, keys: list[str]) -> None:
+        for key in keys:
+            if os.path.exists(self.path_of(key)):
+                self._write_record(key)
+
+    async def swept_database_id(self) -> str | None:
+        return await self._run(self._read_swept_database_id)
+
+    def _read_swept_database_id(self) -> str | None:
+        try:
+            with open(os.path.join(self.root, SWEPT_DATABASE_FILE_NAME), encoding="utf-8") as file:
+                return file.read().strip() or None
+        except FileNotFoundError:
+            return None
+
+    async def record_swept_database_id(self, database_id: str) -> None:
+        await self._run(self._write_swept_database_id, database_id)
+
+    def _write_swept_database_id(self, database_id: str) -> None:
+        # Atomically (temp file, fsync, rename, directory fsync): a torn
+        # record would read as "another database" and stop every sweep.
+        temp_path = os.path.join(self.temp_dir, f"{self._owner}.{SWEPT_DATABASE_FILE_NAME}")
+        with open(temp_path, "w", encoding="utf-8") as file:
+            file.write(database_id + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp_path, os.path.join(self.root, SWEPT_DATABASE_FILE_NAME))
+        _fsync_directory(self.root)
 
     async def list_blobs(self) -> list[StoredBlob]:
         return await self._run(self._list_sync)
@@ -265,7 +347,8 @@ class FileTier(ThreadedTier):
         blobs: list[StoredBlob] = []
         with os.scandir(self.root) as prefixes:
             for prefix in prefixes:
-                if prefix.name == TEMP_DIR_NAME or not prefix.is_dir(follow_symlinks=False):
+                # Keys never start with "." (KEY_PATTERN): ".tmp", ".published"... are ours.
+                if prefix.name.startswith(".") or not prefix.is_dir(follow_symlinks=False):
                     continue
                 try:
                     with os.scandir(prefix.path) as entries:
@@ -276,10 +359,17 @@ class FileTier(ThreadedTier):
                                 stat = entry.stat(follow_symlinks=False)
                             except FileNotFoundError:
                                 continue  # deleted while listing
-                            blobs.append(StoredBlob(entry.name, stat.st_size, stat.st_mtime))
+                            blobs.append(StoredBlob(entry.name, stat.st_size, self._published_at(entry.name)))
                 except FileNotFoundError:
                     continue
         return blobs
+
+
+    def _published_at(self, key: str) -> float | None:
+        try:
+            return os.stat(self.record_path_of(key)).st_mtime
+        except FileNotFoundError:
+            return None
 
 
 def _storage_error(key: str, exc: OSError) -> Exception:
@@ -327,6 +417,7 @@ class FileWriter(BlobWriter):
         self._last_write = self._tier._submit(self._write_and_write_back, chunk)
 
     def _write_and_write_back(self, chunk: Chunk) -> int:
+        self._tier.check_room(self.key, len(chunk))
         written = self._file.write(chunk)
         self._written += written
         if self._written - self._written_back >= WRITEBACK_EVERY_BYTES:
@@ -369,6 +460,12 @@ class FileWriter(BlobWriter):
         self._published = True
         _unlink_quietly(self._temp_path)
         _fsync_directory(directory)
+        try:
+            self._tier._write_record(self.key)
+        except OSError as exc:
+            # The blob is durable and acknowledged either way: without a
+            # record it ages from the next sweep (which writes one).
+            log.warning("could not record the publication of blob %s (the sweeper will): %s", self.key, exc)
 
     async def _abort(self) -> None:
         # Never close the file under a write.
@@ -384,6 +481,7 @@ class FileWriter(BlobWriter):
             # The commit failed after the link (directory fsync): the caller
             # was told it failed, so the blob must not stay.
             _unlink_quietly(self._final_path)
+            _unlink_quietly(self._tier.record_path_of(self.key))
 
 
 class FileReader(VerifyingReader):

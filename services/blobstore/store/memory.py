@@ -19,7 +19,7 @@ class _MemoryBlob:
     # iterate it without a copy or a lock.
     chunks: tuple[Chunk, ...]
     size: int
-    stored_at: float
+    published_at: float
 
 
 class MemoryTier(BlobTier):
@@ -41,8 +41,10 @@ class MemoryTier(BlobTier):
     """
 
     name = "memory"
+    durable = False
 
     def __init__(self, max_bytes: int, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
         self.max_bytes = max_bytes
         self._clock = clock
         self._blobs: dict[str, _MemoryBlob] = {}
@@ -101,7 +103,7 @@ class MemoryTier(BlobTier):
         return True
 
     async def list_blobs(self) -> list[StoredBlob]:
-        return [StoredBlob(key, blob.size, blob.stored_at) for key, blob in self._blobs.items()]
+        return [StoredBlob(key, blob.size, blob.published_at) for key, blob in self._blobs.items()]
 
 
 class MemoryWriter(BlobWriter):

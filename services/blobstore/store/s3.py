@@ -77,6 +77,13 @@ UPLOAD_METADATA = "registry-upload"
 
 # A blob's object name after the prefix: `<key[:2]>/<key>`.
 _OBJECT_NAME = re.compile(r"([A-Za-z0-9_-]{1,2})/([A-Za-z0-9_-]{1,128})")
+# A blob's publication record after the prefix: an empty object written
+# once the blob's object exists, whose LastModified is the time the sweeper
+# ages the blob from (the blob's own LastModified is, for a multipart
+# upload, the time the upload started).
+PUBLISHED_PREFIX = ".published/"
+# The id of the metadata database the sweeper last swept against.
+SWEPT_DATABASE_OBJECT = ".swept-database"
 # Failures worth retrying later: the store or the network, not the request.
 _TRANSIENT = (ConnectionError, HTTPClientError, IncompleteReadError, NoCredentialsError)
 
@@ -187,6 +194,10 @@ class S3Tier(ThreadedTier):
     def object_key(self, key: str) -> str:
         return f"{self._key_prefix}{key[:2]}/{key}"
 
+    def record_key(self, key: str) -> str:
+        """The object holding the publication record of `key`."""
+        return f"{self._key_prefix}{PUBLISHED_PREFIX}{key[:2]}/{key}"
+
     def _blob_key(self, object_key: str) -> str | None:
         """The blob key stored at `object_key`, None if it is not a blob's."""
         if not object_key.startswith(self._key_prefix):
@@ -288,7 +299,20 @@ class S3Tier(ThreadedTier):
         return await self._call(f"listing {self.location}", self._list)
 
     async def remove_abandoned_uploads(self) -> int:
-        return await self._call(f"sweeping the uploads of {self.location}", self._remove_abandoned)
+        # This process's own uploads are never aborted, however slow.
+        in_progress = self.uploads_in_progress()
+        return await self._call(f"sweeping the uploads of {self.location}", self._remove_abandoned, in_progress)
+
+    async def record_published(self, keys: list[str]) -> None:
+        await self._call(f"recording blobs as published in {self.location}", self._record_published_sync, keys)
+
+    async def swept_database_id(self) -> str | None:
+        return await self._call(f"reading {SWEPT_DATABASE_OBJECT} in {self.location}", self._read_swept_database_id)
+
+    async def record_swept_database_id(self, database_id: str) -> None:
+        await self._call(
+            f"writing {SWEPT_DATABASE_OBJECT} in {self.location}", self._write_swept_database_id, database_id
+        )
 
     # -- blocking calls (on the tier's threads) -----------------------------
 
@@ -337,6 +361,7 @@ class S3Tier(ThreadedTier):
                 Bucket=self.bucket, Key=object_key, Body=body, Metadata={UPLOAD_METADATA: token}, **condition
             ),
         )
+        self._record_publication(key)
 
     def _complete_upload(self, key: str, object_key: str, token: str, upload_id: str, parts: list[dict]) -> None:
         self._publish(
@@ -347,6 +372,7 @@ class S3Tier(ThreadedTier):
                 Bucket=self.bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **condition
             ),
         )
+        self._record_publication(key)
 
     def _publish(self, key: str, object_key: str, token: str, request: Callable[[dict[str, str]], object]) -> None:
         """Makes the object visible by `request`, never over another object."""
@@ -373,6 +399,14 @@ class S3Tier(ThreadedTier):
         self._refuse_existing(key, object_key)
         request({})
 
+    def _record_publication(self, key: str) -> None:
+        try:
+            self._write_record(key)
+        except (BotoCoreError, ClientError) as exc:
+            # The blob is stored and acknowledged either way: without a
+            # record it ages from the next sweep (which writes one).
+            log.warning("could not record the publication of blob %s (the sweeper will): %s", key, exc)
+
     def _abort_upload(self, object_key: str, upload_id: str) -> bool:
         """Aborts a multipart upload; False if it was gone already."""
         try:
@@ -397,26 +431,65 @@ class S3Tier(ThreadedTier):
         if self._head(object_key) is None:
             return False
         self._client.delete_object(Bucket=self.bucket, Key=object_key)
+        key = self._blob_key(object_key)
+        if key is not None:
+            # After the blob: a blob never loses its record while it exists.
+            self._client.delete_object(Bucket=self.bucket, Key=self.record_key(key))
         return True
 
+    def _write_record(self, key: str) -> None:
+        self._client.put_object(Bucket=self.bucket, Key=self.record_key(key), Body=b"")
+
+    def _record_published_sync(self, keys: list[str]) -> None:
+        for key in keys:
+            if self._head(self.object_key(key)) is not None:
+                self._write_record(key)
+
+    def _read_swept_database_id(self) -> str | None:
+        try:
+            reply = self._client.get_object(Bucket=self.bucket, Key=self._key_prefix + SWEPT_DATABASE_OBJECT)
+        except ClientError as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        with reply["Body"] as body:
+            return body.read().decode("utf-8").strip() or None
+
+    def _write_swept_database_id(self, database_id: str) -> None:
+        # One PutObject: atomic, as every S3 write.
+        self._client.put_object(
+            Bucket=self.bucket, Key=self._key_prefix + SWEPT_DATABASE_OBJECT, Body=(database_id + "\n").encode()
+        )
+
     def _list(self) -> list[StoredBlob]:
-        blobs = []
+        # Records and blobs share the prefix: one listing has both.
+        sizes: dict[str, int] = {}
+        recorded: dict[str, float] = {}
+        record_prefix = self._key_prefix + PUBLISHED_PREFIX
         objects = self._client.get_paginator("list_objects_v2")
         for page in objects.paginate(Bucket=self.bucket, Prefix=self._key_prefix):
             for item in page.get("Contents", ()):
-                key = self._blob_key(item["Key"])
+                object_key = item["Key"]
+                if object_key.startswith(record_prefix):
+                    name = object_key[len(record_prefix) :]
+                    match = _OBJECT_NAME.fullmatch(name)
+                    if match is not None:
+                        recorded[match[2]] = item["LastModified"].timestamp()
+                    continue
+                key = self._blob_key(object_key)
                 if key is not None:
-                    blobs.append(StoredBlob(key, item["Size"], item["LastModified"].timestamp()))
-        return blobs
+                    sizes[key] = item["Size"]
+        return [StoredBlob(key, size, recorded.get(key)) for key, size in sizes.items()]
 
-    def _remove_abandoned(self) -> int:
+    def _remove_abandoned(self, in_progress: frozenset[str] = frozenset()) -> int:
         cutoff = self._clock() - self._grace
         removed = 0
         uploads = self._client.get_paginator("list_multipart_uploads")
         for page in uploads.paginate(Bucket=self.bucket, Prefix=self._key_prefix):
             for upload in page.get("Uploads", ()):
                 object_key, upload_id = upload["Key"], upload["UploadId"]
-                if self._blob_key(object_key) is None or upload["Initiated"].timestamp() > cutoff:
+                key = self._blob_key(object_key)
+                if key is None or key in in_progress or upload["Initiated"].timestamp() > cutoff:
                     continue
                 if self._last_part_time(object_key, upload_id) > cutoff:
                     continue  # still receiving parts
@@ -521,6 +594,7 @@ class S3Writer(BlobWriter):
                 # object appeared: the caller was told it failed, so it goes.
                 if tier._written_by(self._object_key, self._token):
                     tier._client.delete_object(Bucket=tier.bucket, Key=self._object_key)
+                    tier._client.delete_object(Bucket=tier.bucket, Key=tier.record_key(self.key))
             creating = self._creating
             if creating is not None and not creating.cancelled() and creating.exception() is None:
                 tier._abort_upload(self._object_key, creating.result())

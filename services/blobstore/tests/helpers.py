@@ -49,10 +49,13 @@ def temp_files(archive_dir: Path) -> list[str]:
 
 
 def blob_files(archive_dir: Path) -> list[str]:
-    """Published blob files (outside the temp dir)."""
+    """Published blob files (outside the tier's own dot-names: temp files,
+    publication records, the swept database's id)."""
     root = archive_dir / "blobs"
     return sorted(
-        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
 
@@ -211,3 +214,47 @@ async def start_blobstore(config: BlobstoreConfig, *, wait: bool = True):
         await app.on_stop()
 
     return blobstore, stop
+
+
+class FakeMetadata:
+    """The sweeper's view of metadata (`sweeper.MetadataView`) without a
+    metadata service: a database id, version counts, a set of referenced
+    keys, and failures to inject."""
+
+    def __init__(
+        self,
+        referenced: set[str] = frozenset(),
+        *,
+        failures: int = 0,
+        database_id: str = "db-1",
+        archived_versions: int = 1,
+        transient_versions: int = 1,
+    ) -> None:
+        self.referenced = set(referenced)
+        self.failures = failures
+        self.database_id = database_id
+        self.archived_versions = archived_versions
+        self.transient_versions = transient_versions
+        self.batches: list[list[str]] = []
+
+    async def describe_database(self):  # noqa: ANN201 - a sweeper.DatabaseView
+        from services.blobstore.sweeper import DatabaseView
+
+        return DatabaseView(self.database_id, self.archived_versions, self.transient_versions)
+
+    async def find_unreferenced(self, keys: list[str]) -> list[str]:
+        self.batches.append(list(keys))
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("metadata is down")
+        return [key for key in keys if key not in self.referenced]
+
+    @property
+    def asked(self) -> set[str]:
+        return {key for batch in self.batches for key in batch}
+
+
+def age_file_blob(tier, key: str, seconds: float) -> None:  # noqa: ANN001 - a FileTier
+    """Makes a file blob's publication record `seconds` old."""
+    stamp = time.time() - seconds
+    os.utime(tier.record_path_of(key), (stamp, stamp))

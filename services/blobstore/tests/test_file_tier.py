@@ -80,6 +80,48 @@ async def test_no_room_is_refused_before_writing(file_tier: FileTier, tmp_path: 
     assert temp_files(tmp_path) == []
 
 
+class Disk:
+    """The archive's disk as `os.statvfs` reports it, with a free-space
+    figure the test sets (the real disk is shared with everything else)."""
+
+    def __init__(self, monkeypatch, free: int) -> None:
+        self.free = free
+        real = os.statvfs
+
+        def statvfs(path):
+            stats = real(path)
+            return os.statvfs_result(
+                (stats.f_bsize, 1, stats.f_blocks, self.free, self.free, *tuple(stats)[5:])
+            )
+
+        monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+async def test_the_reserve_is_kept_free_at_start_and_while_writing(tmp_path: Path, monkeypatch):
+    """Blobs never take the reserve (the metadata database beside them needs
+    it); an upload refused half-way leaves nothing; freed space counts at once."""
+    tier = FileTier(tmp_path, reserved_bytes=1000)
+    await tier.open()
+    try:
+        disk = Disk(monkeypatch, free=3000)
+        with pytest.raises(ResourceExhausted, match="2000 bytes free for blobs.*ARCHIVE_RESERVED_BYTES"):
+            await tier.open_writer("too-big", 2001)
+        writer = await tier.open_writer("squeezed", 2000)
+        await writer.write(b"x" * 1000)
+        await writer._wait_last_write()
+        disk.free = 1500  # someone else wrote meanwhile
+        with pytest.raises(ResourceExhausted, match="ARCHIVE_RESERVED_BYTES"):
+            await writer.write(b"x" * 1000)
+            await writer._wait_last_write()
+        await writer.abort()
+        assert temp_files(tmp_path) == [] and blob_files(tmp_path) == []
+        disk.free = 5000  # freed: no restart needed
+        await store(tier, "squeezed", [b"x" * 1000, b"y" * 1000])
+        assert blob_files(tmp_path) == ["sq/squeezed"]
+    finally:
+        await tier.close()
+
+
 async def test_commit_fsyncs_the_file_and_its_directory(file_tier: FileTier, tmp_path: Path, monkeypatch):
     synced: list[str] = []
     real_fsync = os.fsync

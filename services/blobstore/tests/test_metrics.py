@@ -80,7 +80,7 @@ async def test_sweeps_and_the_blobs_they_remove_are_counted(file_tier: FileTier)
         "archive": sample("registry_sweeper_removed_blobs_total", tier="archive"),
     }
     metadata = FakeMetadata(failures=1)
-    sweeper = Sweeper([memory, file_tier], metadata.find_unreferenced, interval_seconds=60, grace_seconds=600)
+    sweeper = Sweeper([memory, file_tier], metadata, interval_seconds=60, grace_seconds=600)
     assert await sweeper.sweep_once() == 2  # the memory tier's lookup failed
     assert await sweeper.sweep_once() == 1
     assert sample("registry_sweeper_runs_total", outcome="failed") - before["failed"] == 1

@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError, FlexibleChecksumError, ReadTimeoutE
 from services.blobstore.store.s3 import MAX_OBJECT_SIZE, MAX_PARTS, PARTS_IN_FLIGHT, S3Reader, S3Tier  # noqa: E402
 from services.blobstore.sweeper import Sweeper  # noqa: E402
 from services.blobstore.tests.tiers import S3Archive, S3Server  # noqa: E402
-from services.blobstore.tests.helpers import MIB, read_all, store  # noqa: E402
+from services.blobstore.tests.helpers import MIB, FakeMetadata, read_all, store  # noqa: E402
 from services.common.errors import AlreadyExists, DataLoss, ResourceExhausted, Unavailable  # noqa: E402
 
 HOUR = 3600.0
@@ -108,8 +108,10 @@ async def test_a_small_blob_is_one_put_object(default_parts: S3Archive, monkeypa
     puts = CallSpy(monkeypatch, client, "put_object")
     data = os.urandom(8 * MIB)  # one part's worth
     await store(default_parts.tier, "small", in_mib_chunks(data))
-    assert creates.calls == [] and len(puts.calls) == 1
+    # The blob's PutObject, then its (empty) publication record's.
+    assert creates.calls == [] and len(puts.calls) == 2
     assert puts.calls[0]["IfNoneMatch"] == "*"
+    assert puts.calls[1]["Key"] == default_parts.tier.record_key("small") and puts.calls[1]["Body"] == b""
     assert b"".join(await read_all(default_parts.tier, "small", expected_sha256=hashlib.sha256(data).digest())) == data
 
 
@@ -219,7 +221,8 @@ async def test_a_store_without_conditional_writes(s3_archive: S3Archive, monkeyp
         await second.commit()
     await second.abort()
     assert b"".join(await read_all(tier, "unconditional")) == b"1"
-    assert [("IfNoneMatch" in call) for call in puts.calls] == [True, False]  # asked once, then not
+    blob_puts = [call for call in puts.calls if call["Key"] == tier.object_key("unconditional")]
+    assert [("IfNoneMatch" in call) for call in blob_puts] == [True, False]  # asked once, then not
 
 
 async def test_stale_multipart_uploads_are_aborted_by_the_sweeper(s3_archive: S3Archive):
@@ -243,19 +246,64 @@ async def test_stale_multipart_uploads_are_aborted_by_the_sweeper(s3_archive: S3
     assert await tier.remove_abandoned_uploads() == 0
 
 
+async def test_an_upload_in_progress_is_never_aborted_however_slow(s3_archive: S3Archive):
+    tier = s3_archive.tier
+    writer = await tier.open_writer("slow", 12 * MIB)
+    for _ in range(6):  # more than a part: a multipart upload is open
+        await writer.write(b"x" * MIB)
+    await writer._collect_part()  # the first part has arrived
+    assert s3_archive.pending() == 1
+    tier._clock = lambda: time.time() + HOUR  # no part for an hour, by the clock
+    assert await tier.remove_abandoned_uploads() == 0
+    assert s3_archive.pending() == 1
+    for _ in range(6):
+        await writer.write(b"x" * MIB)
+    await writer.commit()
+    assert s3_archive.stored() == ["slow"]
+
+
 async def test_old_unreferenced_blobs_are_swept(s3_archive: S3Archive):
     tier = s3_archive.tier
     for key in ("orphan", "referenced"):
         await store(tier, key, [b"x"])
-
-    async def find_unreferenced(keys: list[str]) -> list[str]:
-        return [key for key in keys if key != "referenced"]
-
-    young = Sweeper([tier], find_unreferenced, interval_seconds=60, grace_seconds=600)
+    metadata = FakeMetadata(referenced={"referenced"})
+    young = Sweeper([tier], metadata, interval_seconds=60, grace_seconds=600)
     assert await young.sweep_once() == 0
-    later = Sweeper([tier], find_unreferenced, interval_seconds=60, grace_seconds=600, clock=lambda: time.time() + HOUR)
+    later = Sweeper([tier], metadata, interval_seconds=60, grace_seconds=600, clock=lambda: time.time() + HOUR)
     assert await later.sweep_once() == 1
     assert s3_archive.stored() == ["referenced"]
+    # The orphan's publication record went with it.
+    names = [item["Key"] for item in s3_archive.client.list_objects_v2(Bucket=s3_archive.bucket)["Contents"]]
+    assert tier.record_key("orphan") not in names and tier.record_key("referenced") in names
+
+
+async def test_a_multipart_blob_ages_from_its_publication_not_its_start(s3_archive: S3Archive):
+    """S3 dates a multipart upload's object from the upload's start: a
+    slow upload would look old the moment it completes."""
+    tier = s3_archive.tier
+    await store(tier, "multipart", in_mib_chunks(os.urandom(12 * MIB)))
+    (listed,) = await tier.list_blobs()
+    record = s3_archive.client.head_object(Bucket=s3_archive.bucket, Key=tier.record_key("multipart"))
+    assert listed.published_at == record["LastModified"].timestamp()
+    # Without its record (stored before records existed), a blob is not
+    # aged at all: the sweep records it, and it waits a grace period.
+    s3_archive.client.delete_object(Bucket=s3_archive.bucket, Key=tier.record_key("multipart"))
+    assert [blob.published_at for blob in await tier.list_blobs()] == [None]
+    later = Sweeper([tier], FakeMetadata(), interval_seconds=60, grace_seconds=600, clock=lambda: time.time() + HOUR)
+    assert await later.sweep_once() == 0
+    assert s3_archive.stored() == ["multipart"]
+    assert (await tier.list_blobs())[0].published_at is not None
+
+
+async def test_the_swept_database_is_kept_in_the_bucket_and_a_wrong_one_refused(s3_archive: S3Archive):
+    tier = s3_archive.tier
+    await store(tier, "a1", [b"x"])
+    assert await tier.swept_database_id() is None
+    later = dict(interval_seconds=60, grace_seconds=600, clock=lambda: time.time() + HOUR)
+    assert await Sweeper([tier], FakeMetadata(referenced={"a1"}, database_id="db-1"), **later).sweep_once() == 0
+    assert await tier.swept_database_id() == "db-1"
+    assert await Sweeper([tier], FakeMetadata(database_id="db-2"), **later).sweep_once() == 0
+    assert s3_archive.stored() == ["a1"]
 
 
 async def test_open_waits_for_the_bucket(s3_server: S3Server, monkeypatch, caplog):

@@ -333,6 +333,9 @@ class FakeMetadataService(metadata_pb2_grpc.MetadataServiceServicer):
         self.referenced = referenced
         self.requests: list[list[str]] = []
 
+    async def DescribeDatabase(self, request, context):
+        return metadata_pb2.DescribeDatabaseReply(database_id="db-1", archived_versions=1, transient_versions=0)
+
     async def FindUnreferencedBlobs(self, request, context):
         self.requests.append(list(request.keys))
         return metadata_pb2.FindUnreferencedBlobsReply(keys=[k for k in request.keys if k not in self.referenced])
@@ -356,7 +359,8 @@ async def test_sweeper_asks_metadata_and_deletes_old_orphans(tmp_path: Path):
             await blobstore.put(key, b"data", archived=True)
         old = time.time() - 3600
         for key in ("old-orphan", "old-referenced"):
-            os.utime(tmp_path / "blobs" / key[:2] / key, (old, old))
+            # Their publication records: a blob's age is its record's.
+            os.utime(tmp_path / "blobs" / ".published" / key[:2] / key, (old, old))
         await eventually(lambda: is_missing(blobstore, "old-orphan", True))
         assert not await is_missing(blobstore, "old-referenced", True)
         assert not await is_missing(blobstore, "young-orphan", True)

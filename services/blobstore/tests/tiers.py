@@ -168,9 +168,11 @@ class S3Archive(Archive):
         self.bucket = tier.bucket
 
     def objects(self) -> list[str]:
-        """Every object name in the bucket."""
+        """Every blob object name in the bucket (not the tier's own records:
+        names with a part starting with ".")."""
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
-        return sorted(item["Key"] for page in pages for item in page.get("Contents", ()))
+        names = (item["Key"] for page in pages for item in page.get("Contents", ()))
+        return sorted(name for name in names if not any(part.startswith(".") for part in name.split("/")))
 
     def stored(self) -> list[str]:
         return sorted(name.split("/")[-1] for name in self.objects())

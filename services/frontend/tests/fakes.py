@@ -279,6 +279,12 @@ class FakeMetadata:
     ) -> metadata_pb2.ResolveVersionReply:
         self.resolves.append((model_id, version_number, touch))
         self._model(model_id)
+        if version_number < 0:  # -n: the n-th latest existing version
+            existing = sorted(
+                (info.version_number for info in self.versions.values() if info.model_id == model_id), reverse=True
+            )
+            if -version_number <= len(existing):
+                version_number = existing[-version_number - 1]
         for key, info in self.versions.items():
             if info.model_id == model_id and info.version_number == version_number:
                 return metadata_pb2.ResolveVersionReply(version_info=info, blob_key=key)

@@ -22,7 +22,7 @@ class Registry:
         self.metadata = FakeMetadata("model")
         self.blobs = FakeBlobs()
         self.background = BackgroundTasks()
-        self.downloads = Downloads(self.metadata, self.blobs, self.background)
+        self.downloads = Downloads(self.metadata, self.blobs)
 
     def add(self, key: str, data: bytes, *, archived: bool, stored: bool = True) -> api.ModelVersionInfo:
         if stored:
@@ -75,12 +75,38 @@ async def test_an_unknown_version_is_metadata_s_answer(registry):
     assert registry.blobs.reads == []
 
 
-async def test_a_lost_transient_blob_is_not_found_and_its_version_forgotten(registry):
+async def test_a_lost_transient_blob_is_not_found_and_its_version_forgotten_before_the_reply(registry):
     registry.add("blob-1", DATA, archived=False, stored=False)
     with pytest.raises(NotFound, match="version 1 of model 'model' is no longer held in memory"):
         await registry.read(1)
-    await registry.background.drain()
+    # Forgotten already when NOT_FOUND is raised: nothing left in the background.
     assert registry.metadata.forgotten == ["blob-1"]
+    assert "blob-1" not in registry.metadata.versions
+
+
+async def test_minus_one_never_names_a_version_whose_data_is_gone(registry):
+    registry.add("blob-1", b"the one that exists", archived=False)
+    registry.add("blob-2", DATA, archived=False, stored=False)
+    registry.add("blob-3", DATA, archived=False, stored=False)
+    assert data_of(await registry.read(-1)) == b"the one that exists"
+    assert registry.metadata.forgotten == ["blob-3", "blob-2"]
+    assert [resolve[1] for resolve in registry.metadata.resolves] == [-1, -1, -1]
+
+
+async def test_minus_one_gives_up_after_a_few_lost_versions(registry):
+    for n in range(1, 7):
+        registry.add(f"blob-{n}", DATA, archived=False, stored=False)
+    with pytest.raises(NotFound):
+        await registry.read(-1)
+    assert registry.metadata.forgotten == ["blob-6", "blob-5", "blob-4", "blob-3"]
+
+
+async def test_a_lost_number_is_not_resolved_again(registry):
+    registry.add("blob-1", b"exists", archived=False)
+    registry.add("blob-2", DATA, archived=False, stored=False)
+    with pytest.raises(NotFound):
+        await registry.read(2)
+    assert [resolve[1] for resolve in registry.metadata.resolves] == [2]
 
 
 async def test_a_lost_archived_blob_is_data_loss_and_nothing_is_forgotten(registry):

@@ -17,6 +17,7 @@ from services.metadata.records import (
     BlobRef,
     CacheUsage,
     Commit,
+    DatabaseIdentity,
     Model,
     ModelPage,
     ResolvedVersion,
@@ -138,6 +139,27 @@ class MetadataStore(ABC):
     def find_unreferenced_blobs(self, keys: Sequence[str]) -> tuple[str, ...]:
         """Those of `keys` (first occurrence order, no duplicates) that no
         version references."""
+
+    @abstractmethod
+    def describe_database(self) -> DatabaseIdentity:
+        """The database's identity (created with its schema, never changed)
+        and its version counts."""
+
+    @abstractmethod
+    def renew_replica_lease(self, replica_id: str, slot: str, lease_seconds: float, now_ns: int) -> int:
+        """Records blobstore replica `replica_id`, running in `slot`, as
+        alive until `now_ns` + `lease_seconds`; then forgets (deletes) the
+        transient versions of every other replica recorded in that slot (it
+        restarted: its memory is gone) and their leases. `lease_seconds` 0
+        releases the lease: the replica's own transient versions go too.
+        Returns how many versions were forgotten. A bad replica id:
+        InvalidArgument."""
+
+    @abstractmethod
+    def expire_replica_leases(self, now_ns: int) -> int:
+        """Forgets the transient versions of every replica whose lease
+        expired before `now_ns` (dead, or frozen past its lease), and their
+        leases. Returns how many versions were forgotten."""
 
     @abstractmethod
     def forget_lost_version(self, blob_key: str) -> bool:

@@ -36,7 +36,7 @@ from psycopg import errors
 from services.common.errors import InvalidArgument, Unavailable
 from services.metadata.database_url import redacted_url
 from services.common.limits import RequestLimits
-from services.metadata.errors import StoreOpenError
+from services.metadata.errors import StoreOpenError, database_disk_full
 from services.metadata.postgres_session import CHANNEL, change_payload, connection_parameters, new_origin, reason
 from services.metadata.records import CacheBudget
 from services.metadata.store.base import MetadataStore
@@ -89,6 +89,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         # Eviction picks the least recently used transient versions.
         "CREATE INDEX versions_transient_lru ON versions (last_used) WHERE archived = FALSE",
+    ),
+    (
+        # The database's identity (see the SQLite store's migration 2).
+        "CREATE TABLE database_identity (database_id TEXT NOT NULL)",
+        "INSERT INTO database_identity (database_id) "
+        "VALUES (md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text))",
+    ),
+    (
+        # Blobstore replicas alive, each until its lease expires (ns since
+        # the epoch); `slot` is where it runs: a new id in a slot replaces the old.
+        """CREATE TABLE blobstore_leases (
+            replica_id TEXT PRIMARY KEY,
+            slot TEXT NOT NULL,
+            expires_at BIGINT NOT NULL
+        )""",
+        "CREATE INDEX blobstore_leases_slot ON blobstore_leases (slot)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -258,6 +274,17 @@ class PostgresMetadataStore(SqlMetadataStore):
                 raise InvalidArgument(
                     f"the request holds a value the metadata database cannot store: {reason(exc)}"
                 ) from None
+            except errors.DiskFull as exc:
+                # SQLSTATE 53100, on a connection that is still there: the
+                # statement, or COMMIT, failed and the transaction is rolled
+                # back. (A server that lost its WAL write ends the connection:
+                # that is the "lost while committing" case below.)
+                if self._connection.closed:
+                    raise Unavailable(
+                        f"the metadata database {self.description} ran out of disk space and dropped the "
+                        f"connection; the change may or may not have been made: {reason(exc)}"
+                    ) from exc
+                raise database_disk_full(self.description, reason(exc)) from None
             except psycopg.OperationalError as exc:
                 lost = self._connection.closed
                 if lost and self._committing and self._writing:

@@ -26,6 +26,7 @@ from typing import Any
 from opentelemetry import trace
 
 from services.common import metrics
+from services.common.blob_keys import is_replica_id, keys_held_by_pattern
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, RegistryError, quoted
 from services.common.limits import RequestLimits, ReplyBudget, check_version_fits_cache, listed_item_bytes, reply_too_large
 from services.metadata.errors import StoreOpenError, model_not_found, require_model_id
@@ -35,6 +36,7 @@ from services.metadata.records import (
     CacheUsage,
     CacheBudget,
     Commit,
+    DatabaseIdentity,
     Model,
     ModelPage,
     ResolvedVersion,
@@ -116,6 +118,20 @@ TOUCH_VERSION = "UPDATE versions SET last_used = ? WHERE model_seq = ? AND numbe
 SELECT_MODEL_BLOBS = "SELECT blob_key, archived FROM versions WHERE model_seq = ? ORDER BY number"
 DELETE_MODEL_VERSIONS = "DELETE FROM versions WHERE model_seq = ?"
 DELETE_VERSION = "DELETE FROM versions WHERE model_seq = ? AND number = ?"
+SELECT_DATABASE_ID = "SELECT database_id FROM database_identity"
+COUNT_VERSIONS_BY_TIER = (
+    "SELECT COALESCE(SUM(CASE WHEN archived THEN 1 ELSE 0 END), 0), "
+    "COALESCE(SUM(CASE WHEN archived THEN 0 ELSE 1 END), 0) FROM versions"
+)
+UPSERT_LEASE = (
+    "INSERT INTO blobstore_leases (replica_id, slot, expires_at) VALUES (?, ?, ?) "
+    "ON CONFLICT (replica_id) DO UPDATE SET slot = excluded.slot, expires_at = excluded.expires_at"
+)
+SELECT_REPLACED_LEASES = "SELECT replica_id FROM blobstore_leases WHERE slot = ? AND replica_id <> ?"
+SELECT_EXPIRED_LEASES = "SELECT replica_id FROM blobstore_leases WHERE expires_at < ?"
+DELETE_LEASE = "DELETE FROM blobstore_leases WHERE replica_id = ?"
+# Transient versions are few (the cache's budget): the pattern scans them only.
+FORGET_HELD_VERSIONS = "DELETE FROM versions WHERE archived = FALSE AND blob_key LIKE ?"
 FORGET_LOST_VERSION = "DELETE FROM versions WHERE blob_key = ? AND archived = FALSE"
 
 # The transient LRU; `archived = FALSE` matches the partial index's predicate.
@@ -757,6 +773,49 @@ class SqlMetadataStore(MetadataStore):
                 statement = f"SELECT blob_key FROM versions WHERE blob_key IN ({', '.join('?' * len(chunk))})"
                 referenced.update(key for (key,) in self._execute(cursor, statement, chunk))
         return tuple(key for key in unique if key not in referenced)
+
+    def describe_database(self) -> DatabaseIdentity:
+        with self._transaction(write=False) as cursor:
+            (database_id,) = self._execute(cursor, SELECT_DATABASE_ID).fetchone()
+            archived, transient = self._execute(cursor, COUNT_VERSIONS_BY_TIER).fetchone()
+        return DatabaseIdentity(database_id, int(archived), int(transient))
+
+    def renew_replica_lease(self, replica_id: str, slot: str, lease_seconds: float, now_ns: int) -> int:
+        if not is_replica_id(replica_id):
+            raise InvalidArgument(f"{quoted(replica_id)} is not a blobstore replica id (16 lowercase hex digits)")
+        if not slot:
+            raise InvalidArgument("slot must not be empty")
+        with self._transaction(write=True) as cursor:
+            gone = [row[0] for row in self._execute(cursor, SELECT_REPLACED_LEASES, (slot, replica_id)).fetchall()]
+            if lease_seconds <= 0:
+                gone.append(replica_id)
+            else:
+                expires_at = min(now_ns + int(lease_seconds * 1e9), _INT64_MAX)
+                self._execute(cursor, UPSERT_LEASE, (replica_id, slot, expires_at))
+            return self._forget_replicas(cursor, gone)
+
+    def expire_replica_leases(self, now_ns: int) -> int:
+        with self._transaction(write=True) as cursor:
+            gone = [row[0] for row in self._execute(cursor, SELECT_EXPIRED_LEASES, (now_ns,)).fetchall()]
+            return self._forget_replicas(cursor, gone)
+
+    def _forget_replicas(self, cursor: Cursor, replica_ids: Sequence[str]) -> int:
+        """Deletes the transient versions held by `replica_ids`, and their leases."""
+        if not replica_ids:
+            return 0
+        # Deletes versions, as eviction does: under the same lock.
+        self._lock_transient_cache(cursor)
+        forgotten = 0
+        for replica_id in replica_ids:
+            forgotten += self._execute(cursor, FORGET_HELD_VERSIONS, (keys_held_by_pattern(replica_id),)).rowcount
+            self._execute(cursor, DELETE_LEASE, (replica_id,))
+        if forgotten:
+            log.warning(
+                "forgot %d transient versions held by blobstore replicas gone for good: %s",
+                forgotten,
+                ", ".join(replica_ids),
+            )
+        return forgotten
 
     def forget_lost_version(self, blob_key: str) -> bool:
         with self._transaction(write=True) as cursor:

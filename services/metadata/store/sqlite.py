@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from services.common.limits import RequestLimits
-from services.metadata.errors import StoreOpenError
+from services.metadata.errors import StoreOpenError, database_disk_full
 from services.metadata.records import CacheBudget
 from services.metadata.store.base import ReadDeferred
 from services.metadata.store.sql import Cursor, SqlMetadataStore, apply_migrations
@@ -49,6 +49,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Eviction picks the least recently used transient versions.
         "CREATE INDEX versions_transient_lru ON versions (last_used) WHERE archived = FALSE",
     ),
+    (
+        # The database's identity, drawn once when the database is created
+        # (or first migrated): the blobstore's sweeper refuses to sweep
+        # against a database other than the one it last swept against.
+        "CREATE TABLE database_identity (database_id TEXT NOT NULL)",
+        "INSERT INTO database_identity (database_id) VALUES (lower(hex(randomblob(16))))",
+    ),
+    (
+        # Blobstore replicas alive, each until its lease expires (ns since
+        # the epoch); `slot` is where it runs: a new id in a slot replaces the old.
+        """CREATE TABLE blobstore_leases (
+            replica_id TEXT PRIMARY KEY,
+            slot TEXT NOT NULL,
+            expires_at INTEGER NOT NULL
+        )""",
+        "CREATE INDEX blobstore_leases_slot ON blobstore_leases (slot)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -79,6 +96,18 @@ class SqliteMetadataStore(SqlMetadataStore):
             connection.close()
             raise
         return connection
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Cursor]:
+        try:
+            with super()._transaction(write=write) as cursor:
+                yield cursor
+        except sqlite3.OperationalError as exc:
+            # SQLITE_FULL ("database or disk is full"): the transaction is
+            # rolled back, nothing is written (a WAL commit is its last frame).
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
+                raise database_disk_full(str(self.path), str(exc)) from exc
+            raise
 
     def _begin(self, cursor: Cursor, *, write: bool) -> None:
         # IMMEDIATE takes the write lock at once, so a transaction that reads

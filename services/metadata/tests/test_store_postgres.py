@@ -84,7 +84,7 @@ def test_the_schema_is_created_with_its_version(open_replica, sql):
     open_replica()
     assert sql("SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
     tables = {name for (name,) in sql("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
-    assert tables == {"schema_version", "models", "versions"}
+    assert tables == {"schema_version", "models", "versions", "database_identity", "blobstore_leases"}
 
 
 def test_replicas_starting_together_migrate_once(postgres_url, sql):
@@ -432,6 +432,11 @@ CONTRACT_CALLS: dict[str, ContractCall] = {
     "import_model": ContractCall(lambda store: store.import_model(Model("imported")), writes=True),
     "import_version": ContractCall(lambda store: store.import_version(imported("m", 7), new_blob_key()), writes=True),
     "cache_usage": ContractCall(lambda store: store.cache_usage(), writes=False),
+    "describe_database": ContractCall(lambda store: store.describe_database(), writes=False),
+    "renew_replica_lease": ContractCall(
+        lambda store: store.renew_replica_lease("0123456789abcdef", "a:1", 30, 0), writes=True
+    ),
+    "expire_replica_leases": ContractCall(lambda store: store.expire_replica_leases(0), writes=True),
 }
 # From the contract itself, so that a method added to it gets its cases
 # here (which fail until CONTRACT_CALLS says how to call it). `close` must
