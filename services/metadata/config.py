@@ -37,6 +37,8 @@ class MetadataConfig:
     # a password: kept out of repr; log `database_description` instead.
     postgres_url: str | None = field(default=None, repr=False)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    # The public reads' own listener (services/metadata/public_reads.py); 0: any free port.
+    reads_port: int = 0
 
     @property
     def database_description(self) -> str:
@@ -82,6 +84,7 @@ class MetadataConfig:
             database_check_interval_seconds=c.env_float(p + "DATABASE_CHECK_INTERVAL_SECONDS", 2.0, env),
             postgres_url=postgres_url,
             limits=RequestLimits.from_env(env),
+            reads_port=c.env_int(*c.METADATA_READS_PORT, env, minimum=0),
         )
 
 

@@ -30,6 +30,7 @@ def local_topology(**overrides) -> StackTopology:
         admin_port=19901,
         frontends=(Endpoint("127.0.0.1", 19010), Endpoint("127.0.0.1", 19011)),
         metadata=(Endpoint("127.0.0.1", 19020),),
+        metadata_reads=(Endpoint("127.0.0.1", 19021),),
         blobstores=tuple(Endpoint("127.0.0.1", 19030 + i) for i in range(3)),
     )
     values.update(overrides)
