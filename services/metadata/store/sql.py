@@ -205,6 +205,17 @@ class SqlMetadataStore(MetadataStore):
         # Only the reply size is the store's business: the frontend checks the rest.
         self._limits = limits or RequestLimits()
 
+    # Rows a listing without a count ("as many as fit a reply") reads per
+    # query. A store serving reads on the event loop reads fewer, and has
+    # the rest of a longer listing read where waiting is harmless
+    # (`_next_listing_batch`).
+    listing_batch_rows = _LISTING_BATCH
+
+    def _next_listing_batch(self) -> None:
+        """Called before a listing without a count reads a second batch of
+        rows: a store that must not hold its thread for long raises
+        `ReadDeferred` here."""
+
     # -- dialect hooks ---------------------------------------------------
 
     @abstractmethod
@@ -340,10 +351,12 @@ class SqlMetadataStore(MetadataStore):
         budget = self._limits.reply_budget()
         # count 0 ("no limit"): as many as one reply holds; the rows are
         # read a page's worth at a time, never the whole table.
-        limit = count or _LISTING_BATCH
+        limit = count or self.listing_batch_rows
         models: list[Model] = []
         last_seq = after
         while True:
+            if models:
+                self._next_listing_batch()
             rows = self._execute(cursor, LIST_MODELS + " LIMIT ?", (last_seq, limit)).fetchall()
             for seq, model_id, data in rows:
                 user_data = _load_user_data(data)
@@ -451,9 +464,11 @@ class SqlMetadataStore(MetadataStore):
         """Versions numbered from `start`: `count` of them (all must fit one
         reply), or with count 0 as many as fit one reply."""
         budget = self._limits.reply_budget()
-        limit = count or _LISTING_BATCH
+        limit = count or self.listing_batch_rows
         versions: list[Version] = []
         while True:
+            if versions:
+                self._next_listing_batch()
             rows = self._execute(cursor, LIST_VERSIONS_FROM + " LIMIT ?", (seq, start, limit)).fetchall()
             for row in rows:
                 version = _version_from_row(model_id, row)
