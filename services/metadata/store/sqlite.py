@@ -147,9 +147,9 @@ class SqliteReader(SqliteMetadataStore):
         return connection
 
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Cursor]:
+    def _transaction(self, *, write: bool, single_statement: bool = False) -> Iterator[Cursor]:
         try:
-            with super()._transaction(write=write) as cursor:
+            with super()._transaction(write=write, single_statement=single_statement) as cursor:
                 yield cursor
         except sqlite3.OperationalError as exc:
             # Extended codes (SQLITE_BUSY_RECOVERY...) keep the primary code in the low byte.

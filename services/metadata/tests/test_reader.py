@@ -68,13 +68,15 @@ class RecordingReader(ThreadRecording, SqliteReader):
         super().__init__(*args, **kwargs)
         self.busy_reads = 0
 
-    def _begin(self, cursor, *, write):
+    def _execute(self, cursor, statement, parameters=()):
+        # Where SQLite says it: at a read's first statement (BEGIN is not
+        # sent for a read of one statement).
         if self.busy_reads:
             self.busy_reads -= 1
             busy = sqlite3.OperationalError("database is locked")
             busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
             raise busy
-        super()._begin(cursor, write=write)
+        return super()._execute(cursor, statement, parameters)
 
 
 @pytest.fixture
