@@ -354,10 +354,26 @@ class SqlMetadataStore(MetadataStore):
         return blobs
 
     def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
+        if not model_ids and not handle:
+            page = self._first_models_page(count)
+            if page is not None:
+                return page
         with self._transaction(write=False) as cursor:
             if model_ids:
                 return self._models_by_id(cursor, model_ids, count, handle)
             return self._list_models(cursor, count, handle)
+
+    def _first_models_page(self, count: int) -> ModelPage | None:
+        """The first page of the listing when one statement reads it all
+        (a dozen models: what actors list), without BEGIN and COMMIT; None
+        when the listing goes on past one batch of rows, for
+        `_list_models` to read it in one transaction."""
+        limit = count or self.listing_batch_rows
+        with self._transaction(write=False, single_statement=True) as cursor:
+            rows = self._execute(cursor, LIST_MODELS + " LIMIT ?", (0, limit)).fetchall()
+        models: list[Model] = []
+        page, _ = self._fill_models_page(rows, models, self._limits.reply_budget(), count, 0, limit)
+        return page
 
     def _list_models(self, cursor: Cursor, count: int, handle: str) -> ModelPage:
         after = 0
@@ -374,16 +390,26 @@ class SqlMetadataStore(MetadataStore):
             if models:
                 self._next_listing_batch()
             rows = self._execute(cursor, LIST_MODELS + " LIMIT ?", (last_seq, limit)).fetchall()
-            for seq, model_id, data in rows:
-                user_data = _load_user_data(data)
-                if not budget.take(listed_item_bytes(model_id, user_data)):
-                    if count:
-                        raise reply_too_large("models", count, len(models), budget.max_bytes, field="models_count", paged=True)
-                    return ModelPage(models=tuple(models), next_handle=str(last_seq))
-                models.append(Model(model_id=model_id, user_data=user_data))
-                last_seq = seq
-            if count or len(rows) < limit:
-                return ModelPage(models=tuple(models), next_handle=str(last_seq))
+            page, last_seq = self._fill_models_page(rows, models, budget, count, last_seq, limit)
+            if page is not None:
+                return page
+
+    def _fill_models_page(
+        self, rows: Sequence[Any], models: list[Model], budget: ReplyBudget, count: int, last_seq: int, limit: int
+    ) -> tuple[ModelPage | None, int]:
+        """Adds a batch of model rows to `models`: (the page, if the listing
+        ends with this batch, else None; the seq of the last model added)."""
+        for seq, model_id, data in rows:
+            user_data = _load_user_data(data)
+            if not budget.take(listed_item_bytes(model_id, user_data)):
+                if count:
+                    raise reply_too_large("models", count, len(models), budget.max_bytes, field="models_count", paged=True)
+                return ModelPage(models=tuple(models), next_handle=str(last_seq)), last_seq
+            models.append(Model(model_id=model_id, user_data=user_data))
+            last_seq = seq
+        if count or len(rows) < limit:
+            return ModelPage(models=tuple(models), next_handle=str(last_seq)), last_seq
+        return None, last_seq
 
     def _models_by_id(self, cursor: Cursor, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
         offset = 0
