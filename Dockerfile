@@ -20,6 +20,9 @@ WORKDIR /app
 COPY --from=build /app/gen gen
 COPY services/__init__.py services/__init__.py
 COPY services/common services/common
+# The credentials file's format, shared with the client's `auth` commands
+# (standard library only; the frontend reads the file with it).
+COPY client/src/model_registry_credentials model_registry_credentials
 COPY services/${SERVICE} services/${SERVICE}
 # REGISTRY_SERVICE: the build argument, kept for CMD and HEALTHCHECK (which
 # run later, where build arguments no longer exist). The port is each

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.access import access_check_figures
 from bench.calls import small_calls_only, stack_calls
 from bench.client import UPLOAD_CHUNK_SIZE, BenchmarkError
 from bench.ideal import SENT_CHUNK_SIZE
@@ -206,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with IdealServer(work_dir / "ideal.log") as ideal, RegistryStack(work_dir, settings) as stack:
                 figures = run_scenarios(plan, stack, ideal)
+                access = access_check_figures(plan.runs)
+                _print_progress(access)
+                figures += access
                 figures += run_metrics_scenario(plan, stack, work_dir, settings)
                 figures += run_tracing_scenario(plan, stack, work_dir, settings)
         succeeded = True

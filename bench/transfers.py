@@ -205,6 +205,18 @@ def _in_parallel(transfers: list[Callable[[], object]]) -> float:
     return elapsed
 
 
+def _concurrent_figure(direction: str, runs: _Runs, count: int, size: int, archived: bool) -> Figure:
+    """The total MiB/s of `count` clients moving `size` bytes each at once."""
+    return Figure(
+        key=f"concurrent_{direction}.{_mode(archived)}",
+        label=f"{count} {direction}ers {_mode(archived)} {format_size(size)} (total)",
+        unit="MiB/s",
+        stack_runs=runs.throughput["stack"],
+        ideal_runs=runs.throughput["ideal"],
+        details={**_usage_details(runs.usage, count * size), "clients": count, "size_bytes": size},
+    )
+
+
 def concurrent_uploads(sides: list[Side], *, archived: bool, plan: Plan) -> Figure:
     """`plan.uploaders` clients, each on its own connection, each uploading
     one version at the same time; the figure is the total MiB/s."""
@@ -227,14 +239,7 @@ def concurrent_uploads(sides: list[Side], *, archived: bool, plan: Plan) -> Figu
         finally:
             for client in clients:
                 client.close()
-    return Figure(
-        key=f"concurrent_upload.{_mode(archived)}",
-        label=f"{count} uploaders {_mode(archived)} {format_size(size)} (total)",
-        unit="MiB/s",
-        stack_runs=runs.throughput["stack"],
-        ideal_runs=runs.throughput["ideal"],
-        details={**_usage_details(runs.usage, count * size), "clients": count, "size_bytes": size},
-    )
+    return _concurrent_figure("upload", runs, count, size, archived)
 
 
 def concurrent_downloads(sides: list[Side], *, archived: bool, plan: Plan) -> Figure:
@@ -255,14 +260,7 @@ def concurrent_downloads(sides: list[Side], *, archived: bool, plan: Plan) -> Fi
         finally:
             for client in clients:
                 client.close()
-    return Figure(
-        key=f"concurrent_download.{_mode(archived)}",
-        label=f"{count} downloaders {_mode(archived)} {format_size(size)} (total)",
-        unit="MiB/s",
-        stack_runs=runs.throughput["stack"],
-        ideal_runs=runs.throughput["ideal"],
-        details={**_usage_details(runs.usage, count * size), "clients": count, "size_bytes": size},
-    )
+    return _concurrent_figure("download", runs, count, size, archived)
 
 
 def rss_growth_figures(transfers: list[Figure], stack_processes: list[str]) -> list[Figure]:

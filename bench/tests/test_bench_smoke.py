@@ -39,6 +39,8 @@ STACK_ONLY = [
         for figure in ("off", "on", "on_off_percent")
     ),
     "metrics.samples",
+    # What the access check costs per call (in process), and a first Basic call.
+    *(f"access.check.{case}" for case in ("open", "bearer", "basic_cached", "basic_first")),
     # Followers at RL scale (200 in the smoke run).
     *(f"followers.{figure}" for figure in ("held", "delivery_p50", "delivery_p99", "small_call_p99")),
 ]

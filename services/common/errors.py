@@ -83,3 +83,15 @@ class UpstreamError(RegistryError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Unauthenticated(RegistryError):
+    """The call has no credential, or one the registry does not accept."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(RegistryError):
+    """The caller is known, but its role does not allow the method."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -6,6 +6,9 @@
   itself (an undecodable one is INVALID_ARGUMENT, never gRPC's UNKNOWN),
   bounds the streams in flight when told to, and counts the server's calls
   in flight (`InFlightCalls`), which shutdown drains.
+  With an `AccessControl` (public servers), it checks every call's
+  credential before decoding anything, and writes the audit line of
+  every write and delete (services.common.access).
 - `ReportedHealth`: the health servicer, whose answers are also a metric.
 - `server_options` / `create_aio_server`: message limits and port clash
   detection identical across services.
@@ -29,7 +32,9 @@ from opentelemetry.trace import Status, StatusCode
 
 from google.protobuf.message import DecodeError
 
+from services.common import access as access_control
 from services.common import metrics, service_names
+from services.common.access import AccessControl
 from services.common.errors import InvalidArgument, RegistryError, ResourceExhausted
 
 log = logging.getLogger("registry.requests")
@@ -230,6 +235,23 @@ class _Wrapping:
     decode: Decoder | None
     streams: StreamGate | None  # set for streaming methods only
     calls: metrics.CallMetrics
+    # None: an internal server, no credential checked, nothing audited.
+    access: AccessControl | None
+    audited: bool
+
+
+async def _admit(w: _Wrapping, context: grpc.aio.ServicerContext) -> Any:
+    """Checks the caller (if the server checks callers) and starts the
+    call's audit record (if it is audited); returns what `_audit_end` takes."""
+    if w.access is None:
+        return None
+    identity = await w.access.authorize(w.method, context)
+    return access_control.begin(identity, w.method, context) if w.audited else None
+
+
+def _audit_end(audit: Any, code: grpc.StatusCode) -> None:
+    if audit is not None:
+        access_control.end(audit, code)
 
 
 def _wrap_unary_response(w: _Wrapping, behavior: Callable[..., Awaitable[Any]], request_streaming: bool) -> Callable[..., Awaitable[Any]]:
@@ -237,7 +259,10 @@ def _wrap_unary_response(w: _Wrapping, behavior: Callable[..., Awaitable[Any]], 
         started, code = time.perf_counter(), grpc.StatusCode.OK
         w.in_flight.started(w.method, context)
         w.calls.started()
+        audit = None
         try:
+            # Before anything else: a refused call decodes nothing, holds no stream.
+            audit = await _admit(w, context)
             if w.streams is not None:
                 w.streams.enter(context)
             if w.decode is not None:
@@ -250,6 +275,7 @@ def _wrap_unary_response(w: _Wrapping, behavior: Callable[..., Awaitable[Any]], 
             code = _failure_code(context, exc)
             await _fail(context, exc)
         finally:
+            _audit_end(audit, code)
             _log_request(w.level, w.method, code, started)
             w.calls.finished(code, time.perf_counter() - started)
 
@@ -261,7 +287,10 @@ def _wrap_stream_response(w: _Wrapping, behavior: Callable[..., AsyncIterator[An
         started, code = time.perf_counter(), grpc.StatusCode.OK
         w.in_flight.started(w.method, context)
         w.calls.started()
+        audit = None
         try:
+            # Before anything else: a refused call decodes nothing, holds no stream.
+            audit = await _admit(w, context)
             if w.streams is not None:
                 w.streams.enter(context)
             if w.decode is not None:
@@ -279,6 +308,7 @@ def _wrap_stream_response(w: _Wrapping, behavior: Callable[..., AsyncIterator[An
             code = _failure_code(context, exc)
             await _fail(context, exc)
         finally:
+            _audit_end(audit, code)
             _log_request(w.level, w.method, code, started)
             w.calls.finished(code, time.perf_counter() - started)
 
@@ -308,10 +338,15 @@ def rebuild_handler(
 
 
 def wrap_handler(
-    method: str, handler: grpc.RpcMethodHandler, in_flight: InFlightCalls, streams: StreamGate | None = None
+    method: str,
+    handler: grpc.RpcMethodHandler,
+    in_flight: InFlightCalls,
+    streams: StreamGate | None = None,
+    access: AccessControl | None = None,
 ) -> grpc.RpcMethodHandler:
     """`handler` with the request interceptor's behaviour around each call,
-    counting each in `in_flight` (and, if it streams, in `streams`).
+    counting each in `in_flight` (and, if it streams, in `streams`),
+    checked by `access` first if given.
 
     The wrapped handler receives bytes and decodes them itself: when gRPC
     decodes, a message it cannot parse fails the call with UNKNOWN before
@@ -324,6 +359,8 @@ def wrap_handler(
         decode=_decoder(handler.request_deserializer),
         streams=streams if streaming else None,
         calls=metrics.server_calls(method, handler),
+        access=access,
+        audited=access is not None and access_control.audited(method),
     )
     wrap = _wrap_stream_response if handler.response_streaming else _wrap_unary_response
     return rebuild_handler(
@@ -346,9 +383,10 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     and reused, so a call pays for the wrapper's work, not for building it.
     """
 
-    def __init__(self, streams: StreamGate | None = None) -> None:
+    def __init__(self, streams: StreamGate | None = None, access: AccessControl | None = None) -> None:
         self.in_flight = InFlightCalls()
         self.streams = streams
+        self.access = access
         # method -> (the handler gRPC returned, its wrapped version). Bounded
         # by the methods the server implements: unknown ones have no handler.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -367,7 +405,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         # with a new handler (never the case for generated servicers).
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = wrap_handler(method, handler, self.in_flight, self.streams)
+        wrapped = wrap_handler(method, handler, self.in_flight, self.streams, self.access)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -428,13 +466,21 @@ class GrpcServer:
 
 
 def create_aio_server(
-    max_message_bytes: int, *, streams: StreamGate | None = None, health: ReportedHealth | None = None
+    max_message_bytes: int,
+    *,
+    streams: StreamGate | None = None,
+    access: AccessControl | None = None,
+    health: ReportedHealth | None = None,
 ) -> GrpcServer:
     """A server with the request interceptor (bounding streams with
     `streams`, if given) and a health servicer that answers NOT_SERVING
     until the caller declares the service ready: a new one, or `health`,
-    another server's of the same process (both then answer the same)."""
-    interceptor = RequestInterceptor(streams)
+    another server's of the same process (both then answer the same).
+
+    `access`: for a server that serves public methods, the check every call
+    passes first and the audit trail (services.common.access.access_control);
+    None for internal servers (nothing checked, nothing audited)."""
+    interceptor = RequestInterceptor(streams, access)
     server = grpc.aio.server(interceptors=[interceptor], options=server_options(max_message_bytes))
     health_servicer = health if health is not None else ReportedHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -29,11 +29,6 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 FRONTEND_LIVENESS = "registry.Frontend"
 
 # The name each kind of service is health-checked under, by Envoy and by
-# its container's HEALTHCHECK.
-# (Metadata's public reads listener answers the same health as its internal one.)
-HEALTH_CHECKED = {
-    "frontend": FRONTEND_LIVENESS,
-    "metadata": METADATA,
-    "metadata_reads": METADATA,
-    "blobstore": BLOBSTORE,
-}
+# its container's HEALTHCHECK (metadata's public reads listener answers
+# the same health as its internal one, and is checked under the same name).
+HEALTH_CHECKED = {"frontend": FRONTEND_LIVENESS, "metadata": METADATA, "blobstore": BLOBSTORE}

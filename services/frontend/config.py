@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from services.common import config as c
+from services.common.access import AccessSettings
 from services.common.limits import RequestLimits
 
 # The longest deadline a blob stream gets, whatever its size: a deadline
@@ -122,6 +123,8 @@ class FrontendConfig:
     # None: not registered in a Cogment Directory.
     directory: DirectorySettings | None = None
     limits: RequestLimits = field(default_factory=RequestLimits)
+    # Who may call what on the public API (no credentials file: everyone).
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     @property
     def max_message_bytes(self) -> int:
@@ -155,6 +158,7 @@ class FrontendConfig:
             full_load_calls=c.env_int(p + "FULL_LOAD_CALLS", 16, env, minimum=1),
             directory=DirectorySettings.from_env(env),
             limits=RequestLimits.from_env(env),
+            access=AccessSettings.from_env(env),
         )
 
     def blob_stream_timeout(self, size: int) -> float:

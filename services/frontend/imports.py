@@ -19,6 +19,7 @@ from cogmentAPI import model_registry_pb2 as api
 from opentelemetry import trace
 from registry import admin_pb2, metadata_pb2
 
+from services.common import access
 from services.common.errors import InvalidArgument
 from services.common.idle import receive_within
 from services.common.limits import RequestLimits
@@ -69,6 +70,7 @@ class Imports:
         # As for CreateVersion: a client that stops sending is not waited for.
         stream = aiter(receive_within(requests, self._limits.upload_idle_timeout_seconds, self._limits.upload_idle))
         info = await read_header(stream, self._limits)
+        access.note(version_number=info.version_number or None)  # the number it imports, for the audit line
         if info.version_number == 0:
             raise InvalidArgument("an imported version needs its version_number (1 or more) in the header")
         if info.creation_timestamp == 0:

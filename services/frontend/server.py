@@ -10,6 +10,7 @@ from cogment import model_registry_pb2_grpc as legacy_grpc
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
 from services.common import service_names
+from services.common.access import access_control
 from services.common.grpc_client import internal_channel
 from services.common.grpc_server import NOT_SERVING, SERVING, StreamGate, bind, create_aio_server
 from services.common.limits import MAX_STREAMS
@@ -38,7 +39,11 @@ from services.frontend.upstream import METADATA, BlobStoreClient, MetadataClient
 async def create_server(config: FrontendConfig) -> ServiceApp:
     """Builds the frontend (not started)."""
     limits = config.limits
-    grpc_server = create_aio_server(config.max_message_bytes, streams=StreamGate(limits.max_streams, MAX_STREAMS))
+    grpc_server = create_aio_server(
+        config.max_message_bytes,
+        streams=StreamGate(limits.max_streams, MAX_STREAMS),
+        access=access_control(config.access),
+    )
     server, health_servicer = grpc_server.server, grpc_server.health
     channel = internal_channel(config.internal_address, config.max_message_bytes)
     blobstores = BlobReplicas(

@@ -16,7 +16,7 @@ from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 from registry import admin_pb2, admin_pb2_grpc
 
-from services.common import metrics, service_names
+from services.common import access, metrics, service_names
 from services.common.idle import SendWatchdog
 from services.common.limits import RequestLimits
 from services.common.passthrough import add_servicer
@@ -51,6 +51,7 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         self, request: api.CreateOrUpdateModelRequest, context: grpc.aio.ServicerContext
     ) -> api.CreateOrUpdateModelReply:
         """Creates a model or replaces its user_data (its versions are kept)."""
+        access.note(model_id=request.model_info.model_id)
         await self._models.create_or_update_model(request.model_info)
         return api.CreateOrUpdateModelReply()
 
@@ -58,6 +59,7 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         self, request: api.DeleteModelRequest, context: grpc.aio.ServicerContext
     ) -> api.DeleteModelReply:
         """Deletes a model, its versions and their data."""
+        access.note(model_id=request.model_id)
         await self._models.delete_model(request.model_id)
         return api.DeleteModelReply()
 
@@ -73,6 +75,7 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         """Creates a version from a header and data chunks (received encoded:
         see `add_to_server`)."""
         info = await self._uploads.create_version(request_iterator)
+        access.note(version_number=info.version_number)
         return api.CreateVersionReply(version_info=info)
 
     async def RetrieveVersionInfos(
@@ -140,6 +143,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ImportModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ImportModelReply:
         """Creates the model unless it exists (an existing one keeps its user_data)."""
+        access.note(model_id=request.model_info.model_id)
         return await self._imports.import_model(request.model_info)
 
     async def ImportVersion(

@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry import trace
 from registry import blobstore_pb2, metadata_pb2
 
-from services.common import metrics
+from services.common import access, metrics
 from services.common.errors import InvalidArgument, RegistryError
 from services.common.grpc_client import upstream_error
 from services.common.idle import receive_within
@@ -97,6 +97,8 @@ async def read_header(stream: AsyncIterator[bytes], limits: RequestLimits) -> ap
         raise InvalidArgument("the first message of CreateVersion must be a header, not a body")
     info = api.ModelVersionInfo()
     info.CopyFrom(first.header.version_info)
+    # The audit line names the model even if the upload fails later.
+    access.note(model_id=info.model_id)
     limits.check_model_id(info.model_id, "header.version_info.model_id")
     limits.check_user_data(info.user_data, "header.version_info.user_data")
     check_data_size(info.data_size)

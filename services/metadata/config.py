@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from services.common import config as c
+from services.common.access import AccessSettings
 from services.common.limits import RequestLimits
 from services.metadata.database_url import redacted_url
 from services.metadata.records import CacheBudget
@@ -39,6 +40,8 @@ class MetadataConfig:
     limits: RequestLimits = field(default_factory=RequestLimits)
     # The public reads' own listener (services/metadata/public_reads.py); 0: any free port.
     reads_port: int = 0
+    # Who may call the public reads: the frontends' settings (README, "Access control").
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     @property
     def database_description(self) -> str:
@@ -85,6 +88,7 @@ class MetadataConfig:
             postgres_url=postgres_url,
             limits=RequestLimits.from_env(env),
             reads_port=c.env_int(*c.METADATA_READS_PORT, env, minimum=0),
+            access=AccessSettings.from_env(env),
         )
 
 

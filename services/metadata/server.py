@@ -5,6 +5,7 @@ from __future__ import annotations
 from registry import metadata_pb2_grpc
 
 from services.common import metrics, service_names
+from services.common.access import access_control
 from services.common.errors import Unavailable
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
 from services.common.health_status import HealthFollower
@@ -54,11 +55,11 @@ async def create_server(config: MetadataConfig, *, registry: MetadataRegistry | 
         await health_servicer.set(service, NOT_SERVING)
     port = bind(server, config.bind_host, config.port)
     # The public reads on a server of their own (public_reads.py says why),
-    # answering the same health as the internal one.
-    # ACCESS: the public API's access policy is installed here (and only
-    # here in this process), as the frontends' server has it:
-    # create_aio_server(..., access=<the policy>).
-    reads_server = create_aio_server(config.max_message_bytes, health=health_servicer)
+    # answering the same health as the internal one, under the public API's
+    # access control, as the frontends' server (the internal one has none).
+    reads_server = create_aio_server(
+        config.max_message_bytes, access=access_control(config.access), health=health_servicer
+    )
     reads_port = bind(reads_server.server, config.bind_host, config.reads_port)
     if registry is None:
         registry = await open_registry(config)

@@ -17,7 +17,7 @@ from cogmentAPI import model_registry_pb2_grpc as api_grpc
 from services.common import service_names
 from services.common.limits import RequestLimits
 
-from conftest import MESSAGE_LIMIT, create_version, read_data, version_chunks
+from conftest import MESSAGE_LIMIT, create_version, read_data, single_shape_only, version_chunks
 
 LIMITS = RequestLimits()  # the defaults: the stack under test runs with them
 # Field 1 (a string in every public request) holding bytes that are not
@@ -248,6 +248,7 @@ def test_an_absurd_declared_size_is_refused_at_once_not_with_a_deadline(registry
 # -- stalled uploads, stopped readers -------------------------------------------------------------
 
 
+@single_shape_only
 def test_stalled_uploads_and_a_reader_that_stops_are_ended_after_the_idle_timeout(stack, registry, model_id):
     """Three transient uploads announcing 200 MiB send one chunk and go
     quiet; a reader of a 64 MiB version stops reading. Meanwhile others are

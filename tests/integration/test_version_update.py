@@ -10,7 +10,7 @@ import grpc
 import pytest
 from cogmentAPI import model_registry_pb2 as api
 
-from conftest import create_version
+from conftest import create_version, single_shape_only
 
 
 def subscribe(registry, model_id):
@@ -63,6 +63,7 @@ def test_many_subscribers_all_see_a_burst(registry, model_id):
         call.cancel()
 
 
+@single_shape_only
 def test_idle_subscription_survives_a_pause(registry, model_id):
     """Envoy must not cut an idle stream (the original's default 15 s route
     timeout would): stay idle for 20 s, then receive."""

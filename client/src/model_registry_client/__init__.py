@@ -17,7 +17,9 @@ from .errors import (
     DataIntegrityError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     RegistryError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from .records import ModelInfo, VersionInfo
@@ -28,8 +30,10 @@ __all__ = [
     "InvalidArgumentError",
     "ModelInfo",
     "NotFoundError",
+    "PermissionDeniedError",
     "RegistryClient",
     "RegistryError",
+    "UnauthenticatedError",
     "UnavailableError",
     "VersionInfo",
 ]

@@ -23,6 +23,7 @@ from .records import VersionInfo
 DEFAULT_ADDRESS = "localhost:9000"
 ADDRESS_ENV = "MODEL_REGISTRY_ADDRESS"
 TOKEN_ENV = "MODEL_REGISTRY_TOKEN"
+PASSWORD_ENV = "MODEL_REGISTRY_PASSWORD"
 MESSAGE_LIMIT = 32 * 1024 * 1024
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 PAGE_SIZE = 100
@@ -48,8 +49,19 @@ def resolve_address(address: str | None) -> str:
     return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
 
 
-def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """Metadata sent with every call: the bearer token (explicit, else $MODEL_REGISTRY_TOKEN), if any."""
+def call_metadata(
+    token: str | None, user: str | None = None, password: str | None = None
+) -> tuple[tuple[str, str], ...]:
+    """Metadata sent with every call: ``authorization: Basic
+    base64(user:password)`` when a user is given (the password explicit,
+    else $MODEL_REGISTRY_PASSWORD), else ``authorization: Bearer <token>``
+    (explicit, else $MODEL_REGISTRY_TOKEN), else nothing."""
+    if user:
+        password = password if password is not None else os.environ.get(PASSWORD_ENV)
+        if password is None:
+            raise ValueError(f"a user ({user!r}) needs a password: pass password= or set ${PASSWORD_ENV}")
+        pair = base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
+        return (("authorization", f"Basic {pair}"),)
     token = token if token is not None else os.environ.get(TOKEN_ENV)
     return (("authorization", f"Bearer {token}"),) if token else ()
 

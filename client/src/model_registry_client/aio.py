@@ -63,11 +63,13 @@ class AsyncRegistryClient:
         address: str | None = None,
         *,
         token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = 60.0,
     ) -> None:
         self.address = resolve_address(address)
-        self._metadata = call_metadata(token)
+        self._metadata = call_metadata(token, user, password)
         self._timeout = timeout
         self._credentials = credentials
         self._channel: grpc.aio.Channel | None = None

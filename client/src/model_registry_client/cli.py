@@ -1,7 +1,9 @@
 """`model-registry`: the registry from the command line.
 
 Exit codes: 0 ok, 1 other error (and `import-cogment-archive` skipped
-something), 2 usage, 3 not found, 4 invalid argument, 5 data integrity. Errors are one line on stderr: ``error: CODE: message``.
+something), 2 usage, 3 not found, 4 invalid argument, 5 data integrity,
+6 no or refused credential, or a role that does not allow the call.
+Errors are one line on stderr: ``error: CODE: message``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,25 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._common import ADDRESS_ENV, DEFAULT_ADDRESS
+import model_registry_credentials
+
+from ._common import ADDRESS_ENV, DEFAULT_ADDRESS, PASSWORD_ENV, TOKEN_ENV
+from .auth_commands import add_auth_parser, run_auth
 from .client import RegistryClient
 from .cogment_archive import ArchiveError, ArchiveImporter, summary_dict, summary_lines
-from .errors import DataIntegrityError, InvalidArgumentError, NotFoundError, RegistryError
+from .errors import (
+    DataIntegrityError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    RegistryError,
+    UnauthenticatedError,
+)
 from .progress import ProgressBar, format_bytes
 from .records import ModelInfo, VersionInfo
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_INTEGRITY = 0, 1, 2, 3, 4, 5
+EXIT_NOT_ALLOWED = 6
 EXIT_INTERRUPTED = 130
 
 
@@ -33,6 +46,8 @@ def exit_code(error: BaseException) -> int:
         return EXIT_INVALID
     if isinstance(error, DataIntegrityError):
         return EXIT_INTEGRITY
+    if isinstance(error, (UnauthenticatedError, PermissionDeniedError)):
+        return EXIT_NOT_ALLOWED
     return EXIT_ERROR
 
 
@@ -42,7 +57,42 @@ def error_line(error: BaseException) -> str:
         message = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
     else:
         message = str(error) or type(error).__name__
+    message += credential_hint(error)
     return "error: " + " ".join(message.splitlines())
+
+
+def credential_hint(error: BaseException) -> str:
+    """What to do about a refused call, appended to its error line."""
+    if isinstance(error, UnauthenticatedError):
+        return " (the registry wants a credential: pass --token or --user)"
+    if isinstance(error, PermissionDeniedError):
+        return " (ask the registry's admin for a credential with that role)"
+    return ""
+
+
+def add_credential_options(parser: argparse.ArgumentParser) -> None:
+    """--token / --user, accepted before or after the subcommand."""
+    parser.add_argument(
+        "--token", default=argparse.SUPPRESS, help=f"bearer token (default: ${TOKEN_ENV})"
+    )
+    parser.add_argument(
+        "--user",
+        default=argparse.SUPPRESS,
+        help=f"user for HTTP Basic; the password comes from ${PASSWORD_ENV} (else a prompt on a terminal)",
+    )
+
+
+def client_credentials(args: argparse.Namespace) -> dict[str, str | None]:
+    """The RegistryClient arguments for the credential the command line names."""
+    user = getattr(args, "user", None)
+    password = None
+    if user and os.environ.get(PASSWORD_ENV) is None:
+        if not sys.stdin.isatty():
+            raise ValueError(f"--user {user} needs a password: set ${PASSWORD_ENV}")
+        import getpass
+
+        password = getpass.getpass(f"password for {user}: ")
+    return {"token": getattr(args, "token", None), "user": user, "password": password}
 
 
 def parse_meta(pairs: Sequence[str] | None) -> dict[str, str]:
@@ -65,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"registry address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
     )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    add_credential_options(common)
     meta = argparse.ArgumentParser(add_help=False)
     meta.add_argument("--meta", action="append", metavar="KEY=VALUE", help="user data (repeatable)")
 
@@ -72,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="model-registry",
         parents=[common],
         description="Manage models and versions in a model registry (cogmentAPI.ModelRegistrySP).",
-        epilog="Bearer token: $MODEL_REGISTRY_TOKEN. Exit codes: 0 ok, 1 error, 2 usage, 3 not found, "
-        "4 invalid argument, 5 data integrity.",
+        epilog="Bearer token: --token or $MODEL_REGISTRY_TOKEN; HTTP Basic: --user with $MODEL_REGISTRY_PASSWORD. "
+        "Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 invalid argument, 5 data integrity, "
+        "6 credential missing, refused or not allowed.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -116,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing new. Exit code 1 when anything was skipped.",
     )
     archive.add_argument("directory", metavar="DIR")
+    add_auth_parser(commands)
     return parser
 
 
@@ -281,8 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     output = Output(getattr(args, "json", False), sys.stdout)
+    if args.command == "auth":
+        return main_auth(args)
     try:
-        with RegistryClient(getattr(args, "addr", None)) as client:
+        with RegistryClient(getattr(args, "addr", None), **client_credentials(args)) as client:
             run(args, client, output)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -299,6 +354,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RegistryError, OSError, ValueError) as exc:
         print(error_line(exc), file=sys.stderr)
         return exit_code(exc)
+    return EXIT_OK
+
+
+def main_auth(args: argparse.Namespace) -> int:
+    """`model-registry auth …` (no registry is called)."""
+    try:
+        run_auth(args, sys.stdout)
+    except model_registry_credentials.CredentialsFileError as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except OSError as exc:
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 

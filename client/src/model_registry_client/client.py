@@ -47,8 +47,9 @@ class RegistryClient:
     """A blocking client of the model registry (`cogmentAPI.ModelRegistrySP`).
 
     `address` defaults to $MODEL_REGISTRY_ADDRESS, else ``localhost:9000``;
-    `token` to $MODEL_REGISTRY_TOKEN (sent as ``authorization: Bearer …``).
-    Pass `credentials` for TLS. `timeout` bounds each unary call (seconds);
+    `token` to $MODEL_REGISTRY_TOKEN (sent as ``authorization: Bearer …``);
+    `user` with `password` (else $MODEL_REGISTRY_PASSWORD) is sent as
+    ``authorization: Basic …`` instead. Pass `credentials` for TLS. `timeout` bounds each unary call (seconds);
     data transfers and `follow` are not bounded. Use as a context manager or
     call `close()`. Every failure is a `RegistryError` subclass.
     """
@@ -58,11 +59,13 @@ class RegistryClient:
         address: str | None = None,
         *,
         token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = 60.0,
     ) -> None:
         self.address = resolve_address(address)
-        self._metadata = call_metadata(token)
+        self._metadata = call_metadata(token, user, password)
         self._timeout = timeout
         if credentials is None:
             self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)

@@ -45,11 +45,25 @@ class UnavailableError(RegistryError):
     default_code = grpc.StatusCode.UNAVAILABLE
 
 
+class UnauthenticatedError(RegistryError):
+    """The registry wants a credential (token, or user and password), or did not accept the one given."""
+
+    default_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(RegistryError):
+    """The credential is known, but its role does not allow this call (the message names the role needed)."""
+
+    default_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 _BY_CODE: dict[grpc.StatusCode, type[RegistryError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.DATA_LOSS: DataIntegrityError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 

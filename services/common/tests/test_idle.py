@@ -4,6 +4,8 @@ sent stream whose reader stops reading."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -14,6 +16,23 @@ from services.common.idle import SendWatchdog, receive_within
 from services.launcher.ports import LOOPBACK
 
 CHUNK = b"x" * (1024 * 1024)
+
+
+@contextlib.asynccontextmanager
+async def serving(stream, *, max_message_bytes: int) -> AsyncIterator[grpc.aio.Channel]:
+    """A real server whose one method, /test.Slow/Read, is `stream`, and a
+    channel to it that accepts two chunks at most per message."""
+    server = create_aio_server(max_message_bytes)
+    handler = grpc.unary_stream_rpc_method_handler(stream)
+    server.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Slow", {"Read": handler})])
+    port = bind(server.server, LOOPBACK, 0)
+    await server.server.start()
+    channel = grpc.aio.insecure_channel(f"{LOOPBACK}:{port}", options=[("grpc.max_receive_message_length", 2 * len(CHUNK))])
+    try:
+        yield channel
+    finally:
+        await channel.close()
+        await server.server.stop(0)
 
 
 async def test_a_quiet_stream_raises_the_idle_error():
@@ -45,13 +64,7 @@ async def test_a_reader_that_stops_reading_is_ended_and_the_producer_closed():
         async for chunk in watchdog.guard(produce()):
             yield chunk
 
-    server = create_aio_server(16 * 1024 * 1024)
-    handler = grpc.unary_stream_rpc_method_handler(stream)
-    server.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Slow", {"Read": handler})])
-    port = bind(server.server, LOOPBACK, 0)
-    await server.server.start()
-    channel = grpc.aio.insecure_channel(f"{LOOPBACK}:{port}", options=[("grpc.max_receive_message_length", 2 * len(CHUNK))])
-    try:
+    async with serving(stream, max_message_bytes=16 * 1024 * 1024) as channel:
         call = channel.unary_stream("/test.Slow/Read")(b"")
         await call.read()
         # The reader stops: the producer is closed (what it held released)
@@ -64,9 +77,6 @@ async def test_a_reader_that_stops_reading_is_ended_and_the_producer_closed():
         assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert error.value.details() == "the reader went quiet"
         assert read < 1000
-    finally:
-        await channel.close()
-        await server.server.stop(0)
 
 
 async def test_a_reader_that_keeps_reading_is_never_ended():
@@ -80,15 +90,6 @@ async def test_a_reader_that_keeps_reading_is_never_ended():
         async for chunk in watchdog.guard(produce()):
             yield chunk
 
-    server = create_aio_server(4 * 1024 * 1024)
-    handler = grpc.unary_stream_rpc_method_handler(stream)
-    server.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Slow", {"Read": handler})])
-    port = bind(server.server, LOOPBACK, 0)
-    await server.server.start()
-    channel = grpc.aio.insecure_channel(f"{LOOPBACK}:{port}")
-    try:
+    async with serving(stream, max_message_bytes=4 * 1024 * 1024) as channel:
         chunks = [chunk async for chunk in channel.unary_stream("/test.Slow/Read")(b"")]
         assert chunks == [b"y"] * 20
-    finally:
-        await channel.close()
-        await server.server.stop(0)

@@ -188,6 +188,19 @@ async def test_a_blobstore_failure_is_passed_on(registry):
 # -- the commit, and the blob's fate ------------------------------------------
 
 
+async def upload_whose_commit_fails(registry, code: grpc.StatusCode) -> str:
+    """Uploads DATA with metadata answering the commit with `code`; the
+    client must get that code. Returns the key of the blob it placed, once
+    the background work after the reply is done."""
+    registry.metadata.commit_error = upstream(code)
+    with pytest.raises(RegistryError) as error:
+        await registry.create(*upload_of(DATA))
+    assert error.value.code == code
+    await registry.background.drain()
+    ((key, _),) = registry.blobs.placed
+    return key
+
+
 @pytest.mark.parametrize(
     "code",
     [
@@ -199,12 +212,7 @@ async def test_a_blobstore_failure_is_passed_on(registry):
     ],
 )
 async def test_a_commit_metadata_refused_deletes_the_blob(registry, code):
-    registry.metadata.commit_error = upstream(code)
-    with pytest.raises(RegistryError) as error:
-        await registry.create(*upload_of(DATA))
-    assert error.value.code == code
-    await registry.background.drain()
-    ((key, _),) = registry.blobs.placed
+    key = await upload_whose_commit_fails(registry, code)
     assert registry.blobs.deleted == [key] and registry.blobs.stored == {}
 
 
@@ -212,12 +220,7 @@ async def test_a_commit_metadata_refused_deletes_the_blob(registry, code):
     "code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED]
 )
 async def test_a_commit_of_unknown_outcome_keeps_the_blob_for_the_sweeper(registry, code):
-    registry.metadata.commit_error = upstream(code)
-    with pytest.raises(RegistryError) as error:
-        await registry.create(*upload_of(DATA))
-    assert error.value.code == code
-    await registry.background.drain()
-    ((key, _),) = registry.blobs.placed
+    key = await upload_whose_commit_fails(registry, code)
     assert registry.blobs.deleted == [] and key in registry.blobs.stored
 
 

@@ -4,8 +4,6 @@ shaped the way the registry relies on."""
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,9 +13,10 @@ from services.common.grpc_server import HEALTH_METHOD_PREFIX
 from services.frontend.upstream import METADATA
 from services.launcher.compose import compose_topology
 from services.launcher.envoy_config import render_envoy_config, render_envoy_yaml
+from services.launcher.stack import envoy_binary
 from services.launcher.topology import Endpoint, StackTopology
 
-ENVOY = str(Path(sys.executable).parent / "envoy")
+ENVOY = envoy_binary()
 
 
 def local_topology(**overrides) -> StackTopology:

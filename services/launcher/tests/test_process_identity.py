@@ -1,0 +1,36 @@
+"""How the launcher tells that a process it started still runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from services.launcher.stack import _pid_runs, envoy_binary
+
+
+def test_a_running_process_with_its_marker_runs():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "marker-1234"])
+    try:
+        assert _pid_runs(child.pid, "marker-1234")
+        assert not _pid_runs(child.pid, "another-marker")
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_an_exited_child_not_yet_reaped_does_not_run():
+    child = subprocess.Popen([sys.executable, "-c", "pass", "marker-5678"])
+    deadline = time.monotonic() + 10
+    # Until it is reaped the child is a zombie: its command line reads empty.
+    while _pid_runs(child.pid, "marker-5678"):
+        assert time.monotonic() < deadline, "the exited child still looks alive"
+        time.sleep(0.05)
+    assert child.wait() == 0
+
+
+def test_envoy_is_started_as_the_binary_itself():
+    version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0
+    assert "envoy" in version.stdout.lower()
+    assert not envoy_binary().endswith("/bin/envoy"), "the console script exec's the binary: start the binary"
