@@ -290,7 +290,7 @@ async def followers_at_scale(stack: StackCalls, plan: Plan) -> list[Figure]:
                     held.append(float(len(arrivals.times[first.version_number])))
                     latest = api.RetrieveVersionInfosRequest(model_id=model_id, version_numbers=[-1])
                     latencies = await _latencies_ms(
-                        stack.admin, lambda stub: stub.RetrieveVersionInfos(latest), HELD_SMALL_CALLS
+                        stack.admin, lambda client: client.stub.RetrieveVersionInfos(latest), HELD_SMALL_CALLS
                     )
                     small.append(percentile(latencies, 0.99))
                     run_deliveries: list[float] = []
