@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find proto -name '*.proto')
 CLIENT_STUBS := client/src/model_registry_client/_generated/model_registry_pb2.py
 
-.PHONY: run up down status test unit integration bench bench-small fuzz venv proto clean envoy-config
+.PHONY: run up down status test unit integration bench bench-small fuzz faults venv proto clean envoy-config
 
 run: proto  ## the whole stack in the foreground; Ctrl-C stops everything
 	$(PY) -m services.launcher run
@@ -72,3 +72,13 @@ clean:
 
 envoy-config: proto  ## regenerate envoy/envoy.yaml (docker compose) from services/launcher
 	$(PY) -m services.launcher.compose
+
+# Fault injection on real stacks (tests/integration/test_faults.py), both
+# shapes; prints the fault table (README "Faults") from the recorded rows.
+# Not part of `make test` (it takes minutes); CI runs it after.
+# Every test marked `faults` under tests/integration (test_faults.py and others).
+faults: proto
+	rm -f .run/faults.json
+	$(PY) -m pytest -m faults tests/integration
+	REGISTRY_TEST_SHAPE=replicated $(PY) -m pytest -m faults tests/integration
+	$(PY) tests/integration/fault_table.py

@@ -37,7 +37,7 @@ import model_registry_credentials as credentials_file
 from opentelemetry import trace
 
 from services.common import config as c
-from services.common import metrics, service_names
+from services.common import metrics, service_names, tls
 from services.common.errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger("registry.access")
@@ -46,7 +46,7 @@ audit_log = logging.getLogger("registry.audit")
 AUTH_FILE_VARIABLE = c.PREFIX + "AUTH_FILE"
 ANONYMOUS_ROLE_VARIABLE = c.PREFIX + "ANONYMOUS_ROLE"
 AUTH_FILE_CHECK_VARIABLE = c.PREFIX + "AUTH_FILE_CHECK_SECONDS"
-TLS_CLIENT_CA_VARIABLE = c.PREFIX + "TLS_CLIENT_CA_FILE"
+TLS_CLIENT_CA_VARIABLE = tls.CLIENT_CA_FILE_VARIABLE
 
 READ, WRITE, ADMIN = credentials_file.ROLES
 # Each role allows what the roles before it allow.
@@ -127,7 +127,7 @@ class AccessSettings:
             auth_file=c.env_str(AUTH_FILE_VARIABLE, "", env) or None,
             anonymous_role=anonymous,
             check_interval_seconds=interval,
-            client_certificates=bool(c.env_str(TLS_CLIENT_CA_VARIABLE, "", env)),
+            client_certificates=tls.public_mtls_enabled(env),
         )
 
 

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from services.common import config as c
 from services.common.access import AccessSettings
 from services.common.limits import RequestLimits
+from services.common.tls import public_tls_enabled
 
 # The longest deadline a blob stream gets, whatever its size: a deadline
 # derived from an absurd size (2^63 bytes) would overflow gRPC's timeout
@@ -21,8 +22,6 @@ DIRECTORY_ENDPOINT_VARIABLE = "COGMENT_DIRECTORY_ENDPOINT"
 DIRECTORY_TOKEN_VARIABLE = "COGMENT_DIRECTORY_AUTHENTICATION_TOKEN"
 REGISTRATION_HOST_VARIABLE = c.PREFIX + "DIRECTORY_REGISTRATION_HOST"
 REGISTRATION_PROPERTIES_VARIABLE = c.PREFIX + "DIRECTORY_REGISTRATION_PROPERTIES"
-# Set by issue 11's TLS at Envoy: the public endpoint then speaks TLS.
-TLS_CERT_FILE_VARIABLE = c.PREFIX + "TLS_CERT_FILE"
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class DirectorySettings:
             token=c.env_str(DIRECTORY_TOKEN_VARIABLE, "", env),
             registration_host=c.env_str(REGISTRATION_HOST_VARIABLE, "", env) or None,
             public_port=c.env_int(c.PREFIX + "PORT", c.DEFAULT_PUBLIC_PORT, env, minimum=1),
-            public_tls=bool(c.env_str(TLS_CERT_FILE_VARIABLE, "", env)),
+            public_tls=public_tls_enabled(env),
             properties=parse_properties(c.env_str(REGISTRATION_PROPERTIES_VARIABLE, "", env)),
             check_interval_seconds=c.env_float(c.PREFIX + "DIRECTORY_CHECK_INTERVAL_SECONDS", 5.0, env),
         )

@@ -38,6 +38,17 @@ _MAX_BACKOFF_SECONDS = 2.0
 # Ends of a watch after which it is renewed; any other status is the subscribers' answer.
 _RENEWABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
+
+def _renewable(exc: grpc.aio.AioRpcError) -> bool:
+    """A renewable end, or the stream reset under it: a metadata replica
+    killed mid-watch makes Envoy reset the stream, which gRPC reports as
+    INTERNAL "RST_STREAM" (measured: every subscriber used to get INTERNAL
+    on a kill -9 of metadata). A reset is the transport's, not metadata's
+    answer; INTERNAL from metadata itself still surfaces."""
+    if exc.code() in _RENEWABLE:
+        return True
+    return exc.code() == grpc.StatusCode.INTERNAL and "RST_STREAM" in (exc.details() or "")
+
 # The window of recent versions a feed keeps for its subscribers: bounded in
 # count and in bytes (a version's user_data may be large).
 WINDOW_MAX_VERSIONS = 64
@@ -206,7 +217,7 @@ class ModelFeed:
                         self._append(reply.version_info)
                         await self._wake_in_slices()
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _RENEWABLE:
+                if not _renewable(exc):
                     self.end(upstream_error(METADATA, exc))
                     return
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:

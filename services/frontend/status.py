@@ -45,7 +45,7 @@ class RegistryStatus:
     "100" at that many calls, at most "254"; "255" while this frontend
     cannot serve (draining, or the stack behind it is not healthy).
     Through Envoy, RetrieveModels and RetrieveVersionInfos never reach a
-    frontend (metadata answers them: docs/design.md, section 12), so the
+    frontend (metadata answers them: docs/design.md, section 15), so the
     load is that of writes, transfers and the calls a frontend does serve.
     """
 

@@ -1,4 +1,4 @@
-"""`python -m services.launcher {run,up,down,status}` (what `make run/up/down` call)."""
+"""`python -m services.launcher {run,up,down,status,restart,supervise}` (what `make run/up/down` call)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import signal
 import sys
 import time
 
-from services.launcher.stack import LaunchSettings, LocalStack, StackError, _pid_runs
+from services.launcher import supervisor
+from services.launcher.stack import LaunchSettings, LocalStack, StackError
 
 
 def _banner(stack: LocalStack, state: dict) -> str:
     s = stack.settings
+    transport = {"tls": ", TLS", "mtls": ", mTLS: client certificates required"}.get(state.get("public_tls", "off"), "")
     return (
-        f"model registry ready on port {s.public_port} "
+        f"model registry ready on port {s.public_port}{transport} "
         f"(archive {s.archive_dir}, logs in {s.run_dir}, Envoy admin on 127.0.0.1:{state['admin_port']})\n"
         f"Prometheus scrape targets (file_sd): {stack.targets_path}"
     )
@@ -21,18 +23,27 @@ def _banner(stack: LocalStack, state: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.launcher")
-    parser.add_argument("command", choices=["run", "up", "down", "status"])
+    parser.add_argument("command", choices=["run", "up", "down", "status", "restart", "supervise"])
+    parser.add_argument(
+        "targets", nargs="*", help="restart: process names (metadata-0) or kinds (metadata); supervise: the state file"
+    )
     args = parser.parse_args(argv)
     try:
-        stack = LocalStack(LaunchSettings.from_env())
+        settings = LaunchSettings.from_env()
     except ValueError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "supervise":
+        (state_path,) = args.targets
+        return supervisor.main(state_path, settings.restart_policy, settings.shutdown_grace_seconds)
+    stack = LocalStack(settings)
 
     if args.command == "status":
         running = stack.running_processes()
         for proc in running:
             print(f"{proc['name']:<12} pid {proc['pid']}")
+        if stack.supervisor_running():
+            print("supervised")
         if not running:
             print(f"no stack running for port {stack.settings.public_port}")
         return 0 if running else 1
@@ -40,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "down":
         stopped = stack.stop()
         print(f"stopped {', '.join(stopped)}" if stopped else f"no stack running for port {stack.settings.public_port}")
+        return 0
+
+    if args.command == "restart":
+        try:
+            restarted = stack.restart(args.targets)
+        except StackError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"restarted {', '.join(restarted)}")
         return 0
 
     try:
@@ -51,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         return 0
 
-    # run: stay in the foreground until Ctrl-C / SIGTERM or a process dies.
+    # run: stay in the foreground until Ctrl-C / SIGTERM; the supervisor
+    # (started by `start`) restarts what exits and logs to supervisor.log.
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -60,18 +81,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    exit_code = 0
-    while not stopping:
-        dead = [p for p in state["processes"] if not _pid_runs(p["pid"], p["marker"])]
-        if dead:
-            names = ", ".join(p["name"] for p in dead)
-            print(f"error: {names} exited; stopping the stack (see {stack.settings.run_dir})", file=sys.stderr)
-            exit_code = 1
-            break
-        time.sleep(0.5)
+    # The supervisor's lines (restarts) are echoed to this terminal.
+    with open(stack.supervisor_log, errors="replace") as log:
+        log.seek(0, 2)
+        while not stopping and stack.supervisor_running():
+            sys.stderr.write(log.read())
+            time.sleep(0.5)
+        sys.stderr.write(log.read())
     print("stopping…", flush=True)
     stack.stop()
-    return exit_code
+    return 0
 
 
 if __name__ == "__main__":

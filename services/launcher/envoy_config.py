@@ -10,6 +10,18 @@ Two listeners:
   the blobstore replicas directly (one proxy hop less per byte), but the
   blobstore cluster is still health-checked, so Envoy's admin page shows
   every replica of every service.
+The internal listener also answers grpc.health.v1 for the frontends (no
+`UPSTREAM_HEADER`): the health of the stack as a whole for the launcher and
+other loopback checks, which must work when the public port wants TLS or a
+client certificate they do not hold.
+
+With `topology.public_tls` the public listener terminates TLS (mTLS with a
+client CA); its certificate and CA come from SDS resource files that Envoy
+watches, so replacing the PEM files takes effect without a restart
+(`render_sds_resources`, README "Running it on a shared network").
+Protocol versions and ciphers are Envoy's defaults (TLS 1.2 and 1.3, its
+BoringSSL cipher list); ALPN offers h2, which gRPC clients require.
+
 Every cluster is HTTP/2 and actively health-checked with grpc.health.v1.
 No timeout can cut a long stream: route timeouts and stream idle timeouts
 are disabled; callers bound their calls with gRPC deadlines (grpc-timeout),
@@ -33,7 +45,7 @@ import yaml
 from services.common import service_names
 from services.common.grpc_client import UPSTREAM_HEADER
 from services.common.grpc_server import HEALTH_METHOD_PREFIX
-from services.launcher.topology import Endpoint, StackTopology
+from services.launcher.topology import Endpoint, PublicTls, StackTopology
 
 # Measured: 4/8 MiB HTTP/2 windows move data as fast as Envoy's defaults
 # with ~25 MiB less memory.
@@ -84,7 +96,78 @@ def _route(cluster: str, match: dict[str, Any], **extra: Any) -> dict[str, Any]:
     }
 
 
-def _connection_manager(name: str, routes: list[dict[str, Any]], topology: StackTopology) -> dict[str, Any]:
+# Names of the SDS secrets of the public listener.
+CERTIFICATE_SECRET = "public_certificate"
+CLIENT_CA_SECRET = "public_client_ca"
+_SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+def render_sds_resources(cert_file: str, key_file: str, client_ca_file: str | None) -> dict[str, str]:
+    """The SDS resource files (DiscoveryResponse YAML) of the public
+    listener, by secret name, pointing at the operator's PEM files. Envoy
+    re-reads a secret when its SDS file is moved over, and when a file it
+    names is replaced by a move in its directory (it watches the files'
+    parent directories)."""
+    resources = {
+        CERTIFICATE_SECRET: {
+            "name": CERTIFICATE_SECRET,
+            "tls_certificate": {
+                "certificate_chain": {"filename": cert_file},
+                "private_key": {"filename": key_file},
+            },
+        }
+    }
+    if client_ca_file is not None:
+        resources[CLIENT_CA_SECRET] = {
+            "name": CLIENT_CA_SECRET,
+            "validation_context": {"trusted_ca": {"filename": client_ca_file}},
+        }
+    return {
+        name: yaml.safe_dump({"resources": [{"@type": _SECRET_TYPE, **resource}]}, sort_keys=False)
+        for name, resource in resources.items()
+    }
+
+
+def _sds_config(path: str) -> dict[str, Any]:
+    return {"path_config_source": {"path": path}, "resource_api_version": "V3"}
+
+
+def _downstream_tls(tls: PublicTls) -> dict[str, Any]:
+    common: dict[str, Any] = {
+        # gRPC clients refuse a TLS server that does not select h2 by ALPN.
+        "alpn_protocols": ["h2"],
+        "tls_certificate_sds_secret_configs": [
+            {"name": CERTIFICATE_SECRET, "sds_config": _sds_config(tls.certificate_sds_path)}
+        ],
+    }
+    context: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": common,
+    }
+    if tls.client_ca_sds_path is not None:
+        common["validation_context_sds_secret_config"] = {
+            "name": CLIENT_CA_SECRET,
+            "sds_config": _sds_config(tls.client_ca_sds_path),
+        }
+        context["require_client_certificate"] = True
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def _client_cert_forwarding(tls: PublicTls | None) -> dict[str, Any]:
+    """x-forwarded-client-cert handling: a header a client sent is never
+    passed on; under mTLS Envoy sets it to the verified certificate's
+    Subject (the frontend maps its CN to a role)."""
+    if tls is None or not tls.mutual:
+        return {"forward_client_cert_details": "SANITIZE"}
+    return {
+        "forward_client_cert_details": "SANITIZE_SET",
+        "set_current_client_cert_details": {"subject": True},
+    }
+
+
+def _connection_manager(
+    name: str, routes: list[dict[str, Any]], topology: StackTopology, tls: PublicTls | None = None
+) -> dict[str, Any]:
     manager: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": name,
@@ -92,6 +175,7 @@ def _connection_manager(name: str, routes: list[dict[str, Any]], topology: Stack
         # Idle VersionUpdate subscriptions live for hours.
         "stream_idle_timeout": "0s",
         "request_timeout": "0s",
+        **_client_cert_forwarding(tls),
         "http2_protocol_options": {**_HTTP2, "max_concurrent_streams": DOWNSTREAM_MAX_STREAMS},
         "route_config": {
             "name": name,
@@ -119,20 +203,28 @@ def _connection_manager(name: str, routes: list[dict[str, Any]], topology: Stack
     return manager
 
 
-def _listener(name: str, host: str, port: int, routes: list[dict[str, Any]], topology: StackTopology) -> dict[str, Any]:
+def _listener(
+    name: str,
+    host: str,
+    port: int,
+    routes: list[dict[str, Any]],
+    topology: StackTopology,
+    tls: PublicTls | None = None,
+) -> dict[str, Any]:
+    chain: dict[str, Any] = {
+        "filters": [
+            {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": _connection_manager(name, routes, topology, tls),
+            }
+        ]
+    }
+    if tls is not None:
+        chain["transport_socket"] = _downstream_tls(tls)
     return {
         "name": name,
         "address": {"socket_address": {"address": host, "port_value": port}},
-        "filter_chains": [
-            {
-                "filters": [
-                    {
-                        "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": _connection_manager(name, routes, topology),
-                    }
-                ]
-            }
-        ],
+        "filter_chains": [chain],
     }
 
 
@@ -262,6 +354,9 @@ def render_envoy_config(topology: StackTopology) -> dict[str, Any]:
                 "headers": [{"name": UPSTREAM_HEADER, "string_match": {"exact": "metadata"}}],
             },
         ),
+        # The stack's health for loopback checks (the launcher's), whatever
+        # the public listener's TLS: the frontends answer for the whole stack.
+        _route("frontend", {"prefix": HEALTH_METHOD_PREFIX}),
         _route("metadata", {"prefix": f"/{service_names.METADATA}/"}, **connect_retry),
         # For operators (grpcurl DescribeReplica...): the frontends call replicas directly.
         _route("blobstore", {"prefix": f"/{service_names.BLOBSTORE}/"}, **connect_retry),
@@ -299,10 +394,14 @@ def render_envoy_config(topology: StackTopology) -> dict[str, Any]:
             }
         )
     return {
+        # Envoy refuses SDS (even from files) without a node id and cluster.
+        "node": {"id": "model-registry", "cluster": "model-registry"},
         "admin": {"address": {"socket_address": {"address": topology.admin_host, "port_value": topology.admin_port}}},
         "static_resources": {
             "listeners": [
-                _listener("public", topology.public_host, topology.public_port, public_routes, topology),
+                _listener(
+                    "public", topology.public_host, topology.public_port, public_routes, topology, topology.public_tls
+                ),
                 _listener("internal", topology.internal_host, topology.internal_port, internal_routes, topology),
             ],
             "clusters": clusters,

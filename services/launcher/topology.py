@@ -17,6 +17,20 @@ class Endpoint:
 
 
 @dataclass(frozen=True)
+class PublicTls:
+    """TLS of the public listener as Envoy sees it: the SDS resource files
+    it loads (and watches) for its certificate and, under mTLS, for the CA
+    that client certificates must chain to."""
+
+    certificate_sds_path: str
+    client_ca_sds_path: str | None = None
+
+    @property
+    def mutual(self) -> bool:
+        return self.client_ca_sds_path is not None
+
+
+@dataclass(frozen=True)
 class StackTopology:
     """Ports and upstream endpoints of one stack.
 
@@ -40,6 +54,8 @@ class StackTopology:
     # host:port of an OTLP/gRPC collector for Envoy's own spans, or None.
     otlp_collector: Endpoint | None = None
     health_check_interval_seconds: float = 1.0
+    # None: the public listener speaks plaintext.
+    public_tls: PublicTls | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -4,9 +4,12 @@ archive dir; every call goes through Envoy's public port."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,9 +44,9 @@ class Stack:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def launcher(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def launcher(self, command: str, *targets: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "services.launcher", command],
+            [sys.executable, "-m", "services.launcher", command, *targets],
             cwd=REPO_ROOT,
             env=self.env,
             capture_output=True,
@@ -58,6 +61,35 @@ class Stack:
     def down(self) -> None:
         result = self.launcher("down")
         assert result.returncode == 0, f"make down failed:\n{result.stdout}\n{result.stderr}"
+
+    def restart(self, *targets: str) -> None:
+        """Restarts processes (names like `metadata-0`, or kinds) through the
+        stack's supervisor, and returns once the stack is healthy again: a
+        test never restarts a service behind the supervisor's back."""
+        result = self.launcher("restart", *targets)
+        assert result.returncode == 0, f"restart failed:\n{result.stdout}\n{result.stderr}"
+
+    def kill(self, name: str, signum: int = signal.SIGKILL, timeout: float = 30) -> int:
+        """Sends `signum` to the process `name` (e.g. `blobstore-0`) and waits
+        until the supervisor runs it again under a new PID, which it returns
+        (after its first restart delay; the stack may not be healthy yet:
+        `up()` waits for that)."""
+        from services.launcher.processes import pid_runs
+
+        (old,) = [p for p in self.processes() if p["name"] == name]
+        os.kill(old["pid"], signum)
+        deadline = time.monotonic() + timeout
+        while True:
+            (now,) = [p for p in self.processes() if p["name"] == name]
+            if now["pid"] and now["pid"] != old["pid"] and pid_runs(now["pid"], now["marker"]):
+                return now["pid"]
+            assert time.monotonic() < deadline, f"the supervisor did not restart {name}"
+            time.sleep(0.05)
+
+    def processes(self, kind: str | None = None) -> list[dict]:
+        """The stack's processes as its state file records them (PIDs change on restarts)."""
+        state = json.loads((self.run_dir / "state.json").read_text())
+        return [p for p in state["processes"] if kind is None or p["kind"] == kind]
 
     def channel(self) -> grpc.Channel:
         channel = grpc.insecure_channel(

@@ -13,7 +13,18 @@ import yaml
 
 from services.common import service_names
 from services.common.config import PREFIX, SERVICE_PORTS
-from services.launcher.compose import ENVOY_YAML, compose_topology, render
+from services.launcher.compose import (
+    CONFIG_FILES,
+    ENVOY_DIR,
+    ENVOY_DIR_IN_CONTAINER,
+    ENVOY_YAML,
+    TLS_DIR_IN_CONTAINER,
+    TLS_FILE_NAMES,
+    compose_topology,
+    render,
+    rendered_files,
+)
+from services.common.tls import public_tls_enabled
 from services.launcher.prometheus_targets import ENVOY_METRICS_PATH
 from services.launcher.stack import MALLOC_TUNABLES
 
@@ -48,6 +59,8 @@ def listener_port(envoy: dict, name: str) -> int:
 
 def test_committed_envoy_config_is_the_rendered_one():
     assert ENVOY_YAML.read_text() == render(), "envoy/envoy.yaml is stale: run `make envoy-config`"
+    for path, text in rendered_files().items():
+        assert path.read_text() == text, f"{path.relative_to(ROOT)} is stale: run `make envoy-config`"
 
 
 def test_services_and_published_ports(compose, envoy):
@@ -65,7 +78,7 @@ def test_services_and_published_ports(compose, envoy):
     # Prometheus answers any query without credentials: the host only.
     assert published["prometheus"] == ["127.0.0.1:9090:9090"]
     mount = compose["services"]["envoy"]["volumes"][0]
-    assert mount.split(":")[0] == "./envoy/envoy.yaml" and (ROOT / "envoy" / "envoy.yaml").exists()
+    assert mount == f"./envoy:{ENVOY_DIR_IN_CONTAINER}:ro" and ENVOY_YAML.exists()
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -192,3 +205,161 @@ def test_prometheus_scrapes_every_replica_of_every_service_and_envoy(compose, en
     assert static["targets"] == [f"envoy:{admin['port_value']}"] and admin["address"] == "0.0.0.0"
     assert static["labels"] == {"service": "envoy"}
     assert jobs["envoy"]["metrics_path"] == ENVOY_METRICS_PATH
+
+
+# -- TLS, networks, secrets (issue 11) ------------------------------------------
+
+
+def _interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's `${VAR:+replacement}` and `${VAR:-default}`, the two forms used here."""
+
+    def one(match: re.Match) -> str:
+        name, operator, operand = match.group(1), match.group(2), match.group(3)
+        value = env.get(name, "")
+        if operator == ":+":
+            return operand if value else ""
+        return value or operand
+
+    return re.sub(r"\$\{([A-Z_]+)(:[+-])([^}]*)\}", one, text)
+
+
+@pytest.mark.parametrize(
+    "env, tls",
+    [
+        ({}, "off"),
+        ({"COGMENT_MODEL_REGISTRY_TLS_DIR": "/srv/tls"}, "tls"),
+        ({"COGMENT_MODEL_REGISTRY_TLS_DIR": "/srv/tls", "COGMENT_MODEL_REGISTRY_TLS_MUTUAL": "1"}, "mtls"),
+    ],
+)
+def test_envoy_and_the_frontend_follow_the_same_tls_variables(compose, env, tls):
+    """Envoy's config and the frontend's TLS settings come from the same two
+    variables: Envoy never speaks TLS while the frontend registers GRPC, nor
+    the reverse."""
+    envoy = compose["services"]["envoy"]
+    config_argument = _interpolate(envoy["command"][envoy["command"].index("-c") + 1], env)
+    assert config_argument == f"{ENVOY_DIR_IN_CONTAINER}/{CONFIG_FILES[tls]}"
+    assert (ENVOY_DIR / CONFIG_FILES[tls]).exists()
+    frontend_env = {k: _interpolate(str(v), env) for k, v in compose["services"]["frontend"]["environment"].items()}
+    assert public_tls_enabled(frontend_env) is (tls != "off")
+    assert bool(frontend_env[PREFIX + "TLS_CLIENT_CA_FILE"]) is (tls == "mtls")
+    # A directory mount: rotation moves files inside it (a file mount pins the inode).
+    source, target, mode = _interpolate(envoy["volumes"][1], env).rsplit(":", 2)
+    assert (target, mode) == (TLS_DIR_IN_CONTAINER, "ro")
+    assert source == env.get("COGMENT_MODEL_REGISTRY_TLS_DIR", "./envoy/no-tls")
+    assert (ROOT / "envoy" / "no-tls").is_dir()
+    for variable in (PREFIX + "TLS_CERT_FILE", PREFIX + "TLS_CLIENT_CA_FILE"):
+        if frontend_env[variable]:
+            assert frontend_env[variable].startswith(f"{TLS_DIR_IN_CONTAINER}/")
+    assert set(CONFIG_FILES.values()) == {p.name for p in ENVOY_DIR.glob("envoy*.yaml")}
+
+
+@pytest.mark.parametrize("tls", ["tls", "mtls"])
+def test_tls_configs_read_the_mounted_files_through_sds(tls):
+    config = yaml.safe_load((ENVOY_DIR / CONFIG_FILES[tls]).read_text())
+    (public,) = [l for l in config["static_resources"]["listeners"] if l["name"] == "public"]
+    context = public["filter_chains"][0]["transport_socket"]["typed_config"]
+    common = context["common_tls_context"]
+    sds_configs = [c["sds_config"] for c in common["tls_certificate_sds_secret_configs"]]
+    if tls == "mtls":
+        assert context["require_client_certificate"] is True
+        sds_configs.append(common["validation_context_sds_secret_config"]["sds_config"])
+    else:
+        assert "validation_context_sds_secret_config" not in common
+    named = set()
+    for sds in sds_configs:
+        path = sds["path_config_source"]["path"]
+        assert path.startswith(f"{ENVOY_DIR_IN_CONTAINER}/")
+        local = ENVOY_DIR / path.removeprefix(f"{ENVOY_DIR_IN_CONTAINER}/")
+        (resource,) = yaml.safe_load(local.read_text())["resources"]
+        named |= {
+            v["filename"]
+            for part in resource.values()
+            if isinstance(part, dict)
+            for value in part.values()
+            for v in ([value] if isinstance(value, dict) else [])
+        }
+    expected = {f"{TLS_DIR_IN_CONTAINER}/{TLS_FILE_NAMES['cert']}", f"{TLS_DIR_IN_CONTAINER}/{TLS_FILE_NAMES['key']}"}
+    if tls == "mtls":
+        expected.add(f"{TLS_DIR_IN_CONTAINER}/{TLS_FILE_NAMES['client_ca']}")
+    assert named == expected
+
+
+def test_only_published_services_are_on_the_edge_network(compose):
+    assert compose["networks"]["internal"] == {"internal": True}
+    for name, service in compose["services"].items():
+        networks = set(service.get("networks", []))
+        assert "internal" in networks or name == "envoy", f"{name} must reach the internal network"
+        if service.get("ports"):
+            assert networks == {"edge", "internal"}, f"{name} publishes a port: it needs the edge network"
+        else:
+            assert networks == {"internal"}, f"{name} publishes nothing: it stays on the internal network only"
+    assert set(compose["services"]["envoy"]["networks"]) == {"edge", "internal"}
+    egress = yaml.safe_load((ROOT / "docker-compose.egress.yml").read_text())
+    assert set(egress["services"]) == set(SERVICES)
+    assert all(s["networks"] == ["internal", "egress"] for s in egress["services"].values())
+    assert not any(s.get("ports") for s in egress["services"].values())
+
+
+def test_no_secret_is_committed():
+    compose_text = (ROOT / "docker-compose.yml").read_text()
+    env_text = (ROOT / "production.env").read_text()
+    values = dict(line.split("=", 1) for line in env_text.splitlines() if line and not line.startswith("#"))
+    assert "AWS_SECRET_ACCESS_KEY" not in values
+    assert "registry-secret" not in compose_text + env_text
+    # Every secret-looking variable has no default but empty.
+    for match in re.finditer(r"\$\{([A-Z_]*(?:SECRET|PASSWORD|TOKEN)[A-Z_]*)(:?[-?+])?([^}]*)\}", compose_text):
+        assert match.group(3) == "", f"{match.group(0)} commits a default secret"
+
+
+def test_minio_refuses_to_start_without_a_secret(compose):
+    minio = compose["services"]["minio"]
+    assert minio["environment"]["MINIO_ROOT_PASSWORD"] == "${AWS_SECRET_ACCESS_KEY:-}"
+    (script,) = minio["command"]
+    assert "AWS_SECRET_ACCESS_KEY" in script and "exit 1" in script and script.rstrip().endswith("exec minio server /data")
+
+
+def test_every_service_restarts_after_a_fault(compose):
+    """Issue 16: a container that exits (kill, crash, OOM) comes back; the
+    one-shot bucket creation is retried only when it failed."""
+    for name, definition in compose["services"].items():
+        expected = "on-failure" if name == "minio-bucket" else "unless-stopped"
+        assert definition.get("restart") == expected, f"{name}: restart {definition.get('restart')!r}"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_registry_service_is_health_checked_with_the_image_check(compose, service):
+    check = compose["services"][service]["healthcheck"]
+    assert check["test"] == ["CMD", "python", "-m", "services.common.healthcheck", service]
+    assert all(check[key] for key in ("interval", "timeout", "retries", "start_period"))
+
+
+def test_dependencies_wait_for_health_where_order_matters(compose):
+    services = compose["services"]
+    waits = {
+        name: {dep: spec["condition"] for dep, spec in (definition.get("depends_on") or {}).items()}
+        for name, definition in services.items()
+    }
+    assert waits["envoy"] == {
+        "frontend": "service_healthy", "metadata": "service_healthy", "blobstore": "service_healthy",
+        "jaeger": "service_started",
+    }
+    assert waits["frontend"] == {"metadata": "service_healthy", "blobstore": "service_healthy"}
+    assert waits["metadata"] == {"postgres": "service_healthy"}
+    assert waits["blobstore"] == {"minio-bucket": "service_completed_successfully"}
+    assert waits["minio-bucket"] == {"minio": "service_healthy"}
+    # A dependency in another profile is optional, or plain `up` would refuse to start.
+    for name, definition in services.items():
+        for dep, spec in (definition.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on an unknown {dep}"
+            if services[dep].get("profiles") and services[dep].get("profiles") != definition.get("profiles"):
+                assert spec.get("required") is False, f"{name} -> {dep} must be required: false"
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy, which has no healthcheck"
+    # No cycle: compose would refuse the file.
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"dependency cycle {' -> '.join((*path, name))}"
+        for dep in waits.get(name, {}):
+            visit(dep, (*path, name))
+
+    for name in services:
+        visit(name, ())

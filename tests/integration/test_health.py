@@ -33,7 +33,10 @@ def test_public_health_is_serving(stack):
 @pytest.fixture
 def own_stack(tmp_path):
     port = free_port()
-    running = Stack(stack_env(port, tmp_path / "archive", tmp_path / "run"), port, tmp_path / "archive", tmp_path / "run")
+    # A long restart backoff: these tests watch the stack without the
+    # process they stopped (the supervisor would bring it back in 0.5 s).
+    env = stack_env(port, tmp_path / "archive", tmp_path / "run", COGMENT_MODEL_REGISTRY_RESTART_BACKOFF_SECONDS="60")
+    running = Stack(env, port, tmp_path / "archive", tmp_path / "run")
     running.up()
     yield running
     for channel in running.channels:

@@ -83,8 +83,8 @@ def test_losing_a_blobstore_replica(registry, stack, model_id):
             assert read_data(registry, model_id, info.version_number) == b"after the loss"
         assert create_version(registry, model_id, b"x", archived=True).version_number == len(archived) + len(transient) + 5
     finally:
-        # Bring the stack back to full strength for the tests that follow.
-        stack.down()
+        # The supervisor restarts the replica; `make up` returns once the
+        # stack is back to full strength, for the tests that follow.
         stack.up()
 
 

@@ -5,57 +5,19 @@ of the same model incarnation."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 import time
-from pathlib import Path
 
 import grpc
 from cogmentAPI import model_registry_pb2 as api
 
-from conftest import REPO_ROOT, Stack, create_version
+from conftest import Stack, create_version
 from test_version_update import subscribe
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-
-
-def restart_metadata(stack: Stack, *, before_start=None) -> None:
-    """Stops every metadata process of the stack (SIGTERM), calls
-    `before_start()` while none runs, then starts each again with the same
-    command line and environment, recording the new PIDs in the launcher's
-    state file (so that `make down` stops them)."""
-    state_path = stack.run_dir / "state.json"
-    state = json.loads(state_path.read_text())
-    metadata = [p for p in state["processes"] if p["kind"] == "metadata"]
-    commands = []
-    for proc in metadata:
-        argv = Path(f"/proc/{proc['pid']}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        environ = Path(f"/proc/{proc['pid']}/environ").read_bytes().rstrip(b"\0").split(b"\0")
-        env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
-        commands.append((proc, [a.decode() for a in argv], env))
-        os.kill(proc["pid"], signal.SIGTERM)
-    for proc in metadata:
-        deadline = time.monotonic() + 20
-        while _alive(proc["pid"]):
-            assert time.monotonic() < deadline, f"{proc['name']} did not stop"
-            time.sleep(0.05)
-    if before_start is not None:
-        before_start()
-    for proc, argv, env in commands:
-        with open(proc["log"], "ab") as log:
-            child = subprocess.Popen(
-                argv, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc["pid"] = child.pid
-    state_path.write_text(json.dumps(state, indent=2))
+def restart_metadata(stack: Stack) -> None:
+    """Restarts every metadata process through the stack's supervisor
+    (SIGTERM, started again at once), as an operator's restart would."""
+    stack.restart("metadata")
 
 
 def until_served(registry, model_id: str, timeout: float = 30) -> None:

@@ -34,6 +34,7 @@ from ._common import (
     resolve_address,
 )
 from ._proto import pb, pb_grpc
+from .tls import tls_credentials
 from .errors import NotFoundError, from_rpc_error
 from .records import ModelInfo, VersionInfo
 
@@ -67,8 +68,13 @@ class AsyncRegistryClient:
         password: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = 60.0,
+        ca_cert: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
     ) -> None:
         self.address = resolve_address(address)
+        if credentials is None:
+            credentials = tls_credentials(ca_cert, cert, key)
         self._metadata = call_metadata(token, user, password)
         self._timeout = timeout
         self._credentials = credentials

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .progress import ProgressBar, format_bytes
 from .records import ModelInfo, VersionInfo
+from .tls import CA_CERT_ENV, CERT_ENV, KEY_ENV
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_INTEGRITY = 0, 1, 2, 3, 4, 5
 EXIT_NOT_ALLOWED = 6
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"registry address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
     )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    add_tls_arguments(common)
     add_credential_options(common)
     meta = argparse.ArgumentParser(add_help=False)
     meta.add_argument("--meta", action="append", metavar="KEY=VALUE", help="user data (repeatable)")
@@ -170,6 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument("directory", metavar="DIR")
     add_auth_parser(commands)
     return parser
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """--ca-cert, --cert, --key (accepted before or after the subcommand)."""
+    parser.add_argument(
+        "--ca-cert",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help=f"TLS: the CA (PEM) the registry's certificate chains to (default: ${CA_CERT_ENV})",
+    )
+    parser.add_argument(
+        "--cert",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help=f"mTLS: this client's certificate chain (PEM; default: ${CERT_ENV})",
+    )
+    parser.add_argument(
+        "--key", default=argparse.SUPPRESS, metavar="FILE", help=f"mTLS: its private key (PEM; default: ${KEY_ENV})"
+    )
+
+
+def tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `RegistryClient` keyword arguments of the TLS flags given."""
+    return {name: getattr(args, name) for name in ("ca_cert", "cert", "key") if hasattr(args, name)}
 
 
 # -- output ------------------------------------------------------------------
@@ -337,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "auth":
         return main_auth(args)
     try:
-        with RegistryClient(getattr(args, "addr", None), **client_credentials(args)) as client:
+        with RegistryClient(getattr(args, "addr", None), **client_credentials(args), **tls_options(args)) as client:
             run(args, client, output)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -30,6 +30,7 @@ from ._common import (
     resolve_address,
 )
 from ._proto import admin_pb, admin_pb_grpc, pb, pb_grpc
+from .tls import tls_credentials
 from .errors import DataIntegrityError, NotFoundError, from_rpc_error
 from .records import ModelInfo, VersionInfo
 
@@ -49,7 +50,11 @@ class RegistryClient:
     `address` defaults to $MODEL_REGISTRY_ADDRESS, else ``localhost:9000``;
     `token` to $MODEL_REGISTRY_TOKEN (sent as ``authorization: Bearer …``);
     `user` with `password` (else $MODEL_REGISTRY_PASSWORD) is sent as
-    ``authorization: Basic …`` instead. Pass `credentials` for TLS. `timeout` bounds each unary call (seconds);
+    ``authorization: Basic …`` instead.
+    TLS: `ca_cert` (the CA the registry's certificate chains to), and for
+    mTLS `cert` and `key` (PEM paths; defaults $MODEL_REGISTRY_CA_CERT,
+    $MODEL_REGISTRY_CERT, $MODEL_REGISTRY_KEY), or your own `credentials`.
+    `timeout` bounds each unary call (seconds);
     data transfers and `follow` are not bounded. Use as a context manager or
     call `close()`. Every failure is a `RegistryError` subclass.
     """
@@ -63,8 +68,13 @@ class RegistryClient:
         password: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float | None = 60.0,
+        ca_cert: PathLike | None = None,
+        cert: PathLike | None = None,
+        key: PathLike | None = None,
     ) -> None:
         self.address = resolve_address(address)
+        if credentials is None:
+            credentials = tls_credentials(ca_cert, cert, key)
         self._metadata = call_metadata(token, user, password)
         self._timeout = timeout
         if credentials is None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import grpc
 
+from .tls import transport_hint
+
 
 class RegistryError(Exception):
     """A call to the registry failed; `code` is its `grpc.StatusCode`, `details` the message."""
@@ -75,4 +77,8 @@ def from_rpc_error(error: grpc.RpcError) -> RegistryError:
     details = (details_of() if callable(details_of) else None) or str(error)
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
+    if code == grpc.StatusCode.UNAVAILABLE:
+        hint = transport_hint(details)
+        if hint is not None:
+            details = f"{hint} ({details})"
     return _BY_CODE.get(code, RegistryError)(details, code)

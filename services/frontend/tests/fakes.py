@@ -156,7 +156,7 @@ class FakeWatch:
             self.feed(item)
 
     def feed(self, item: api.ModelVersionInfo | grpc.StatusCode | object) -> None:
-        """A version to give, a status to end with, or END."""
+        """A version to give, a status (or an AioRpcError) to end with, or END."""
         self._items.put_nowait(item)
 
     def __aiter__(self) -> FakeWatch:
@@ -172,6 +172,8 @@ class FakeWatch:
             raise StopAsyncIteration
         if isinstance(item, grpc.StatusCode):
             raise rpc_error(item)
+        if isinstance(item, grpc.aio.AioRpcError):
+            raise item
         if isinstance(item, api.ModelVersionInfo):
             return metadata_pb2.WatchVersionsReply(version_info=item)
         return item

@@ -12,7 +12,7 @@ from cogmentAPI import model_registry_pb2 as api
 
 from services.common.errors import InvalidArgument, RegistryError, Unavailable
 from services.frontend.following import Followers
-from services.frontend.tests.fakes import END, FakeMetadata, FakeWatch, started, version
+from services.frontend.tests.fakes import END, FakeMetadata, FakeWatch, rpc_error, started, version
 
 DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -116,6 +116,14 @@ async def test_a_watch_metadata_cancelled_or_ended_is_renewed_after_a_pause(subs
     subscriptions.metadata.script_watches(FakeWatch(started(0), version(1), end), FakeWatch(started(1), version(2)))
     assert await subscriptions.take(2) == [1, 2]
     assert subscriptions.pauses == [0.05]
+    assert subscriptions.metadata.watches == [("model", None, 0), ("model", 1, 7)]
+
+
+async def test_a_watch_reset_under_it_is_renewed(subscriptions):
+    """kill -9 of metadata: Envoy resets the stream, gRPC says INTERNAL RST_STREAM."""
+    reset = rpc_error(grpc.StatusCode.INTERNAL, "Stream removed (RST_STREAM (Received RST_STREAM with error code 2))")
+    subscriptions.metadata.script_watches(FakeWatch(started(0), version(1), reset), FakeWatch(started(1), version(2)))
+    assert await subscriptions.take(2) == [1, 2]
     assert subscriptions.metadata.watches == [("model", None, 0), ("model", 1, 7)]
 
 

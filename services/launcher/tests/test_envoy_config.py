@@ -74,13 +74,16 @@ def test_every_blobstore_replica_is_a_health_checked_host():
     assert len(endpoints) == 3
 
 
-def test_the_internal_listener_answers_for_metadata_health_only():
+def test_the_internal_listener_answers_for_metadata_health_and_the_stack_health():
     """The frontends ask Envoy whether metadata has a healthy replica (the
-    blobstores they call themselves): a health check naming its cluster."""
+    blobstores they call themselves): a health check naming its cluster.
+    Any other health check is the whole stack's, answered by a frontend:
+    the launcher's check when the public port wants TLS or mTLS."""
     internal = routes(render_envoy_config(local_topology()), "internal")
     health_routes = [r for r in internal if r["match"]["prefix"] == HEALTH_METHOD_PREFIX]
-    assert [(r["match"]["headers"], r["route"]["cluster"]) for r in health_routes] == [
-        ([{"name": UPSTREAM_HEADER, "string_match": {"exact": METADATA}}], "metadata")
+    assert [(r["match"].get("headers"), r["route"]["cluster"]) for r in health_routes] == [
+        ([{"name": UPSTREAM_HEADER, "string_match": {"exact": METADATA}}], "metadata"),
+        (None, "frontend"),
     ]
 
 

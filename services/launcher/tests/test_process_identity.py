@@ -6,12 +6,21 @@ import subprocess
 import sys
 import time
 
-from services.launcher.stack import _pid_runs, envoy_binary
+from services.launcher.processes import pid_runs as _pid_runs
+from services.launcher.stack import envoy_binary
 
 
 def test_a_running_process_with_its_marker_runs():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "marker-1234"])
     try:
+        assert _pid_runs(child.pid, "marker-1234")
+        # Right after Popen returns the kernel may not have set up the new
+        # command line yet (it reads empty: "ours, mid-exec"); once it has,
+        # another marker is not ours.
+        deadline = time.monotonic() + 5
+        while not open(f"/proc/{child.pid}/cmdline", "rb").read():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         assert _pid_runs(child.pid, "marker-1234")
         assert not _pid_runs(child.pid, "another-marker")
     finally:

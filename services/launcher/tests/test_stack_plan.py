@@ -37,3 +37,24 @@ def test_an_operator_setting_of_the_malloc_tunables_wins(tmp_path: Path, monkeyp
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     _, processes = LocalStack(settings(tmp_path, blobstores=1)).plan()
     assert {p["env"]["GLIBC_TUNABLES"] for p in processes if p["kind"] != "envoy"} == {"glibc.malloc.arena_max=2"}
+
+
+def test_with_tls_envoy_reads_sds_files_in_the_run_dir_naming_the_operator_files(tmp_path: Path):
+    import dataclasses
+
+    import yaml
+
+    from services.common.tls import PublicTlsFiles
+
+    files = PublicTlsFiles(tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem")
+    stack = LocalStack(dataclasses.replace(settings(tmp_path, blobstores=1), tls=files))
+    topology, _ = stack.plan()
+    assert topology.public_tls is not None and topology.public_tls.mutual
+    assert Path(topology.public_tls.certificate_sds_path).parent == tmp_path / "run" / "sds"
+    stack._write_sds_resources()
+    (certificate,) = yaml.safe_load(Path(topology.public_tls.certificate_sds_path).read_text())["resources"]
+    assert certificate["tls_certificate"]["certificate_chain"]["filename"] == str(files.cert_file)
+    (ca,) = yaml.safe_load(Path(topology.public_tls.client_ca_sds_path).read_text())["resources"]
+    assert ca["validation_context"]["trusted_ca"]["filename"] == str(files.client_ca_file)
+    plain, _ = LocalStack(settings(tmp_path, blobstores=1)).plan()
+    assert plain.public_tls is None
