@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find proto -name '*.proto')
 CLIENT_STUBS := client/src/model_registry_client/_generated/model_registry_pb2.py
 
-.PHONY: run up down status test unit integration bench fuzz faults venv proto clean envoy-config
+.PHONY: run up down status test unit integration bench bench-small fuzz faults venv proto clean envoy-config
 
 run: proto  ## the whole stack in the foreground; Ctrl-C stops everything
 	$(PY) -m services.launcher run
@@ -40,6 +40,12 @@ integration: proto
 
 bench: proto
 	$(PY) -m bench
+
+# The small calls and their floor (same run) on the default and the
+# replicated shape: issue 14's acceptance figures, in ~2 minutes.
+bench-small: proto
+	$(PY) -m bench --small-calls --output bench/results-small-default.json
+	$(PY) -m bench --small-calls --shape replicated --output bench/results-small-replicated.json
 
 # At least 10,000 random call sequences against a stack, checked against a
 # reference model (`make test` runs a short pass); prints how many ran.

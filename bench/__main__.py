@@ -23,12 +23,13 @@ from pathlib import Path
 import grpc
 
 from bench.access import access_check_figures
-from bench.calls import stack_calls
+from bench.calls import small_calls_only, stack_calls
 from bench.client import UPLOAD_CHUNK_SIZE, BenchmarkError
 from bench.ideal import SENT_CHUNK_SIZE
 from bench.plan import Plan
 from bench.report import Figure, format_size, machine_description, render_cpu, render_table, write_results
 from bench.servers import IdealServer, RegistryStack, ServerError, stack_settings
+from bench.shapes import DEFAULT_POSTGRES_URL, SHAPES
 from bench.metrics import samples_figure
 from bench.overhead import small_call_overhead, transfer_overhead
 from bench.tracing import TraceSink, spans_figure
@@ -42,6 +43,9 @@ from bench.transfers import (
 )
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results.json"
+# Runs of `--small-calls` at least: its figures are ratios to a floor on a
+# shared machine, and more runs make their medians steadier.
+SMALL_CALL_RUNS = 5
 _UNITS = {"": 1, "B": 1, "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3}
 
 
@@ -66,6 +70,18 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario; medians are reported (default %(default)s)")
     parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes, one run, 20 subscribers: checks the bench works (< 60 s)"
+    )
+    parser.add_argument(
+        "--small-calls",
+        action="store_true",
+        help="only the small calls (RetrieveVersionInfos, RetrieveModels) and their floor, measured in the same run",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="default",
+        help="the stack's shape: one process each on SQLite (default), or replicated: 2 frontends, "
+        "3 blobstores, 2 metadata on PostgreSQL (REGISTRY_BENCH_POSTGRES_URL, default %s)" % DEFAULT_POSTGRES_URL,
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results (default bench/results.json)")
     args = parser.parse_args(argv)
@@ -164,28 +180,44 @@ def _cpu_worth_showing(figure: Figure, largest_single_size: int) -> bool:
     )
 
 
+def run_small_calls(plan: Plan, stack: RegistryStack) -> list[Figure]:
+    """The small calls and their floor alone (`--small-calls`)."""
+    print("small calls and their floor…", flush=True)
+    figures = asyncio.run(small_calls_only(stack.address, stack.process_pids(), plan))
+    _print_progress(figures)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     plan = Plan.smoke() if args.smoke else Plan.full(args.sizes, args.runs)
-    settings = stack_settings(plan.largest_transfer)
+    if args.small_calls and not args.smoke:
+        plan = dataclasses.replace(plan, runs=max(plan.runs, SMALL_CALL_RUNS))
+    shape = SHAPES[args.shape]()
+    settings = {**stack_settings(plan.largest_transfer), **shape.settings}
     # SIGTERM unwinds like Ctrl-C, so the stack is stopped either way.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     work_dir = Path(tempfile.mkdtemp(prefix="registry-bench-"))
     succeeded = False
     try:
         print(f"starting the ideal registry and the stack (logs in {work_dir})…", flush=True)
-        with IdealServer(work_dir / "ideal.log") as ideal, RegistryStack(work_dir, settings) as stack:
-            figures = run_scenarios(plan, stack, ideal)
-            access = access_check_figures(plan.runs)
-            _print_progress(access)
-            figures += access
-            figures += run_metrics_scenario(plan, stack, work_dir, settings)
-            figures += run_tracing_scenario(plan, stack, work_dir, settings)
+        if args.small_calls:
+            with RegistryStack(work_dir, settings) as stack:
+                figures = run_small_calls(plan, stack)
+        else:
+            with IdealServer(work_dir / "ideal.log") as ideal, RegistryStack(work_dir, settings) as stack:
+                figures = run_scenarios(plan, stack, ideal)
+                access = access_check_figures(plan.runs)
+                _print_progress(access)
+                figures += access
+                figures += run_metrics_scenario(plan, stack, work_dir, settings)
+                figures += run_tracing_scenario(plan, stack, work_dir, settings)
         succeeded = True
     except (ServerError, BenchmarkError, grpc.RpcError) as exc:
         print(f"error: {exc}\n(logs kept in {work_dir})", file=sys.stderr)
         return 1
     finally:
+        shape.close()
         shutil.rmtree(work_dir / "archive", ignore_errors=True)
         shutil.rmtree(work_dir / "traced" / "archive", ignore_errors=True)
         shutil.rmtree(work_dir / "unmeasured" / "archive", ignore_errors=True)
@@ -198,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render_cpu([figure for figure in figures if _cpu_worth_showing(figure, max(plan.sizes))]))
     config = {
         "smoke": args.smoke,
+        "small_calls_only": args.small_calls,
+        "shape": args.shape,
         "plan": dataclasses.asdict(plan),
         "upload_chunk_bytes": UPLOAD_CHUNK_SIZE,
         "download_chunk_bytes": SENT_CHUNK_SIZE,

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import grpc
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from bench.ideal import MESSAGE_LIMIT
 from services.common.config import MIB
@@ -143,6 +144,7 @@ class AsyncClient:
     def __init__(self, address: str) -> None:
         self.channel = grpc.aio.insecure_channel(address, options=client_channel_options())
         self.stub = api_grpc.ModelRegistrySPStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
 
     async def connect(self) -> AsyncClient:
         """Waits until the connection is up, so that no timing includes it."""

@@ -18,7 +18,11 @@ COMPARED_WITH_IDEAL = [
     *(f"concurrent_{direction}.{mode}" for direction in ("upload", "download") for mode in ("archived", "transient")),
 ]
 STACK_ONLY = [
-    *(f"{call}.{figure}" for call in ("RetrieveVersionInfos", "RetrieveModels") for figure in ("p50_1_client", "p99_1_client", "rate_16_clients")),
+    *(
+        f"{call}.{figure}"
+        for call in ("floor", "RetrieveVersionInfos", "RetrieveModels")
+        for figure in ("p50_1_client", "p99_1_client", "rate_16_clients")
+    ),
     # Tracing on vs off: MiB/s of each, on / off in %, and the spans the
     # sink received (> 0: the traced stack really traced).
     *(
@@ -71,6 +75,9 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
             assert per_gib.keys() == details["cpu_percent"][side].keys() and min(per_gib.values()) >= 0, details
     for key in STACK_ONLY:
         assert figures[key]["stack"] > 0, figures[key]
+    for call in ("RetrieveVersionInfos", "RetrieveModels"):  # measured against the floor of the same run
+        rate = figures[f"{call}.rate_16_clients"]
+        assert rate["ideal"] == figures["floor.rate_16_clients"]["stack"] and rate["ratio"] > 0, rate
     for key in MAY_BE_ZERO:
         assert figures[key]["stack"] >= 0, figures[key]
     assert all(figure["target_met"] is not None for figure in figures.values() if figure["target"])

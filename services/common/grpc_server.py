@@ -466,18 +466,23 @@ class GrpcServer:
 
 
 def create_aio_server(
-    max_message_bytes: int, *, streams: StreamGate | None = None, access: AccessControl | None = None
+    max_message_bytes: int,
+    *,
+    streams: StreamGate | None = None,
+    access: AccessControl | None = None,
+    health: ReportedHealth | None = None,
 ) -> GrpcServer:
     """A server with the request interceptor (bounding streams with
     `streams`, if given) and a health servicer that answers NOT_SERVING
-    until the caller declares the service ready.
+    until the caller declares the service ready: a new one, or `health`,
+    another server's of the same process (both then answer the same).
 
     `access`: for a server that serves public methods, the check every call
     passes first and the audit trail (services.common.access.access_control);
     None for internal servers (nothing checked, nothing audited)."""
     interceptor = RequestInterceptor(streams, access)
     server = grpc.aio.server(interceptors=[interceptor], options=server_options(max_message_bytes))
-    health_servicer = ReportedHealth()
+    health_servicer = health if health is not None else ReportedHealth()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return GrpcServer(server, health_servicer, interceptor.in_flight)
 

@@ -135,6 +135,17 @@ class RequestLimits:
                 f"per request ({MAX_VERSION_NUMBERS}): ask in several requests, or list them with a page size"
             )
 
+    def check_retrieve_models(self, model_ids: Sequence[str]) -> None:
+        """RetrieveModels' bounds, checked by whichever process answers the
+        call (metadata through Envoy, or a frontend reached directly)."""
+        self.check_model_ids(model_ids)
+
+    def check_retrieve_version_infos(self, model_id: str, numbers: Sequence[int]) -> None:
+        """RetrieveVersionInfos' bounds, checked by whichever process answers
+        the call (metadata through Envoy, or a frontend reached directly)."""
+        self.check_model_id(model_id)
+        self.check_version_numbers(numbers)
+
     def check_user_data(self, user_data: Mapping[str, str], field: str = "user_data") -> None:
         """At most USER_DATA_MAX_ENTRIES entries and USER_DATA_MAX_BYTES of
         keys and values (UTF-8) together."""

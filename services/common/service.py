@@ -44,6 +44,14 @@ async def _nothing_to_close() -> None:
 
 
 @dataclass(frozen=True)
+class BoundServer:
+    """A server of a process besides its main one, and the port it is bound to."""
+
+    grpc_server: GrpcServer
+    port: int
+
+
+@dataclass(frozen=True)
 class ServiceApp:
     """A built service, not started: its gRPC server (with health and calls
     in flight), the port it is bound to, and the hooks its life runs.
@@ -54,6 +62,9 @@ class ServiceApp:
     - `ready`: a task that prepares what the service needs and turns health
       SERVING; if it fails, the process stops (status 1), logging why.
     - `summary`: what the start-up log line tells besides the address.
+    - `more_servers`: other servers of the same process (on ports of their
+      own, sharing `grpc_server`'s health servicer), started, drained and
+      stopped with it.
     """
 
     grpc_server: GrpcServer
@@ -62,6 +73,11 @@ class ServiceApp:
     on_stop: Callable[[], Awaitable[None]] = _nothing_to_close
     ready: asyncio.Task[None] | None = None
     summary: str = ""
+    more_servers: tuple[BoundServer, ...] = ()
+
+    @property
+    def servers(self) -> tuple[grpc.aio.Server, ...]:
+        return (self.grpc_server.server, *(more.grpc_server.server for more in self.more_servers))
 
     @property
     def server(self) -> grpc.aio.Server:
@@ -85,9 +101,11 @@ class ServiceApp:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_seconds
         # Health checks are calls too: only Envoy's probes arrive now, and they are short.
-        if not await self.in_flight.wait_idle(grace_seconds):
-            log.warning("%d calls still in flight after the grace period", self.in_flight.count)
-        await self.server.stop(max(0.0, deadline - loop.time()))
+        for grpc_server in (self.grpc_server, *(more.grpc_server for more in self.more_servers)):
+            if not await grpc_server.in_flight.wait_idle(max(0.0, deadline - loop.time())):
+                log.warning("%d calls still in flight after the grace period", grpc_server.in_flight.count)
+        remaining = max(0.0, deadline - loop.time())
+        await asyncio.gather(*(server.stop(remaining) for server in self.servers))
         await self.on_stop()
         log.info("stopped")
 
@@ -124,7 +142,8 @@ async def run_until_signalled(app: ServiceApp, grace_seconds: float) -> None:
 
 
 async def _serve(app: ServiceApp, config: ServiceConfig, name: str) -> int:
-    await app.server.start()
+    for server in app.servers:
+        await server.start()
     log.info("%s listening on %s:%d%s", name, config.bind_host, app.port, f", {app.summary}" if app.summary else "")
     # Signals are handled while the service is still getting ready (a bucket
     # may stay unreachable for long): a stop then is a clean one.
@@ -135,7 +154,7 @@ async def _serve(app: ServiceApp, config: ServiceConfig, name: str) -> int:
             log.critical("%s", app.ready.exception())
             serving.cancel()
             await asyncio.gather(serving, return_exceptions=True)
-            await app.server.stop(0)
+            await asyncio.gather(*(server.stop(0) for server in app.servers))
             await app.on_stop()
             return EXIT_NOT_READY
     await serving

@@ -15,6 +15,10 @@ MODEL_REGISTRY = api_pb2.DESCRIPTOR.services_by_name["ModelRegistrySP"].full_nam
 # The 1.x name of the same API, still served for older clients.
 LEGACY_MODEL_REGISTRY = legacy_api_pb2.DESCRIPTOR.services_by_name["ModelRegistrySP"].full_name
 PUBLIC = (MODEL_REGISTRY, LEGACY_MODEL_REGISTRY)
+# The public methods metadata answers itself, under each name in PUBLIC:
+# Envoy routes them straight to metadata's public reads listener
+# (services/metadata/public_reads.py), every other public call to a frontend.
+PUBLIC_READS = ("RetrieveModels", "RetrieveVersionInfos")
 # The registry's own administration calls (importing another registry's archive).
 ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -25,5 +29,6 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 FRONTEND_LIVENESS = "registry.Frontend"
 
 # The name each kind of service is health-checked under, by Envoy and by
-# its container's HEALTHCHECK.
+# its container's HEALTHCHECK (metadata's public reads listener answers
+# the same health as its internal one, and is checked under the same name).
 HEALTH_CHECKED = {"frontend": FRONTEND_LIVENESS, "metadata": METADATA, "blobstore": BLOBSTORE}

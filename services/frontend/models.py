@@ -48,10 +48,9 @@ class Models:
         await delete_blobs(self._blobs, reply.deleted_blobs)
 
     async def retrieve_models(self, request: api.RetrieveModelsRequest) -> api.RetrieveModelsReply:
-        self._limits.check_model_ids(request.model_ids)
+        self._limits.check_retrieve_models(request.model_ids)
         return await self._metadata.retrieve_models(request)
 
     async def retrieve_version_infos(self, request: api.RetrieveVersionInfosRequest) -> api.RetrieveVersionInfosReply:
-        self._limits.check_model_id(request.model_id)
-        self._limits.check_version_numbers(request.version_numbers)
+        self._limits.check_retrieve_version_infos(request.model_id, request.version_numbers)
         return await self._metadata.retrieve_version_infos(request)

@@ -44,6 +44,9 @@ class RegistryStatus:
     Version/Status calls), as a percentage of `full_load_calls`: "0" idle,
     "100" at that many calls, at most "254"; "255" while this frontend
     cannot serve (draining, or the stack behind it is not healthy).
+    Through Envoy, RetrieveModels and RetrieveVersionInfos never reach a
+    frontend (metadata answers them: docs/design.md, section 15), so the
+    load is that of writes, transfers and the calls a frontend does serve.
     """
 
     def __init__(self, in_flight: InFlightCalls, *, full_load_calls: int, serving: Callable[[], bool]) -> None:

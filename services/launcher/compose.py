@@ -57,6 +57,7 @@ def compose_topology(tls: str = "off") -> StackTopology:
         admin_port=c.DEFAULT_ENVOY_ADMIN_PORT,
         frontends=(Endpoint("frontend", c.DEFAULT_FRONTEND_PORT),),
         metadata=(Endpoint("metadata", c.DEFAULT_METADATA_PORT),),
+        metadata_reads=(Endpoint("metadata", c.DEFAULT_METADATA_READS_PORT),),
         blobstores=(Endpoint("blobstore", c.DEFAULT_BLOBSTORE_PORT),),
         dns_upstreams=True,
         otlp_collector=Endpoint("jaeger", 4317),

@@ -1,7 +1,9 @@
 """Renders Envoy's configuration for a `StackTopology`.
 
 Two listeners:
-- public (COGMENT_MODEL_REGISTRY_PORT): every gRPC call goes to a frontend;
+- public (COGMENT_MODEL_REGISTRY_PORT): the small public reads
+  (`service_names.PUBLIC_READS`, under both API names) go to metadata's
+  public reads listener, every other gRPC call to a frontend;
 - internal: the frontends' (and the blobstores' sweepers') way to metadata,
   and metadata's health as a whole (a health check with the
   `UPSTREAM_HEADER` naming it). Blob bytes do not pass here: frontends call
@@ -69,6 +71,8 @@ UPSTREAM_MAX_STREAMS = 1000
 CIRCUIT_BREAKERS = {
     "frontend": {"max_connections": 10_000, "max_pending_requests": 100_000, "max_requests": 1_000_000},
     "metadata": {"max_connections": 10_000, "max_pending_requests": 100_000, "max_requests": 100_000},
+    # - metadata_reads: unary public reads only, bounded by the clients' own calls.
+    "metadata_reads": {"max_connections": 10_000, "max_pending_requests": 100_000, "max_requests": 100_000},
     "blobstore": {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024},
 }
 
@@ -243,6 +247,11 @@ def _http2_options() -> dict[str, Any]:
 HEALTH_CHECK_TIMEOUT_SECONDS = {"frontend": 5.0}
 
 
+# The kind of service a cluster's hosts are, where the cluster is not named
+# after it: metadata's public reads listener is a second port of metadata.
+_SERVICE_OF_CLUSTER = {"metadata_reads": "metadata"}
+
+
 def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology, lb_policy: str) -> dict[str, Any]:
     interval = _duration(topology.health_check_interval_seconds)
     timeout = _duration(HEALTH_CHECK_TIMEOUT_SECONDS.get(name, topology.health_check_interval_seconds))
@@ -272,7 +281,7 @@ def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology
                 "no_traffic_interval": interval,
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
-                "grpc_health_check": {"service_name": service_names.HEALTH_CHECKED[name]},
+                "grpc_health_check": {"service_name": service_names.HEALTH_CHECKED[_SERVICE_OF_CLUSTER.get(name, name)]},
             }
         ],
         # Never send traffic to hosts known to be unhealthy ("panic mode"):
@@ -288,8 +297,37 @@ def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology
     }
 
 
+# The public reads are idempotent: Envoy retries them where the frontend
+# retried its calls to metadata before (UNAVAILABLE: a replica stopping or
+# losing its database), on another replica when there is one.
+READ_RETRY = {
+    "retry_policy": {
+        "retry_on": "connect-failure,refused-stream,reset,unavailable",
+        "num_retries": 3,
+        "retry_back_off": {"base_interval": "0.05s", "max_interval": "1s"},
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+    }
+}
+
+
 def render_envoy_config(topology: StackTopology) -> dict[str, Any]:
-    public_routes = [_route("frontend", {"prefix": "/"})]
+    # The small public reads go straight to metadata (two process hops
+    # instead of four: docs/design.md, "Which process answers which call"),
+    # every other public call to a frontend.
+    public_routes = [
+        _route("metadata_reads", {"path": f"/{service}/{method}"}, **READ_RETRY)
+        for service in service_names.PUBLIC
+        for method in service_names.PUBLIC_READS
+    ]
+    public_routes.append(_route("frontend", {"prefix": "/"}))
     # Only failures before the request reached a replica are retried here;
     # the frontend retries idempotent calls itself.
     connect_retry = {
@@ -326,6 +364,7 @@ def render_envoy_config(topology: StackTopology) -> dict[str, Any]:
     clusters = [
         _cluster("frontend", topology.frontends, topology, "ROUND_ROBIN"),
         _cluster("metadata", topology.metadata, topology, "ROUND_ROBIN"),
+        _cluster("metadata_reads", topology.metadata_reads, topology, "ROUND_ROBIN"),
         _cluster("blobstore", topology.blobstores, topology, "ROUND_ROBIN"),
     ]
     if topology.otlp_collector is not None:

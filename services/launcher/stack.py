@@ -171,12 +171,15 @@ class LocalStack:
         s = self.settings
         n_f, n_m, n_b = s.frontend_replicas, s.metadata_replicas, s.blobstore_replicas
         n_services = n_f + n_m + n_b
-        ports = free_ports(2 + (2 if s.metrics else 1) * n_services)
+        # Envoy's two, one per service (two per metadata: its public reads
+        # listener too), and one per service for metrics.
+        ports = free_ports(2 + n_m + (2 if s.metrics else 1) * n_services)
         internal_port, admin_port = ports[0], ports[1]
         f_ports = ports[2 : 2 + n_f]
         m_ports = ports[2 + n_f : 2 + n_f + n_m]
         b_ports = ports[2 + n_f + n_m : 2 + n_services]
-        metrics_ports = iter(ports[2 + n_services :] if s.metrics else [METRICS_OFF] * n_services)
+        m_read_ports = ports[2 + n_services : 2 + n_services + n_m]
+        metrics_ports = iter(ports[2 + n_services + n_m :] if s.metrics else [METRICS_OFF] * n_services)
         topology = StackTopology(
             public_host=s.public_host,
             public_port=s.public_port,
@@ -186,6 +189,7 @@ class LocalStack:
             admin_port=admin_port,
             frontends=tuple(Endpoint(LOOPBACK, p) for p in f_ports),
             metadata=tuple(Endpoint(LOOPBACK, p) for p in m_ports),
+            metadata_reads=tuple(Endpoint(LOOPBACK, p) for p in m_read_ports),
             blobstores=tuple(Endpoint(LOOPBACK, p) for p in b_ports),
             otlp_collector=_otlp_endpoint(),
             public_tls=self._public_tls(),
@@ -203,6 +207,9 @@ class LocalStack:
             for index, endpoint in enumerate(endpoints):
                 name = f"{kind}-{index}"
                 metrics_port = next(metrics_ports)
+                more_ports = (
+                    {c.METADATA_READS_PORT[0]: str(topology.metadata_reads[index].port)} if kind == "metadata" else {}
+                )
                 processes.append(
                     {
                         "name": name,
@@ -211,6 +218,7 @@ class LocalStack:
                         "marker": f"services.{kind}",
                         "env": {
                             port_variable: str(endpoint.port),
+                            **more_ports,
                             METRICS_PORT_VARIABLE: str(metrics_port),
                             "OTEL_SERVICE_NAME": kind,
                             "COGMENT_MODEL_REGISTRY_INSTANCE": name,

@@ -46,6 +46,9 @@ class StackTopology:
     admin_port: int
     frontends: tuple[Endpoint, ...]
     metadata: tuple[Endpoint, ...]
+    # Where each metadata replica answers the public reads (its second
+    # listener; services/metadata/public_reads.py), in the order of `metadata`.
+    metadata_reads: tuple[Endpoint, ...]
     blobstores: tuple[Endpoint, ...]
     dns_upstreams: bool = False
     # host:port of an OTLP/gRPC collector for Envoy's own spans, or None.

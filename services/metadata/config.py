@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from services.common import config as c
+from services.common.access import AccessSettings
 from services.common.limits import RequestLimits
 from services.metadata.database_url import redacted_url
 from services.metadata.records import CacheBudget
@@ -37,6 +38,10 @@ class MetadataConfig:
     # a password: kept out of repr; log `database_description` instead.
     postgres_url: str | None = field(default=None, repr=False)
     limits: RequestLimits = field(default_factory=RequestLimits)
+    # The public reads' own listener (services/metadata/public_reads.py); 0: any free port.
+    reads_port: int = 0
+    # Who may call the public reads: the frontends' settings (README, "Access control").
+    access: AccessSettings = field(default_factory=AccessSettings)
 
     @property
     def database_description(self) -> str:
@@ -82,6 +87,8 @@ class MetadataConfig:
             database_check_interval_seconds=c.env_float(p + "DATABASE_CHECK_INTERVAL_SECONDS", 2.0, env),
             postgres_url=postgres_url,
             limits=RequestLimits.from_env(env),
+            reads_port=c.env_int(*c.METADATA_READS_PORT, env, minimum=0),
+            access=AccessSettings.from_env(env),
         )
 
 

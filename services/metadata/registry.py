@@ -65,8 +65,11 @@ SMALL_READ = 100
 
 
 def _is_small(count: int) -> bool:
-    """Whether a listing of `count` items (0: as many as fit a reply) is small."""
-    return 0 < count <= SMALL_READ
+    """Whether a listing of `count` items may be read on the event loop. A
+    count of 0 ("as many as fit a reply") may: the reader reads a first
+    batch of rows only, and defers a listing that goes on
+    (`SqliteReader`)."""
+    return count <= SMALL_READ
 
 
 class ChangeFeed(Protocol):

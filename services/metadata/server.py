@@ -7,12 +7,14 @@ import logging
 from registry import metadata_pb2_grpc
 
 from services.common import metrics, service_names
+from services.common.access import access_control
 from services.common.errors import RegistryError, Unavailable
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
 from services.common.health_status import HealthFollower
-from services.common.service import ServiceApp, run_service
+from services.common.service import BoundServer, ServiceApp, run_service
 from services.metadata.config import METADATA_URL_VARIABLE, MetadataConfig
 from services.metadata.errors import StoreOpenError
+from services.metadata.public_reads import PublicReadsServicer, add_public_reads
 from services.metadata.registry import MetadataRegistry
 from services.metadata.servicer import MetadataServicer
 from services.metadata.store.sqlite import SqliteMetadataStore, SqliteReader
@@ -56,9 +58,18 @@ async def create_server(config: MetadataConfig, *, registry: MetadataRegistry | 
     for service in ("", service_names.METADATA):
         await health_servicer.set(service, NOT_SERVING)
     port = bind(server, config.bind_host, config.port)
+    # The public reads on a server of their own (public_reads.py says why),
+    # answering the same health as the internal one, under the public API's
+    # access control, as the frontends' server (the internal one has none).
+    reads_server = create_aio_server(
+        config.max_message_bytes, access=access_control(config.access), health=health_servicer
+    )
+    reads_port = bind(reads_server.server, config.bind_host, config.reads_port)
     if registry is None:
         registry = await open_registry(config)
-    metadata_pb2_grpc.add_MetadataServiceServicer_to_server(MetadataServicer(registry), server)
+    internal = MetadataServicer(registry)
+    metadata_pb2_grpc.add_MetadataServiceServicer_to_server(internal, server)
+    add_public_reads(PublicReadsServicer(internal, config.limits), reads_server.server)
     for service in ("", service_names.METADATA):
         await health_servicer.set(service, SERVING)
     interval = config.database_check_interval_seconds
@@ -104,10 +115,18 @@ async def create_server(config: MetadataConfig, *, registry: MetadataRegistry | 
         await registry.close()
 
     summary = (
+        f"public reads on port {reads_port}, "
         f"database {config.database_description}, "
         f"version cache of {config.version_cache_max_items} items / {config.version_cache_max_bytes} bytes"
     )
-    return ServiceApp(grpc_server, port, on_draining=on_draining, on_stop=on_stop, summary=summary)
+    return ServiceApp(
+        grpc_server,
+        port,
+        on_draining=on_draining,
+        on_stop=on_stop,
+        summary=summary,
+        more_servers=(BoundServer(reads_server, reads_port),),
+    )
 
 
 async def _open_and_create_server(config: MetadataConfig) -> ServiceApp:

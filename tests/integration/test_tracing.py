@@ -111,3 +111,23 @@ def test_failed_call_carries_an_error_status(traced_stack, receiver):
     spans = receiver.wait_for(trace_id, {"envoy", "frontend"})
     (frontend,) = [s for s in spans if s.service == "frontend" and s.name.endswith("/CreateVersion")]
     assert frontend.status_code == 2, span_tree(spans)
+
+
+def test_a_small_read_is_traced_from_envoy_to_metadata(traced_stack, receiver):
+    """RetrieveVersionInfos and RetrieveModels go straight from Envoy to
+    metadata's public reads listener: one Envoy span, its child the metadata
+    server span, no frontend."""
+    registry = api_grpc.ModelRegistrySPStub(traced_stack.channel())
+    model = f"traced-{secrets.token_hex(4)}"
+    registry.CreateOrUpdateModel(api.CreateOrUpdateModelRequest(model_info=api.ModelInfo(model_id=model)))
+    for call, request, method in (
+        (registry.RetrieveVersionInfos, api.RetrieveVersionInfosRequest(model_id=model), "RetrieveVersionInfos"),
+        (registry.RetrieveModels, api.RetrieveModelsRequest(model_ids=[model]), "RetrieveModels"),
+    ):
+        trace_id, span_id, metadata = traceparent()
+        call(request, metadata=metadata)
+        spans = receiver.wait_for(trace_id, {"envoy", "metadata"}, root_parent=span_id)
+        by_id = {s.span_id: s for s in spans}
+        (server,) = [s for s in spans if s.service == "metadata" and s.name == f"/{service_names.MODEL_REGISTRY}/{method}"]
+        assert by_id[server.parent_span_id].service == "envoy", span_tree(spans)
+        assert "frontend" not in {s.service for s in spans}, span_tree(spans)

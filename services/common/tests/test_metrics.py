@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.common import metrics
-from services.common.config import PREFIX, SERVICE_PORTS, ConfigError
+from services.common.config import METADATA_READS_PORT, PREFIX, SERVICE_PORTS, ConfigError
 from services.common.errors import NotFound
 from services.common.grpc_client import internal_channel
 from services.common.grpc_server import NOT_SERVING, SERVING, bind, create_aio_server
@@ -172,7 +172,7 @@ def test_the_metrics_port_is_off_unless_set_and_must_be_a_port():
 
 def _service_env(tmp_path: Path, kind: str, **extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith((PREFIX, "OTEL_"))}
-    env.update({PREFIX + "ARCHIVE_DIR": str(tmp_path), PREFIX + "BIND_HOST": LOOPBACK, SERVICE_PORTS[kind][0]: "0"})
+    env.update({PREFIX + "ARCHIVE_DIR": str(tmp_path), PREFIX + "BIND_HOST": LOOPBACK, SERVICE_PORTS[kind][0]: "0", METADATA_READS_PORT[0]: "0"})
     env.update(extra)
     return env
 

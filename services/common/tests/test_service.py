@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.common.config import PREFIX, SERVICE_PORTS
+from services.common.config import METADATA_READS_PORT, PREFIX, SERVICE_PORTS
 from services.common.grpc_server import bind, create_aio_server
 from services.common.service import ServiceApp
 from services.launcher.ports import LOOPBACK
@@ -69,7 +69,7 @@ def test_a_bad_variable_stops_the_start_with_one_line_naming_it(kind, tmp_path):
         {
             PREFIX + "ARCHIVE_DIR": str(tmp_path),
             PREFIX + "BIND_HOST": LOOPBACK,
-            SERVICE_PORTS[kind][0]: "0",
+            SERVICE_PORTS[kind][0]: "0", METADATA_READS_PORT[0]: "0",
             PREFIX + "SHUTDOWN_GRACE_SECONDS": "abc",
         }
     )
@@ -84,7 +84,7 @@ def test_a_bad_variable_stops_the_start_with_one_line_naming_it(kind, tmp_path):
 def _start_service(kind: str, tmp_path: Path, **settings: str) -> list[str]:
     """Starts `kind` on a free port, returns its log lines up to "listening", stops it."""
     env = {key: value for key, value in os.environ.items() if not key.startswith((PREFIX, "OTEL_"))}
-    env.update({PREFIX + "ARCHIVE_DIR": str(tmp_path), PREFIX + "BIND_HOST": LOOPBACK, SERVICE_PORTS[kind][0]: "0"})
+    env.update({PREFIX + "ARCHIVE_DIR": str(tmp_path), PREFIX + "BIND_HOST": LOOPBACK, SERVICE_PORTS[kind][0]: "0", METADATA_READS_PORT[0]: "0"})
     env.update(settings)
     process = subprocess.Popen(
         [sys.executable, "-m", f"services.{kind}"], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True

@@ -29,6 +29,7 @@ def local_topology(**overrides) -> StackTopology:
         admin_port=19901,
         frontends=(Endpoint("127.0.0.1", 19010), Endpoint("127.0.0.1", 19011)),
         metadata=(Endpoint("127.0.0.1", 19020),),
+        metadata_reads=(Endpoint("127.0.0.1", 19021),),
         blobstores=tuple(Endpoint("127.0.0.1", 19030 + i) for i in range(3)),
     )
     values.update(overrides)
@@ -84,6 +85,26 @@ def test_the_internal_listener_answers_for_metadata_health_and_the_stack_health(
         ([{"name": UPSTREAM_HEADER, "string_match": {"exact": METADATA}}], "metadata"),
         (None, "frontend"),
     ]
+
+
+def test_the_small_public_reads_go_straight_to_metadata_everything_else_to_a_frontend():
+    config = render_envoy_config(local_topology(metadata_reads=(Endpoint("127.0.0.1", 19021), Endpoint("127.0.0.1", 19023))))
+    public = routes(config, "public")
+    to_metadata = {r["match"]["path"] for r in public if r["route"]["cluster"] == "metadata_reads"}
+    assert to_metadata == {
+        f"/{service}/{method}"
+        for service in ("cogmentAPI.ModelRegistrySP", "cogment.ModelRegistrySP")
+        for method in ("RetrieveModels", "RetrieveVersionInfos")
+    }
+    # The catch-all comes last: Envoy takes the first route that matches.
+    assert public[-1]["match"] == {"prefix": "/"} and public[-1]["route"]["cluster"] == "frontend"
+    # Idempotent reads: retried on another replica, as the frontend retried them.
+    for route in public[:-1]:
+        assert "unavailable" in route["route"]["retry_policy"]["retry_on"]
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "metadata_reads"]
+    assert cluster["health_checks"][0]["grpc_health_check"]["service_name"] == service_names.METADATA
+    ports = [e["endpoint"]["address"]["socket_address"]["port_value"] for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    assert ports == [19021, 19023]
 
 
 def test_every_cluster_is_http2_and_health_checked():

@@ -101,6 +101,13 @@ SELECT_NTH_LATEST_VERSION = (
     "ORDER BY number DESC LIMIT 1 OFFSET ?"
 )
 COUNT_VERSIONS = "SELECT COUNT(*) FROM versions WHERE model_seq = ?"
+# One version of a model named by its id, in one statement (no transaction).
+_VERSIONS_OF_MODEL_ID = (
+    "SELECT v.number, v.creation_timestamp, v.archived, v.data_hash, v.data_size, v.user_data "
+    "FROM models m JOIN versions v ON v.model_seq = m.seq WHERE m.model_id = ?"
+)
+ONE_VERSION_BY_MODEL_ID = _VERSIONS_OF_MODEL_ID + " AND v.number = ?"
+NTH_LATEST_VERSION_BY_MODEL_ID = _VERSIONS_OF_MODEL_ID + " ORDER BY v.number DESC LIMIT 1 OFFSET ?"
 LATEST_NUMBERS = "SELECT number FROM versions WHERE model_seq = ? ORDER BY number DESC LIMIT ?"
 LIST_VERSIONS_FROM = f"SELECT {_VERSION_COLUMNS} FROM versions WHERE model_seq = ? AND number >= ? ORDER BY number"
 LIST_VERSIONS_AFTER = (
@@ -221,6 +228,17 @@ class SqlMetadataStore(MetadataStore):
         # Only the reply size is the store's business: the frontend checks the rest.
         self._limits = limits or RequestLimits()
 
+    # Rows a listing without a count ("as many as fit a reply") reads per
+    # query. A store serving reads on the event loop reads fewer, and has
+    # the rest of a longer listing read where waiting is harmless
+    # (`_next_listing_batch`).
+    listing_batch_rows = _LISTING_BATCH
+
+    def _next_listing_batch(self) -> None:
+        """Called before a listing without a count reads a second batch of
+        rows: a store that must not hold its thread for long raises
+        `ReadDeferred` here."""
+
     # -- dialect hooks ---------------------------------------------------
 
     @abstractmethod
@@ -273,19 +291,28 @@ class SqlMetadataStore(MetadataStore):
             cursor.execute("SELECT 1").fetchone()
 
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Cursor]:
+    def _transaction(self, *, write: bool, single_statement: bool = False) -> Iterator[Cursor]:
+        """A cursor in a transaction, committed at the end unless the block
+        raises. `single_statement`: the block runs one read-only statement,
+        which both databases run atomically on its own (autocommit), so no
+        BEGIN and COMMIT are sent (two statements, two round trips to
+        PostgreSQL, less)."""
         seconds, errors = self._measured[write]
         started = time.perf_counter()
         try:
             cursor = self._connection.cursor()
             try:
-                self._begin(cursor, write=write)
-                try:
+                if single_statement:
+                    assert not write
                     yield cursor
-                except BaseException:
-                    self._end(cursor, commit=False)
-                    raise
-                self._end(cursor, commit=True)
+                else:
+                    self._begin(cursor, write=write)
+                    try:
+                        yield cursor
+                    except BaseException:
+                        self._end(cursor, commit=False)
+                        raise
+                    self._end(cursor, commit=True)
             finally:
                 cursor.close()
         except Exception as exc:
@@ -343,10 +370,26 @@ class SqlMetadataStore(MetadataStore):
         return blobs
 
     def retrieve_models(self, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
+        if not model_ids and not handle:
+            page = self._first_models_page(count)
+            if page is not None:
+                return page
         with self._transaction(write=False) as cursor:
             if model_ids:
                 return self._models_by_id(cursor, model_ids, count, handle)
             return self._list_models(cursor, count, handle)
+
+    def _first_models_page(self, count: int) -> ModelPage | None:
+        """The first page of the listing when one statement reads it all
+        (a dozen models: what actors list), without BEGIN and COMMIT; None
+        when the listing goes on past one batch of rows, for
+        `_list_models` to read it in one transaction."""
+        limit = count or self.listing_batch_rows
+        with self._transaction(write=False, single_statement=True) as cursor:
+            rows = self._execute(cursor, LIST_MODELS + " LIMIT ?", (0, limit)).fetchall()
+        models: list[Model] = []
+        page, _ = self._fill_models_page(rows, models, self._limits.reply_budget(), count, 0, limit)
+        return page
 
     def _list_models(self, cursor: Cursor, count: int, handle: str) -> ModelPage:
         after = 0
@@ -356,21 +399,33 @@ class SqlMetadataStore(MetadataStore):
         budget = self._limits.reply_budget()
         # count 0 ("no limit"): as many as one reply holds; the rows are
         # read a page's worth at a time, never the whole table.
-        limit = count or _LISTING_BATCH
+        limit = count or self.listing_batch_rows
         models: list[Model] = []
         last_seq = after
         while True:
+            if models:
+                self._next_listing_batch()
             rows = self._execute(cursor, LIST_MODELS + " LIMIT ?", (last_seq, limit)).fetchall()
-            for seq, model_id, data in rows:
-                user_data = _load_user_data(data)
-                if not budget.take(listed_item_bytes(model_id, user_data)):
-                    if count:
-                        raise reply_too_large("models", count, len(models), budget.max_bytes, field="models_count", paged=True)
-                    return ModelPage(models=tuple(models), next_handle=str(last_seq))
-                models.append(Model(model_id=model_id, user_data=user_data))
-                last_seq = seq
-            if count or len(rows) < limit:
-                return ModelPage(models=tuple(models), next_handle=str(last_seq))
+            page, last_seq = self._fill_models_page(rows, models, budget, count, last_seq, limit)
+            if page is not None:
+                return page
+
+    def _fill_models_page(
+        self, rows: Sequence[Any], models: list[Model], budget: ReplyBudget, count: int, last_seq: int, limit: int
+    ) -> tuple[ModelPage | None, int]:
+        """Adds a batch of model rows to `models`: (the page, if the listing
+        ends with this batch, else None; the seq of the last model added)."""
+        for seq, model_id, data in rows:
+            user_data = _load_user_data(data)
+            if not budget.take(listed_item_bytes(model_id, user_data)):
+                if count:
+                    raise reply_too_large("models", count, len(models), budget.max_bytes, field="models_count", paged=True)
+                return ModelPage(models=tuple(models), next_handle=str(last_seq)), last_seq
+            models.append(Model(model_id=model_id, user_data=user_data))
+            last_seq = seq
+        if count or len(rows) < limit:
+            return ModelPage(models=tuple(models), next_handle=str(last_seq)), last_seq
+        return None, last_seq
 
     def _models_by_id(self, cursor: Cursor, model_ids: Sequence[str], count: int, handle: str) -> ModelPage:
         offset = 0
@@ -439,17 +494,21 @@ class SqlMetadataStore(MetadataStore):
 
     def retrieve_versions(self, model_id: str, numbers: Sequence[int], count: int, handle: str) -> VersionPage:
         require_model_id(model_id)
+        if numbers:
+            versions = self._one_existing_version(model_id, numbers[0]) if len(numbers) == 1 else None
+            if versions is None:
+                with self._transaction(write=False) as cursor:
+                    seq, _ = self._model_row(cursor, model_id)
+                    versions = self._versions_by_number(cursor, model_id, seq, numbers)
+            budget = self._limits.reply_budget()
+            for fitting, version in enumerate(versions):
+                if not budget.take(listed_item_bytes(model_id, version.user_data)):
+                    raise reply_too_large(
+                        "versions", len(numbers), fitting, budget.max_bytes, field="version_numbers", paged=False
+                    )
+            return VersionPage(versions=versions, next_handle=str(versions[-1].number + 1))
         with self._transaction(write=False) as cursor:
             seq, last_allocated = self._model_row(cursor, model_id)
-            if numbers:
-                versions = self._versions_by_number(cursor, model_id, seq, numbers)
-                budget = self._limits.reply_budget()
-                for fitting, version in enumerate(versions):
-                    if not budget.take(listed_item_bytes(model_id, version.user_data)):
-                        raise reply_too_large(
-                            "versions", len(numbers), fitting, budget.max_bytes, field="version_numbers", paged=False
-                        )
-                return VersionPage(versions=versions, next_handle=str(versions[-1].number + 1))
             start = 1
             if handle:
                 start = parse_handle(
@@ -467,9 +526,11 @@ class SqlMetadataStore(MetadataStore):
         """Versions numbered from `start`: `count` of them (all must fit one
         reply), or with count 0 as many as fit one reply."""
         budget = self._limits.reply_budget()
-        limit = count or _LISTING_BATCH
+        limit = count or self.listing_batch_rows
         versions: list[Version] = []
         while True:
+            if versions:
+                self._next_listing_batch()
             rows = self._execute(cursor, LIST_VERSIONS_FROM + " LIMIT ?", (seq, start, limit)).fetchall()
             for row in rows:
                 version = _version_from_row(model_id, row)
@@ -483,6 +544,21 @@ class SqlMetadataStore(MetadataStore):
                 start = version.number + 1
             if count or len(rows) < limit:
                 return tuple(versions)
+
+    def _one_existing_version(self, model_id: str, number: int) -> tuple[Version] | None:
+        """Version `number` (n > 0, or -n from the latest) of the model in one
+        statement (the question actors ask all the time: "which is the
+        latest?"); None when there is no such version (or model), for the
+        general path to say which is missing."""
+        if number > 0:
+            statement, parameters = ONE_VERSION_BY_MODEL_ID, (model_id, number)
+        elif number < 0:
+            statement, parameters = NTH_LATEST_VERSION_BY_MODEL_ID, (model_id, -number - 1)
+        else:
+            return None
+        with self._transaction(write=False, single_statement=True) as cursor:
+            row = self._execute(cursor, statement, parameters).fetchone()
+        return None if row is None else (_version_from_row(model_id, row),)
 
     def _versions_by_number(
         self, cursor: Cursor, model_id: str, seq: int, numbers: Sequence[int]

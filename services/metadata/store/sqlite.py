@@ -19,6 +19,11 @@ from services.metadata.records import CacheBudget
 from services.metadata.store.base import ReadDeferred
 from services.metadata.store.sql import Cursor, SqlMetadataStore, apply_migrations
 
+# The most rows a listing without a count reads on the event loop thread
+# (`SqliteReader`): about 0.1 ms of work; a longer listing is read on the
+# store's thread.
+READER_LISTING_ROWS = 100
+
 # How long a write waits for another connection's write transaction (only
 # other processes can hold one: this service writes from a single thread).
 BUSY_TIMEOUT_SECONDS = 10.0
@@ -98,9 +103,9 @@ class SqliteMetadataStore(SqlMetadataStore):
         return connection
 
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Cursor]:
+    def _transaction(self, *, write: bool, single_statement: bool = False) -> Iterator[Cursor]:
         try:
-            with super()._transaction(write=write) as cursor:
+            with super()._transaction(write=write, single_statement=single_statement) as cursor:
                 yield cursor
         except sqlite3.OperationalError as exc:
             # SQLITE_FULL ("database or disk is full"): the transaction is
@@ -136,9 +141,20 @@ class SqliteReader(SqliteMetadataStore):
     have to wait (another process holds the database exclusively), a read
     raises `ReadDeferred` instead of stalling the event loop.
 
+    A listing without a count ("as many as fit a reply") is read here
+    while it ends within `READER_LISTING_ROWS` rows, the common case (a
+    dozen models, a model's versions); a longer one raises `ReadDeferred`
+    after its first batch and is read on the store's thread, so the loop is
+    never held for more than that many rows.
+
     Open it once the `SqliteMetadataStore` has created or migrated the
     database; use it from the thread that opened it only.
     """
+
+    listing_batch_rows = READER_LISTING_ROWS
+
+    def _next_listing_batch(self) -> None:
+        raise ReadDeferred(f"a listing longer than {READER_LISTING_ROWS} rows")
 
     def _open(self, path: Path) -> sqlite3.Connection:
         try:
@@ -160,9 +176,9 @@ class SqliteReader(SqliteMetadataStore):
         return connection
 
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[Cursor]:
+    def _transaction(self, *, write: bool, single_statement: bool = False) -> Iterator[Cursor]:
         try:
-            with super()._transaction(write=write) as cursor:
+            with super()._transaction(write=write, single_statement=single_statement) as cursor:
                 yield cursor
         except sqlite3.OperationalError as exc:
             # Extended codes (SQLITE_BUSY_RECOVERY...) keep the primary code in the low byte.

@@ -51,6 +51,7 @@ def test_config(tmp_path: Path, **overrides: str) -> MetadataConfig:
         PREFIX + "ARCHIVE_DIR": str(tmp_path),
         PREFIX + "BIND_HOST": "127.0.0.1",
         PREFIX + "METADATA_PORT": "0",
+        PREFIX + "METADATA_READS_PORT": "0",
         **{PREFIX + name: value for name, value in overrides.items()},
     }
     return MetadataConfig.from_env(env)

@@ -27,6 +27,7 @@ def test_every_variable_is_read(tmp_path):
     c = config(
         BIND_HOST="127.0.0.1",
         METADATA_PORT="0",
+        METADATA_READS_PORT="9321",
         ARCHIVE_DIR=str(tmp_path),
         VERSION_CACHE_MAX_ITEMS="7",
         VERSION_CACHE_MAX_BYTES="1_000",
@@ -34,6 +35,7 @@ def test_every_variable_is_read(tmp_path):
         SENT_MODEL_VERSION_DATA_CHUNK_SIZE=str(64 * 1024 * 1024),
     )
     assert (c.bind_host, c.port, c.database_path) == ("127.0.0.1", 0, tmp_path / "metadata.sqlite3")
+    assert c.reads_port == 9321
     assert (c.cache_budget.max_items, c.cache_budget.max_bytes) == (7, 1000)
     assert c.shutdown_grace_seconds == 2.5
     assert c.max_message_bytes > 64 * 1024 * 1024

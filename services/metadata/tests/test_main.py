@@ -32,6 +32,7 @@ def service_env(archive_dir: Path, port: int, **extra: str) -> dict[str, str]:
             PREFIX + "ARCHIVE_DIR": str(archive_dir),
             PREFIX + "BIND_HOST": "127.0.0.1",
             PREFIX + "METADATA_PORT": str(port),
+            PREFIX + "METADATA_READS_PORT": "0",
             PREFIX + "SHUTDOWN_GRACE_SECONDS": "1",
             **{PREFIX + key: value for key, value in extra.items()},
         }

@@ -21,7 +21,7 @@ from services.metadata.errors import StoreOpenError
 from services.metadata.records import Model
 from services.metadata.registry import MetadataRegistry
 from services.metadata.store.base import ReadDeferred
-from services.metadata.store.sqlite import SqliteMetadataStore, SqliteReader
+from services.metadata.store.sqlite import READER_LISTING_ROWS, SqliteMetadataStore, SqliteReader
 from services.metadata.tests.helpers import LARGE_BUDGET, draft, new_blob_key, watch_versions
 
 
@@ -68,13 +68,15 @@ class RecordingReader(ThreadRecording, SqliteReader):
         super().__init__(*args, **kwargs)
         self.busy_reads = 0
 
-    def _begin(self, cursor, *, write):
+    def _execute(self, cursor, statement, parameters=()):
+        # Where SQLite says it: at a read's first statement (BEGIN is not
+        # sent for a read of one statement).
         if self.busy_reads:
             self.busy_reads -= 1
             busy = sqlite3.OperationalError("database is locked")
             busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
             raise busy
-        super()._begin(cursor, write=write)
+        return super()._execute(cursor, statement, parameters)
 
 
 @pytest.fixture
@@ -89,20 +91,33 @@ async def registry(db_path: Path):
 
 
 async def test_big_reads_run_on_the_store_thread_not_the_loop(registry):
-    """A listing without a small count, or many numbers, could hold the
-    event loop for long: it runs on the store thread."""
+    """Many ids or numbers, or a listing without a count that goes on past
+    the reader's batch, could hold the event loop for long: they run on the
+    store thread (a long listing after the reader read its first batch)."""
     await registry.commit_version(draft("m"), new_blob_key())
-    await registry.retrieve_models([], 0, "")
+    for index in range(READER_LISTING_ROWS):
+        await registry.upsert_model(Model(f"more-{index}"))
+    page = await registry.retrieve_models([], 0, "")
+    assert len(page.models) == READER_LISTING_ROWS + 1
     await registry.retrieve_models(["m"] * 101, 0, "")
-    await registry.retrieve_versions("m", [], 0, "")
     await registry.retrieve_versions("m", [1] * 101, 0, "")
-    assert registry._reader.threads == []
-    assert [call for call, _ in registry._store.threads][-4:] == [
+    assert [call for call, _ in registry._reader.threads] == ["retrieve_models"]  # deferred after one batch
+    assert [call for call, _ in registry._store.threads][-3:] == [
         "retrieve_models",
         "retrieve_models",
-        "retrieve_versions",
         "retrieve_versions",
     ]
+
+
+async def test_a_short_listing_without_a_count_runs_on_the_loop(registry):
+    """The common listing (a dozen models, a model's versions) costs no
+    thread hand-off: it ends within the reader's first batch."""
+    await registry.commit_version(draft("m"), new_blob_key())
+    before = len(registry._store.threads)
+    assert len((await registry.retrieve_models([], 0, "")).models) == 1
+    assert len((await registry.retrieve_versions("m", [], 0, "")).versions) == 1
+    assert [call for call, _ in registry._reader.threads] == ["retrieve_models", "retrieve_versions"]
+    assert len(registry._store.threads) == before
 
 
 def threads_of(store) -> set[str]:

@@ -7,6 +7,8 @@ The contract itself is tested on both backends by test_store_*.py.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import logging
 import random
 import threading
@@ -348,6 +350,18 @@ class DyingStore(PostgresMetadataStore):
         if self.die_after_begin:
             self.die_after_begin = False
             self.killer(self.backend_pid)
+
+    @contextmanager
+    def _transaction(self, *, write, single_statement=False):
+        if single_statement:
+            # A read of one statement sends no BEGIN or COMMIT: the
+            # connection is lost where they would be, before its statement.
+            self.transactions_begun += 1
+            if self.die_after_begin or self.die_before_commit:
+                self.die_after_begin = self.die_before_commit = False
+                self.killer(self.backend_pid)
+        with super()._transaction(write=write, single_statement=single_statement) as cursor:
+            yield cursor
 
     def _next_use_stamp(self, cursor):
         if self.die_mid_transaction:

@@ -1,0 +1,101 @@
+"""Metadata's public reads listener through real gRPC servers: the two
+reads under both API names, the frontend's request checks, nothing else."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from cogment import model_registry_pb2_grpc as legacy_grpc
+from cogmentAPI import model_registry_pb2 as api
+from cogmentAPI import model_registry_pb2_grpc as api_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from registry import metadata_pb2 as pb
+from registry import metadata_pb2_grpc
+
+from services.common.limits import RequestLimits
+from services.common.service_names import METADATA
+from services.frontend.models import Models
+from services.metadata.server import create_server
+from services.metadata.tests.helpers import new_blob_key, test_config
+
+
+@pytest.fixture
+async def servers(tmp_path):
+    """(the internal API's stub, the public reads' channel) of one metadata process."""
+    app = await create_server(test_config(tmp_path, MAX_VERSION_NUMBERS="3"))
+    for server in app.servers:
+        await server.start()
+    (reads,) = app.more_servers
+    internal = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    public = grpc.aio.insecure_channel(f"127.0.0.1:{reads.port}")
+    try:
+        stub = metadata_pb2_grpc.MetadataServiceStub(internal)
+        await stub.UpsertModel(api.ModelInfo(model_id="m", user_data={"k": "v"}))
+        for _ in range(2):
+            await stub.CommitVersion(
+                pb.CommitVersionRequest(
+                    version_info=api.ModelVersionInfo(model_id="m", data_hash="aGFzaA==", data_size=10),
+                    blob_key=new_blob_key(),
+                )
+            )
+        yield stub, public
+    finally:
+        await internal.close()
+        await public.close()
+        for server in app.servers:
+            await server.stop(0)
+        await app.on_stop()
+
+
+async def status_of(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    return error.value.code(), error.value.details()
+
+
+async def test_both_reads_answer_as_the_internal_api_under_both_names(servers):
+    internal, public = servers
+    latest = api.RetrieveVersionInfosRequest(model_id="m", version_numbers=[-1])
+    expected = await internal.RetrieveVersionInfos(latest)
+    assert [v.version_number for v in expected.version_infos] == [2]
+    assert await api_grpc.ModelRegistrySPStub(public).RetrieveVersionInfos(latest) == expected
+    # The 1.x name takes the same messages.
+    assert await legacy_grpc.ModelRegistrySPStub(public).RetrieveVersionInfos(latest) == expected
+    models = await api_grpc.ModelRegistrySPStub(public).RetrieveModels(api.RetrieveModelsRequest())
+    assert models == await internal.RetrieveModels(api.RetrieveModelsRequest())
+    assert [(m.model_id, dict(m.user_data)) for m in models.model_infos] == [("m", {"k": "v"})]
+
+
+async def test_a_request_over_a_limit_is_refused_with_the_frontends_words(servers):
+    _, public = servers
+    request = api.RetrieveVersionInfosRequest(model_id="m", version_numbers=[1, 1, 1, 1])
+    code, message = await status_of(api_grpc.ModelRegistrySPStub(public).RetrieveVersionInfos(request))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    # The frontend's check is the same function: the same message.
+    with pytest.raises(Exception) as refused:
+        await Models(None, None, RequestLimits(max_version_numbers=3)).retrieve_version_infos(request)  # type: ignore[arg-type]
+    assert message == refused.value.message
+    code, message = await status_of(
+        api_grpc.ModelRegistrySPStub(public).RetrieveVersionInfos(api.RetrieveVersionInfosRequest(model_id=""))
+    )
+    assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "model_id must not be empty")
+    code, _ = await status_of(
+        api_grpc.ModelRegistrySPStub(public).RetrieveModels(api.RetrieveModelsRequest(model_ids=["m", "nul\0"]))
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_nothing_else_is_served_there(servers):
+    """Writes and the internal API never reach the public reads port."""
+    _, public = servers
+    code, _ = await status_of(api_grpc.ModelRegistrySPStub(public).DeleteModel(api.DeleteModelRequest(model_id="m")))
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    code, _ = await status_of(metadata_pb2_grpc.MetadataServiceStub(public).DeleteModel(pb.DeleteModelRequest(model_id="m")))
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_its_health_is_metadatas(servers):
+    _, public = servers
+    for name in ("", METADATA):
+        reply = await health_pb2_grpc.HealthStub(public).Check(health_pb2.HealthCheckRequest(service=name))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
