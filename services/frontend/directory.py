@@ -1,8 +1,9 @@
 """Registration of the public endpoint in a Cogment Directory (SPEC §5).
 
 Each frontend holds its own registration of the public (Envoy) endpoint,
-made once the stack serves, so that the directory's first health check
-(Status through Envoy, right at Register) passes. It then looks the
+made once the public endpoint serves (server.py: the stack serves and
+Envoy routes to a serving frontend), so that the directory's first health
+check (Status through Envoy, right at Register) passes. It then looks the
 registration up every `check_interval_seconds` (Inquire by service id,
 with the token): a directory that restarted, or that dropped the entry
 (three failed health checks), no longer lists it, and the frontend

@@ -147,7 +147,8 @@ class BlobStoreClient:
 
 class UpstreamHealth:
     """Asks Envoy whether an internal service has a healthy replica (only
-    metadata's is asked: the frontend sees the blobstores it calls itself)."""
+    metadata's is asked: the frontend sees the blobstores it calls itself),
+    and whether Envoy routes public calls to a frontend that serves."""
 
     _SERVICES = {METADATA: service_names.METADATA}
 
@@ -156,11 +157,21 @@ class UpstreamHealth:
         self._timeout = timeout
 
     async def is_serving(self, upstream: str) -> bool:
+        return await self._check(self._SERVICES[upstream], ((UPSTREAM_HEADER, upstream),))
+
+    async def public_endpoint_serving(self) -> bool:
+        """Whether a public call made now would reach a frontend whose stack
+        serves: Envoy's internal listener routes health checks without the
+        upstream header to the frontend cluster, as the public listener
+        routes the public API, so this fails ("no healthy upstream") until
+        Envoy's own health check has put a frontend in rotation, which may
+        be up to its interval after this frontend started serving."""
+        return await self._check(service_names.MODEL_REGISTRY, ())
+
+    async def _check(self, service: str, metadata: tuple[tuple[str, str], ...]) -> bool:
         try:
             reply = await self._stub.Check(
-                health_pb2.HealthCheckRequest(service=self._SERVICES[upstream]),
-                timeout=self._timeout,
-                metadata=((UPSTREAM_HEADER, upstream),),
+                health_pb2.HealthCheckRequest(service=service), timeout=self._timeout, metadata=metadata
             )
         except grpc.aio.AioRpcError:
             return False

@@ -9,7 +9,8 @@ behaving as the real one does where the registry depends on it:
 - Deregister needs the same token and the secret;
 - Inquire answers only entries registered with the inquirer's token.
 
-It records every call (method, request as a dict, metadata) in `calls`, and
+It records every call (method, request as a dict, metadata; for Register,
+the outcome of its health check) in `calls`, and
 `forget()` drops every entry, as a directory that restarted would have.
 Standalone (logs calls as JSON lines): `python tests/integration/fake_directory.py --port 9005`.
 """
@@ -53,6 +54,12 @@ def as_dict(message: Any) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
+def _failure(exc: grpc.aio.AioRpcError) -> str:
+    """A failed call's code, with Envoy's or the server's message if any
+    ("no healthy upstream" is Envoy routing to no frontend)."""
+    return f"{exc.code().name} ({exc.details()})" if exc.details() else exc.code().name
+
+
 async def health_check(host: str, port: int, *, rounds: int = 3, timeout: float = 2.0) -> tuple[bool, int | None, str]:
     """What Cogment's directory does for a GRPC model registry endpoint:
     (healthy, overall_load as it parses it, how it went)."""
@@ -75,12 +82,12 @@ async def health_check(host: str, port: int, *, rounds: int = 3, timeout: float 
                 load = int(raw) if raw.isdigit() and int(raw) <= 255 else None
                 return True, load, f"Status overall_load={raw!r}"
             except grpc.aio.AioRpcError as exc:
-                how.append(f"Status {exc.code().name}")
+                how.append(f"Status {_failure(exc)}")
             try:
                 await version(common_pb2.VersionRequest(), timeout=timeout / 2)
                 return True, None, "; ".join([*how, "Version ok"])
             except grpc.aio.AioRpcError as exc:
-                how.append(f"Version {exc.code().name}")
+                how.append(f"Version {_failure(exc)}")
             timeout *= 2
     return False, None, "; ".join(how)
 
@@ -144,10 +151,13 @@ class FakeDirectory(directory_pb2_grpc.DirectorySPServicer):
             async with self._changed:
                 await self._changed.wait_for(lambda: predicate(self))
 
-    async def _record(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> str:
+    async def _record(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> tuple[str, dict[str, Any]]:
+        """Records the call; gives its token and its record (which Register
+        completes with the outcome of its health check)."""
         metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
-        self.calls.append({"method": method, "request": as_dict(request), "metadata": metadata, "time": time.time()})
-        return metadata.get(TOKEN_METADATA, "")
+        call = {"method": method, "request": as_dict(request), "metadata": metadata, "time": time.time()}
+        self.calls.append(call)
+        return metadata.get(TOKEN_METADATA, ""), call
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -157,7 +167,7 @@ class FakeDirectory(directory_pb2_grpc.DirectorySPServicer):
 
     async def Register(self, request_iterator, context):  # noqa: N802
         async for request in request_iterator:
-            token = await self._record("Register", request, context)
+            token, call = await self._record("Register", request, context)
             reply = directory_pb2.RegisterReply()
             if not request.endpoint.host:
                 reply.status, reply.error_msg = directory_pb2.RegisterReply.FAILED, "Empty host"
@@ -170,13 +180,15 @@ class FakeDirectory(directory_pb2_grpc.DirectorySPServicer):
                     )
                 else:
                     entry.healthy, entry.last_check = True, "not checked"
+                # Kept with the call: an entry the registry replaces is gone from `entries`.
+                call["health_check"] = {"healthy": entry.healthy, "how": entry.last_check}
                 reply.status, reply.service_id, reply.secret = directory_pb2.RegisterReply.OK, entry.service_id, entry.secret
             await self._notify()
             yield reply
 
     async def Deregister(self, request_iterator, context):  # noqa: N802
         async for request in request_iterator:
-            token = await self._record("Deregister", request, context)
+            token, _ = await self._record("Deregister", request, context)
             entry = self.entries.get(request.service_id)
             reply = directory_pb2.DeregisterReply(status=directory_pb2.DeregisterReply.OK)
             if entry is None:
@@ -189,7 +201,7 @@ class FakeDirectory(directory_pb2_grpc.DirectorySPServicer):
             yield reply
 
     async def Inquire(self, request, context):  # noqa: N802
-        token = await self._record("Inquire", request, context)
+        token, _ = await self._record("Inquire", request, context)
         await self._notify()
         if request.WhichOneof("inquiry") == "service_id":
             found = [self.entries[request.service_id]] if request.service_id in self.entries else []

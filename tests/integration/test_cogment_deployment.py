@@ -105,19 +105,28 @@ def test_a_default_client_pulls_24_mib_whatever_chunks_were_uploaded(deployment,
 
 def test_the_register_request_as_the_directory_received_it(deployment, directory):
     directory.wait_for(lambda fake: registered(fake))
-    (call,) = [c for c in directory.fake.calls_of("Register")]
-    request = call["request"]
+    *replaced, call = directory.fake.calls_of("Register")
     print("Register request as the fake directory received it:\n" + json.dumps(call, indent=2, sort_keys=True))
-    assert request["endpoint"] == {"protocol": "GRPC", "host": outbound_ipv4(), "port": deployment.port}
-    assert request["details"]["type"] == "MODEL_REGISTRY_SERVICE"
-    assert request["details"]["properties"] == {
-        "team": "rl",
-        "stage": "prod",
-        "__registration_source": "Self-Implicit",
-        "__version": "0.1.0",
-    }
-    assert request.get("permanent", False) is False
-    assert call["metadata"]["authentication-token"] == TOKEN
+    print(f"Register calls: {len(replaced) + 1}; health checks: {[c['health_check'] for c in (*replaced, call)]}")
+    # A Register before the last is right only if the directory's check of
+    # it failed: it then hides the entry, and the registry, finding it no
+    # longer listed, registers again. Not because Envoy routed to no
+    # frontend yet: the registry registers once its public endpoint serves.
+    for each in replaced:
+        check = each["health_check"]
+        assert not check["healthy"] and "no healthy upstream" not in check["how"], json.dumps(each, indent=2, sort_keys=True)
+    for each in (*replaced, call):
+        request = each["request"]
+        assert request["endpoint"] == {"protocol": "GRPC", "host": outbound_ipv4(), "port": deployment.port}
+        assert request["details"]["type"] == "MODEL_REGISTRY_SERVICE"
+        assert request["details"]["properties"] == {
+            "team": "rl",
+            "stage": "prod",
+            "__registration_source": "Self-Implicit",
+            "__version": "0.1.0",
+        }
+        assert request.get("permanent", False) is False
+        assert each["metadata"]["authentication-token"] == TOKEN
     # The directory's own health check (Status(overall_load) through Envoy) passed.
     (entry,) = registered(directory.fake)
     assert entry.healthy and entry.load is not None and entry.last_check.startswith("Status"), entry.last_check
