@@ -278,12 +278,22 @@ def wait_listed(stack: Stack, model_id: str) -> list[int]:
 
 class Follower:
     """A VersionUpdate subscriber that subscribes again when its stream
-    fails (as the SDK's `follow` does), recording what it saw."""
+    fails (as the SDK's `follow` does), recording what it saw.
+
+    A new subscription starts at the latest version (VersionUpdate has no
+    cursor: SPEC, VersionUpdate), so a version committed between a stream's
+    end and the first reply of the next one is legitimately not sent to it.
+    `wait_following` is how a test waits for the follower to be subscribed
+    again before it commits what every follower must receive."""
 
     def __init__(self, stack: Stack, model_id: str) -> None:
         self.stack, self.model_id = stack, model_id
         self.received: queue.Queue = queue.Queue()
         self.errors: list[str] = []
+        # When each stream delivered its first reply (it is subscribed from then on).
+        self.subscribed_at: list[float] = []
+        # Set from a stream's first reply until that stream ends.
+        self._following = threading.Event()
         self._stop = threading.Event()
         self._call = None
         threading.Thread(target=self._run, daemon=True).start()
@@ -296,11 +306,22 @@ class Follower:
                 )
                 try:
                     for reply in self._call:
-                        self.received.put((time.monotonic(), reply.version_info.version_number))
+                        now = time.monotonic()
+                        if not self._following.is_set():
+                            self.subscribed_at.append(now)
+                            self._following.set()
+                        self.received.put((now, reply.version_info.version_number))
                 except grpc.RpcError as error:
+                    self._following.clear()
                     if not self._stop.is_set():
                         self.errors.append(error.code().name)
             time.sleep(0.1)
+
+    def wait_following(self, timeout: float) -> bool:
+        """Whether the follower's current stream has delivered its first
+        reply (the latest version) within `timeout`: from then on, every
+        version committed reaches it while that stream lasts."""
+        return self._following.wait(timeout)
 
     def numbers_until(self, wanted: set[int], timeout: float) -> tuple[set[int], float]:
         got: set[int] = set()
@@ -332,16 +353,30 @@ def test_kill_while_subscribers_follow(stack, registry_channel, kind):
             assert got == {1}
         fault_at = hit(stack, kind)
         seconds = seconds_until_serving(stack, fault_at, f"probe-{uuid.uuid4().hex[:8]}")
-        # Versions committed once it serves again reach every follower, none skipped.
+        # A follower whose stream the fault ended is subscribed again (its
+        # new stream has sent the latest version) before anything is
+        # committed: a version committed while it was not subscribed is, by
+        # the API, never sent to it (measured under load: the first version
+        # committed right after the probes reached a follower whose new
+        # stream started later, and it got only the next ones). The kill
+        # closed those streams' sockets at once, and the probes took longer
+        # than gRPC takes to see a closed socket, so no ended stream still
+        # counts as following here.
+        not_back = [i for i, follower in enumerate(followers) if not follower.wait_following(SERVE_TIMEOUT)]
+        assert not not_back, f"followers {not_back} did not subscribe again within {SERVE_TIMEOUT:.0f} s"
+        # Versions committed once every follower is subscribed reach every follower, none skipped.
         created = set()
+        created_at = []
         with new_channel(stack) as channel:
             for i in range(3):
                 info = LEDGER.create(api_grpc.ModelRegistrySPStub(channel), model_id, f"after {i}".encode(), archived=False)
                 created.add(info.version_number)
+                created_at.append(time.monotonic())
                 time.sleep(0.2)
-        delivered, slowest = [], 0.0
+        delivered, slowest, got_by_follower = [], 0.0, []
         for follower in followers:
             got, last = follower.numbers_until(created, 30)
+            got_by_follower.append(got)
             delivered.append(len(created & got))
             slowest = max(slowest, last - fault_at)
         ended = sorted({e for f in followers for e in f.errors})
@@ -350,6 +385,12 @@ def test_kill_while_subscribers_follow(stack, registry_channel, kind):
             f"{stream}; {min(delivered)}/{len(created)} versions committed after the fault reached every follower "
             f"({slowest:.1f} s after the fault)"
         )
+        if min(delivered) != len(created):  # what a failure needs to be understood, in seconds after the fault
+            timeline = "; ".join(
+                f"follower {i}: got {sorted(got_of)}, subscribed at {[round(t - fault_at, 2) for t in f.subscribed_at]}"
+                for i, (f, got_of) in enumerate(zip(followers, got_by_follower))
+            )
+            saw += f" [committed {sorted(created)} at {[round(t - fault_at, 2) for t in created_at]}; {timeline}]"
     finally:
         for follower in followers:
             follower.stop()
