@@ -156,6 +156,30 @@ class DirectoryClient:
         raise DirectoryError(f"the directory ended {method} without a reply")
 
 
+async def public_endpoint_serving(
+    stack_serving: Awaitable[None],
+    routed: Callable[[], Awaitable[bool]],
+    interval_seconds: float,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Returns once this frontend's stack serves (`stack_serving`) and
+    Envoy routes public calls to a serving frontend (`routed`, asked every
+    `interval_seconds`): what the directory's health check at Register
+    needs. This frontend serving is not enough: Envoy puts it in rotation
+    only at its own next health check of it, up to its interval later, and
+    a Register before then had every round of the directory's check fail
+    with "no healthy upstream" (the entry stayed hidden until the next
+    look-up registered it again)."""
+    await stack_serving
+    waited = False
+    while not await routed():
+        if not waited:
+            log.info("Envoy routes public calls to no serving frontend yet: registering in the directory once it does")
+            waited = True
+        await sleep(interval_seconds)
+
+
 class DirectoryRegistration:
     """Keeps one registration of the public endpoint in the directory, from
     `start` to `stop` (see the module's docstring)."""

@@ -21,6 +21,7 @@ from services.frontend.directory import (
     DirectoryClient,
     DirectoryRegistration,
     outbound_ipv4,
+    public_endpoint_serving,
     registration_request,
 )
 from services.frontend.reflection import enable_reflection
@@ -120,19 +121,12 @@ async def create_server(config: FrontendConfig) -> ServiceApp:
             check_interval_seconds=settings.check_interval_seconds,
             deregister_timeout_seconds=settings.call_timeout_seconds,
         )
-        # Registered once the public endpoint serves: the directory
-        # health-checks it right away (Status through Envoy) and hides an
-        # entry whose check failed, until the next check finds it hidden and
-        # registers again. This frontend serving is not enough: Envoy routes
-        # to it only after its own next health check of it (up to its
-        # interval later), and a Register before then saw "no healthy
-        # upstream" on every round of the directory's check.
-        async def public_endpoint_serving() -> None:
-            await stack_health.wait_serving()
-            while not await upstream.public_endpoint_serving():
-                await asyncio.sleep(config.upstream_health_interval_seconds)
-
-        registration.start(public_endpoint_serving())
+        # Registered once the public endpoint serves (see public_endpoint_serving).
+        registration.start(
+            public_endpoint_serving(
+                stack_health.wait_serving(), upstream.public_endpoint_serving, config.upstream_health_interval_seconds
+            )
+        )
 
     def on_draining() -> None:
         nonlocal draining

@@ -16,7 +16,13 @@ from cogmentAPI import directory_pb2
 
 from fake_directory import FakeDirectory
 from services.frontend.config import DirectorySettings
-from services.frontend.directory import DirectoryClient, DirectoryRegistration, outbound_ipv4, registration_request
+from services.frontend.directory import (
+    DirectoryClient,
+    DirectoryRegistration,
+    outbound_ipv4,
+    public_endpoint_serving,
+    registration_request,
+)
 
 SETTINGS = DirectorySettings(
     address="unused", token="t0k", registration_host=None, public_port=9000, public_tls=False, properties={"a": "b"}
@@ -31,6 +37,26 @@ def test_the_register_request_carries_what_cogment_expects():
     assert request.permanent is False
     tls = DirectorySettings(**{**SETTINGS.__dict__, "public_tls": True})
     assert registration_request(tls, "h").endpoint.protocol == directory_pb2.ServiceEndpoint.GRPC_SSL
+
+
+async def test_the_public_endpoint_serves_once_the_stack_serves_and_envoy_routes_to_a_frontend():
+    stack = asyncio.Event()
+    answers = [False, False, True]  # Envoy's answers: no healthy upstream, twice
+    asked, slept = [], []
+
+    async def routed() -> bool:
+        asked.append(stack.is_set())
+        return answers.pop(0)
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    waiting = asyncio.ensure_future(public_endpoint_serving(stack.wait(), routed, 0.5, sleep=sleep))
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and asked == []  # Envoy is not asked before the stack serves
+    stack.set()
+    await asyncio.wait_for(waiting, 1)
+    assert asked == [True, True, True] and slept == [0.5, 0.5]
 
 
 def test_the_outbound_address_is_not_loopback_when_the_host_has_another():
