@@ -312,9 +312,10 @@ class Follower:
                             self._following.set()
                         self.received.put((now, reply.version_info.version_number))
                 except grpc.RpcError as error:
-                    self._following.clear()
                     if not self._stop.is_set():
                         self.errors.append(error.code().name)
+                finally:
+                    self._following.clear()
             time.sleep(0.1)
 
     def wait_following(self, timeout: float) -> bool:
