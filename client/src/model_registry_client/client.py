@@ -315,8 +315,12 @@ class RegistryClient:
 
         Reconnects (with exponential backoff) when the stream ends or fails
         with UNAVAILABLE or INTERNAL; never yields a number twice or goes
-        backwards. Other failures are raised (`NotFoundError` when the model
-        does not exist or is deleted). Close the iterator to unsubscribe.
+        backwards. A reconnect starts again at the latest version
+        (VersionUpdate has no cursor): of the versions created while it was
+        disconnected, only the latest is yielded (`list_versions` has the
+        others, where every one matters). Other failures are raised
+        (`NotFoundError` when the model does not exist or is deleted).
+        Close the iterator to unsubscribe.
         """
         seen = VersionFilter()
         backoff = Backoff(initial_backoff, max_backoff)
