@@ -353,6 +353,11 @@ class FrontendMetrics:
         self.notifications = _counter(
             "registry_version_update_notifications", "Versions sent to VersionUpdate subscribers."
         )
+        self.blobstore_replicas_serving = _gauge(
+            "registry_blobstore_replicas_serving",
+            "Blobstore replicas this frontend places new blobs on: its own view (it calls them directly), "
+            "refreshed every upstream health interval.",
+        )
         self.data_loss = _data_loss()
         _start_at_zero(self.upload_bytes, self.download_bytes, values=TIERS)
         _start_at_zero(self.data_loss, values=("missing",))

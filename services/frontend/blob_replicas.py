@@ -36,6 +36,7 @@ from typing import Protocol
 import grpc
 from registry import blobstore_pb2, blobstore_pb2_grpc
 
+from services.common import metrics
 from services.common.blob_keys import holder_of, new_archived_key, new_transient_key
 from services.common.errors import Unavailable
 from services.common.grpc_client import internal_channel
@@ -208,6 +209,10 @@ class BlobReplicas:
         if replica.serving:
             log.warning("blobstore replica %s (%s) unreachable: out of rotation", replica.address, replica.replica_id)
         replica.mark_not_answering()
+        self._publish()
+
+    def _publish(self) -> None:
+        metrics.frontend().blobstore_replicas_serving.set(len(self.serving()))
 
     # -- refreshing ---------------------------------------------------------
 
@@ -232,6 +237,7 @@ class BlobReplicas:
             gone = self._replicas.pop(address)
             log.info("blobstore replica %s (%s) left", address, gone.replica_id)
             await gone.channel.close()
+            self._publish()
         for address in sorted(addresses - set(self._replicas)):
             channel = internal_channel(address, self._max_message_bytes, self._reconnect_options)
             self._replicas[address] = Replica(address, channel, blobstore_pb2_grpc.BlobStoreStub(channel))
@@ -251,6 +257,7 @@ class BlobReplicas:
                     "blobstore replica %s (%s) out of rotation: %s", replica.address, replica.replica_id, exc.code().name
                 )
             replica.mark_not_answering()
+            self._publish()
             return
         if replica.replica_id and reply.replica_id != replica.replica_id:
             log.warning(
@@ -264,6 +271,7 @@ class BlobReplicas:
         replica.replica_id = reply.replica_id
         replica.serving = reply.serving
         replica.answering, replica.down = True, False
+        self._publish()
 
     async def _refresh_forever(self) -> None:
         while True:

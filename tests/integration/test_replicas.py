@@ -7,14 +7,17 @@ import json
 import os
 import signal
 import time
+import urllib.request
 
 import grpc
 import pytest
 from cogmentAPI import model_registry_pb2 as api
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.service_names import BLOBSTORE
 
 from conftest import REPLICATED, create_version, read_data
+from metrics_scrape import targets
 
 pytestmark = pytest.mark.skipif(not REPLICATED, reason="needs REGISTRY_TEST_SHAPE=replicated")
 
@@ -22,6 +25,23 @@ pytestmark = pytest.mark.skipif(not REPLICATED, reason="needs REGISTRY_TEST_SHAP
 def processes(stack, kind: str) -> list[dict]:
     state = json.loads((stack.run_dir / "state.json").read_text())
     return [p for p in state["processes"] if p["kind"] == kind]
+
+
+def frontends_placing_on(stack) -> set[float]:
+    """How many blobstore replicas the frontends place new blobs on, each
+    by its own view (one value when they agree)."""
+    values = set()
+    for service, url in targets(stack.run_dir):
+        if service == "frontend":  # the frozen replica's own /metrics would not answer
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+            values |= {
+                sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "registry_blobstore_replicas_serving"
+            }
+    return values
 
 
 def blobstore_log_counts(stack) -> dict[str, int]:
@@ -110,10 +130,15 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 def test_a_frozen_replica_leaves_rotation_and_comes_back(registry, stack, model_id):
     (victim, *_) = processes(stack, "blobstore")
+    replicas = len(processes(stack, "blobstore"))
     os.kill(victim["pid"], signal.SIGSTOP)
     try:
         wait_until(lambda: sum(flags != "healthy" for flags in envoy_health(stack).values()) == 1, 15,
                    "Envoy did not take the frozen replica out of rotation")
+        # The frontends place blobs by their own view of the replicas, not
+        # Envoy's: under load either may notice first.
+        wait_until(lambda: frontends_placing_on(stack) == {replicas - 1}, 15,
+                   "a frontend did not take the frozen replica out of rotation")
         # Out of rotation: uploads and archived reads keep working on the others.
         for i in range(4):
             info = create_version(registry, model_id, f"while frozen {i}".encode(), archived=True)
