@@ -25,13 +25,6 @@ test: proto  ## every test: unit and full stack, then the full stack again in th
 	$(PY) -m pytest
 	REGISTRY_TEST_SHAPE=replicated $(PY) -m pytest tests/integration
 
-# Faults injected on stacks of their own (disk full, metadata on an empty
-# database...): slow, so apart from `make test` (pytest.ini deselects the
-# `faults` marker unless -m asks for it); CI runs it too.
-faults: proto
-	$(PY) -m pytest -m faults tests/integration
-	REGISTRY_TEST_SHAPE=replicated $(PY) -m pytest -m faults tests/integration
-
 unit: proto
 	$(PY) -m pytest services client/tests --ignore-glob='*_stack.py'
 
@@ -83,7 +76,8 @@ envoy-config: proto  ## regenerate envoy/envoy.yaml (docker compose) from servic
 # Fault injection on real stacks (tests/integration/test_faults.py), both
 # shapes; prints the fault table (README "Faults") from the recorded rows.
 # Not part of `make test` (it takes minutes); CI runs it after.
-# Every test marked `faults` under tests/integration (test_faults.py and others).
+# Every test marked `faults` under tests/integration (test_faults.py, the
+# data-safety ones...); pytest.ini deselects the marker unless -m asks for it.
 faults: proto
 	rm -f .run/faults.json
 	$(PY) -m pytest -m faults tests/integration
