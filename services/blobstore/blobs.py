@@ -181,8 +181,10 @@ class BlobService:
             span.set_attributes({"bytes": writer.received, "chunks": chunks})
             # No-op after a successful commit; otherwise releases the
             # reservation / removes the temp file / aborts the multipart
-            # upload, even on cancellation.
-            await writer.abort()
+            # upload, even on cancellation: shielded, so that a second
+            # cancellation of the call (gRPC ends a cancelled call's task)
+            # cannot interrupt the clean-up half way.
+            await asyncio.shield(writer.abort())
 
     async def get(self, request: blobstore_pb2.GetBlobRequest) -> AsyncIterator[Chunk]:
         """The chunks of a blob (none for a zero-byte blob), as bytes or

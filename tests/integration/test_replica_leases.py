@@ -73,6 +73,9 @@ def test_a_restarted_replica_s_transient_versions_vanish_from_infos_at_once(regi
     print(f"\n{len(lost)} transient versions of {victim} vanished from infos {vanished_after:.2f} s after its kill -9")
     assert listed(registry, model_id) == kept | {archived.version_number}
     assert replica_id_at(next(p["port"] for p in stack.processes("blobstore") if p["name"] == victim)) != replicas[victim]
+    # Reads need the frontends to see the new process serving (on the
+    # single shape it is the only replica): `up` returns once they do.
+    stack.up()
 
     # -1 is a version whose data exists (infos and data agree).
     (latest,) = registry.RetrieveVersionInfos(
