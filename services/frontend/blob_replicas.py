@@ -133,10 +133,11 @@ class BlobReplicas:
 
     def locate(self, key: str) -> Replica | None:
         """The answering replica that holds transient blob `key`; None when
-        the blob is gone for all a client can tell: no replica has the id
-        the key names (it restarted, or left), or that replica is down.
-        Raises Unavailable when the replica is there but does not answer
-        (frozen, overloaded): the blob may come back."""
+        the blob is gone for all a client can tell: every replica answers and
+        none has the id the key names (it restarted, or left), or that
+        replica is down. Raises Unavailable when the replica is there but
+        does not answer (frozen, overloaded), or when the id is unknown
+        while some replica does not answer: the blob may come back."""
         holder = holder_of(key)
         if holder is None:
             return None
@@ -149,6 +150,15 @@ class BlobReplicas:
                 return None
             raise Unavailable(
                 f"the blobstore replica {replica.address} holding blob {key} does not answer; try again later"
+            )
+        # No replica we know has that id. Gone, unless one of them does not
+        # answer: it may be the holder under an id we have not learned yet
+        # (another frontend placed the blob on a replica just restarted).
+        silent = [r.address for r in self._replicas.values() if not r.answering]
+        if silent:
+            raise Unavailable(
+                f"the blobstore replica holding blob {key} is not known yet and {', '.join(silent)} does not answer; "
+                "try again later"
             )
         return None
 
