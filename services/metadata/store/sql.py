@@ -319,9 +319,17 @@ class SqlMetadataStore(MetadataStore):
             # A refused request (NotFound...) is an answer; anything else is the database failing.
             if not isinstance(exc, RegistryError):
                 errors.inc()
+            translated = self._database_error(exc)
+            if translated is not None:
+                raise translated from exc
             raise
         finally:
             seconds.observe(time.perf_counter() - started)
+
+    def _database_error(self, exc: Exception) -> Exception | None:
+        """What a database's own failure means to callers, where it means
+        more than a failure (disk full, a lock held); None: raised as is."""
+        return None
 
     def _execute(self, cursor: Cursor, statement: str, parameters: Sequence[Any] = ()) -> Cursor:
         cursor.execute(self._sql(statement), tuple(parameters))

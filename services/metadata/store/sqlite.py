@@ -9,8 +9,6 @@ enough to serve on the event loop thread.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from services.common.limits import RequestLimits
@@ -102,17 +100,13 @@ class SqliteMetadataStore(SqlMetadataStore):
             raise
         return connection
 
-    @contextmanager
-    def _transaction(self, *, write: bool, single_statement: bool = False) -> Iterator[Cursor]:
-        try:
-            with super()._transaction(write=write, single_statement=single_statement) as cursor:
-                yield cursor
-        except sqlite3.OperationalError as exc:
-            # SQLITE_FULL ("database or disk is full"): the transaction is
-            # rolled back, nothing is written (a WAL commit is its last frame).
-            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
-                raise database_disk_full(str(self.path), str(exc)) from exc
-            raise
+    def _database_error(self, exc: Exception) -> Exception | None:
+        # SQLITE_FULL ("database or disk is full"): the transaction is
+        # rolled back, nothing is written (a WAL commit is its last frame).
+        # Extended codes keep the primary code in the low byte.
+        if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
+            return database_disk_full(str(self.path), str(exc))
+        return super()._database_error(exc)
 
     def _begin(self, cursor: Cursor, *, write: bool) -> None:
         # IMMEDIATE takes the write lock at once, so a transaction that reads
@@ -175,16 +169,14 @@ class SqliteReader(SqliteMetadataStore):
             raise
         return connection
 
-    @contextmanager
-    def _transaction(self, *, write: bool, single_statement: bool = False) -> Iterator[Cursor]:
-        try:
-            with super()._transaction(write=write, single_statement=single_statement) as cursor:
-                yield cursor
-        except sqlite3.OperationalError as exc:
-            # Extended codes (SQLITE_BUSY_RECOVERY...) keep the primary code in the low byte.
-            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                raise ReadDeferred(f"the metadata database is locked: {exc}") from exc
-            raise
+    def _database_error(self, exc: Exception) -> Exception | None:
+        # Extended codes (SQLITE_BUSY_RECOVERY...) keep the primary code in the low byte.
+        if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF in (
+            sqlite3.SQLITE_BUSY,
+            sqlite3.SQLITE_LOCKED,
+        ):
+            return ReadDeferred(f"the metadata database is locked: {exc}")
+        return super()._database_error(exc)
 
 
 def _configure(connection: sqlite3.Connection, path: Path) -> None:
