@@ -197,27 +197,36 @@ def test_kill_mid_upload(stack, registry_channel, kind):
 # -- kill -9 mid-download ----------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_kill_mid_download(stack, registry_channel, kind):
-    registry = registry_channel
+def download_through_a_fault(stack, registry, kind: str, signum: int = signal.SIGKILL):
+    """Stores a version, reads it back at a slow pace and sends `signum` to
+    a process of `kind` at the third chunk. Returns the model id, the data
+    stored, the bytes received, when the fault was injected, and the error
+    the read ended with (None: it completed)."""
     model_id = new_model(registry)
     data = os.urandom(DOWNLOAD_BYTES)
     info = LEDGER.create(registry, model_id, data)
     received = bytearray()
     fault_at = 0.0
-    saw = "completed"
     try:
         request = api.RetrieveVersionDataRequest(model_id=model_id, version_number=info.version_number)
         for index, chunk in enumerate(registry.RetrieveVersionData(request, timeout=60)):
             received += chunk.data_chunk
             if index == 2:
-                fault_at = hit(stack, kind)
+                fault_at = hit(stack, kind, signum)
             time.sleep(PACE_SECONDS)
     except grpc.RpcError as error:
+        return model_id, data, bytes(received), fault_at, error
+    return model_id, data, bytes(received), fault_at, None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kill_mid_download(stack, registry_channel, kind):
+    model_id, data, received, fault_at, error = download_through_a_fault(stack, registry_channel, kind)
+    saw = "completed"
+    if error is not None:
         saw = f"{error.code().name} after {len(received) // MiB} of {DOWNLOAD_BYTES // MiB} MiB"
-    wrong_prefix = bytes(received) != data[: len(received)]
-    if saw == "completed" and bytes(received) != data:
-        wrong_prefix = True
+    # Cut short, the bytes received must be a prefix; complete, all of them.
+    wrong_prefix = received != (data if error is None else data[: len(received)])
     finish(stack, f"kill -9 {kind} mid-download", f"download {saw}; bytes received were the stored ones"
            if not wrong_prefix else f"download {saw}; WRONG BYTES", fault_at, model_id)
     assert not wrong_prefix
@@ -434,25 +443,13 @@ def test_sigterm_mid_upload_drains(stack, registry_channel, kind):
 
 @pytest.mark.parametrize("kind", ["frontend", "blobstore"])
 def test_sigterm_mid_download_drains(stack, registry_channel, kind):
-    registry = registry_channel
-    model_id = new_model(registry)
-    data = os.urandom(DOWNLOAD_BYTES)
-    info = LEDGER.create(registry, model_id, data)
-    received = bytearray()
-    fault_at = 0.0
+    model_id, data, received, fault_at, error = download_through_a_fault(stack, registry_channel, kind, signal.SIGTERM)
     saw = "completed during the drain, every byte right"
-    try:
-        request = api.RetrieveVersionDataRequest(model_id=model_id, version_number=info.version_number)
-        for index, chunk in enumerate(registry.RetrieveVersionData(request, timeout=60)):
-            received += chunk.data_chunk
-            if index == 2:
-                fault_at = hit(stack, kind, signal.SIGTERM)
-            time.sleep(PACE_SECONDS)
-    except grpc.RpcError as error:
+    if error is not None:
         saw = f"{error.code().name} after {len(received) // MiB} MiB"
-    assert bytes(received) == data[: len(received)]
+    assert received == data[: len(received)]
     finish(stack, f"SIGTERM {kind} mid-download", f"download {saw}", fault_at, model_id)
-    assert bytes(received) == data, saw
+    assert received == data, saw
 
 
 # -- a frozen blobstore replica (replicated shape) ---------------------------
