@@ -4,6 +4,7 @@ archive dir; every call goes through Envoy's public port."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -213,12 +214,20 @@ def stack_env(port: int, archive_dir: Path, run_dir: Path, **extra: str) -> dict
     return env
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    base = tmp_path_factory.mktemp("stack")
+def stack_under(base: Path, *, archive_dir: Path | None = None, **extra: str) -> Stack:
+    """A stack, not started, on a free port: the shape under test's
+    settings plus `extra`, its run directory (and archive, unless given)
+    under `base`."""
     port = free_port()
-    archive_dir, run_dir = base / "archive", base / "run"
-    running = Stack(stack_env(port, archive_dir, run_dir), port, archive_dir, run_dir)
+    archive_dir = archive_dir or base / "archive"
+    return Stack(stack_env(port, archive_dir, base / "run", **extra), port, archive_dir, base / "run")
+
+
+@contextlib.contextmanager
+def running_stack(base: Path, **extra: str) -> Iterator[Stack]:
+    """`stack_under(base, **extra)`, up for the block (`make up`), then
+    its channels closed and the stack down (`make down`)."""
+    running = stack_under(base, **extra)
     running.up()
     try:
         yield running
@@ -226,6 +235,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for channel in running.channels:
             channel.close()
         running.down()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    try:
+        with running_stack(tmp_path_factory.mktemp("stack")) as running:
+            yield running
+    finally:
         drop_postgres_schemas()
         S3Server.stop()
 

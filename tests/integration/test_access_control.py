@@ -33,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import admin_pb2, admin_pb2_grpc
 from services.launcher.ports import free_port
 
-from conftest import REPLICATED, REPO_ROOT, Stack, stack_env, version_chunks
+from conftest import REPLICATED, REPO_ROOT, Stack, stack_under, version_chunks
 
 # The check is the frontend's alone, the same in either shape: run once, on
 # the single shape, to keep `make test` under 10 minutes (it also passes on
@@ -91,15 +91,9 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthStack]:
             stdin=PASSWORDS[role] + "\n",
         )
         assert done.returncode == 0, done.stderr
-    port = free_port()
-    env = stack_env(
-        port,
-        base / "archive",
-        base / "run",
-        COGMENT_MODEL_REGISTRY_AUTH_FILE=str(auth_file),
-        COGMENT_MODEL_REGISTRY_AUTH_FILE_CHECK_SECONDS="1",
+    running = stack_under(
+        base, COGMENT_MODEL_REGISTRY_AUTH_FILE=str(auth_file), COGMENT_MODEL_REGISTRY_AUTH_FILE_CHECK_SECONDS="1"
     )
-    running = Stack(env, port, base / "archive", base / "run")
     running.up()
     try:
         yield AuthStack(running, auth_file, tokens)

