@@ -14,7 +14,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from cogmentAPI import model_registry_pb2 as api
-from cogmentAPI import model_registry_pb2_grpc as api_grpc
 from grpc_health.v1 import health_pb2
 
 from bench.client import AsyncClient, BenchmarkError

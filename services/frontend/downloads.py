@@ -15,7 +15,7 @@ from opentelemetry import trace
 from registry import metadata_pb2
 
 from services.common import metrics
-from services.common.errors import DataLoss, InvalidArgument, NotFound, RegistryError, quoted
+from services.common.errors import DataLoss, NotFound, RegistryError, quoted
 from services.common.grpc_client import upstream_error
 from services.common.limits import RequestLimits
 from services.common.wire import data_chunk_size

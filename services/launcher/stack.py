@@ -284,7 +284,6 @@ class LocalStack:
         the supervisor to start whatever is down now (SIGUSR1: no backoff
         wait). Raises StackError if the stack is not healthy in time, or a
         process exits meanwhile; a new stack is stopped again then."""
-        s = self.settings
         state = self.state_file.read()
         fresh = state is None or not (
             self.supervisor_running(state) or any(pid_runs(p.get("pid"), p["marker"]) for p in state["processes"])

@@ -13,18 +13,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from cogmentAPI import common_pb2, directory_pb2
+from cogmentAPI import common_pb2
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
-from conftest import REPLICATED, REPO_ROOT, Stack, create_version, version_chunks
+from conftest import REPLICATED, REPO_ROOT, Stack, version_chunks
 from fake_directory import DirectoryThread, FakeDirectory
 from services.frontend.directory import outbound_ipv4
 from services.launcher.ports import free_port

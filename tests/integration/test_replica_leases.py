@@ -15,7 +15,7 @@ import pytest
 from cogmentAPI import model_registry_pb2 as api
 from registry import blobstore_pb2, blobstore_pb2_grpc
 
-from conftest import REPLICATED, Stack, create_version, read_data, stack_under
+from conftest import Stack, create_version, read_data, stack_under
 
 
 def replica_id_at(port: int) -> str:

@@ -7,7 +7,6 @@ import threading
 import time
 
 import grpc
-import pytest
 from cogmentAPI import model_registry_pb2 as api
 
 from conftest import create_version, single_shape_only

@@ -21,6 +21,7 @@ from services.metadata.records import (
     Model,
     ModelPage,
     ResolvedVersion,
+    Version,
     VersionBatch,
     VersionDraft,
     VersionPage,
