@@ -219,12 +219,12 @@ class PostgresMetadataStore(SqlMetadataStore):
             cursor.execute("COMMIT")
             self._committing = False
             return
-        if self._connection.closed:
+        if self._connection.closed or self._connection.broken:
             return  # the server rolls back the transaction of a lost connection
         try:
             cursor.execute("ROLLBACK")
         except psycopg.OperationalError:
-            if not self._connection.closed:
+            if not (self._connection.closed or self._connection.broken):
                 raise
 
     def _largest_model_seq(self, cursor: Cursor) -> int:
@@ -286,17 +286,31 @@ class PostgresMetadataStore(SqlMetadataStore):
                     ) from exc
                 raise database_disk_full(self.description, reason(exc)) from None
             except psycopg.OperationalError as exc:
-                lost = self._connection.closed
+                lost = self._connection_lost(exc)
                 if lost and self._committing and self._writing:
                     raise Unavailable(
                         "the connection to the metadata database was lost while committing; "
                         f"the change may or may not have been made: {reason(exc)}"
                     ) from exc
-                if attempt == 1 and (lost or isinstance(exc, errors.TransactionRollbackError)):
+                if attempt == 1 and (lost or isinstance(exc, errors.TransactionRollback)):
                     log.warning("metadata database call failed (%s); retrying once", reason(exc))
                     continue
                 raise Unavailable(f"the metadata database {self.description} is unavailable: {reason(exc)}") from exc
         raise AssertionError("unreachable")
+
+    def _connection_lost(self, exc: psycopg.OperationalError) -> bool:
+        """Whether the connection is gone. The server's "terminating
+        connection" notice (SQLSTATE class 57P, or 08 for a connection
+        failure) can arrive before the driver has seen the socket close, so
+        the code counts as much as the connection's state; the connection is
+        then closed here so that the next attempt opens a new one."""
+        state = exc.sqlstate or ""
+        if self._connection.closed or self._connection.broken:
+            return True
+        if state.startswith(("57P", "08")):
+            self._connection.close()
+            return True
+        return False
 
     def _reconnect_if_lost(self) -> None:
         if self._closed:

@@ -341,6 +341,7 @@ class DyingStore(PostgresMetadataStore):
     die_after_begin = False
     die_before_commit = False
     die_mid_transaction = False
+    notice_at_commit = False
     killer: Callable[[int], None]
     transactions_begun = 0
 
@@ -373,6 +374,12 @@ class DyingStore(PostgresMetadataStore):
         if commit and self.die_before_commit:
             self.die_before_commit = False
             self.killer(self.backend_pid)
+        if commit and self.notice_at_commit:
+            # What the driver raises when the server's "terminating
+            # connection" notice is read before the socket is seen closed.
+            self.notice_at_commit = False
+            self._committing = True
+            raise psycopg.errors.AdminShutdown("terminating connection due to administrator command")
         return super()._end(cursor, commit=commit)
 
 
@@ -404,6 +411,16 @@ def test_a_read_cut_at_commit_is_retried(dying_store):
     commit(dying_store, "m")
     dying_store.die_before_commit = True
     assert numbers(dying_store, "m") == [1]
+
+
+def test_a_termination_notice_at_commit_counts_as_a_lost_connection(dying_store):
+    # The connection still looks open: the SQLSTATE (57P01) says it is not.
+    dying_store.notice_at_commit = True
+    with pytest.raises(Unavailable, match="may or may not have been made"):
+        dying_store.commit_version(draft("m"), "k")
+    commit(dying_store, "m")
+    dying_store.notice_at_commit = True
+    assert numbers(dying_store, "m") == [1]  # a read is retried on a new connection
 
 
 def test_an_unreachable_database_makes_calls_unavailable(store_with_model, sql):
