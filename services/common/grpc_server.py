@@ -254,63 +254,66 @@ def _audit_end(audit: Any, code: grpc.StatusCode) -> None:
         access_control.end(audit, code)
 
 
+class _CallScope:
+    """One call's bookkeeping around its handler: the in-flight count, the
+    caller's admission, the audit record, the status an exception maps to,
+    the log line and the call metrics. The unary and streaming wrappers
+    differ only in how they hand over the handler's result."""
+
+    __slots__ = ("_w", "_context", "_started", "_audit")
+
+    def __init__(self, w: _Wrapping, context: grpc.aio.ServicerContext) -> None:
+        self._w, self._context, self._audit = w, context, None
+
+    async def __aenter__(self) -> "_CallScope":
+        self._started = time.perf_counter()
+        self._w.in_flight.started(self._w.method, self._context)
+        self._w.calls.started()
+        return self
+
+    async def admit(self, request: Any, request_streaming: bool) -> Any:
+        """Checks the caller, then decodes the request: a refused call
+        decodes nothing and holds no stream."""
+        w = self._w
+        self._audit = await _admit(w, self._context)
+        if w.streams is not None:
+            w.streams.enter(self._context)
+        if w.decode is None:
+            return request
+        return _decoded_stream(request, w.decode) if request_streaming else w.decode(request)
+
+    async def __aexit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> bool:
+        code = grpc.StatusCode.OK
+        try:
+            if isinstance(exc, (Exception, asyncio.CancelledError)):
+                code = _failure_code(self._context, exc)
+                if not isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)):
+                    await _fail(self._context, exc)  # raises: the status `exc` stands for
+            return False
+        finally:
+            w = self._w
+            _audit_end(self._audit, code)
+            _log_request(w.level, w.method, code, self._started)
+            w.calls.finished(code, time.perf_counter() - self._started)
+
+
 def _wrap_unary_response(w: _Wrapping, behavior: Callable[..., Awaitable[Any]], request_streaming: bool) -> Callable[..., Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
-        w.in_flight.started(w.method, context)
-        w.calls.started()
-        audit = None
-        try:
-            # Before anything else: a refused call decodes nothing, holds no stream.
-            audit = await _admit(w, context)
-            if w.streams is not None:
-                w.streams.enter(context)
-            if w.decode is not None:
-                request = _decoded_stream(request, w.decode) if request_streaming else w.decode(request)
-            return await behavior(request, context)
-        except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
-            code = _failure_code(context, exc)
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status
-            code = _failure_code(context, exc)
-            await _fail(context, exc)
-        finally:
-            _audit_end(audit, code)
-            _log_request(w.level, w.method, code, started)
-            w.calls.finished(code, time.perf_counter() - started)
+        async with _CallScope(w, context) as call:
+            return await behavior(await call.admit(request, request_streaming), context)
 
     return wrapped
 
 
 def _wrap_stream_response(w: _Wrapping, behavior: Callable[..., AsyncIterator[Any]], request_streaming: bool) -> Callable[..., AsyncIterator[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        started, code = time.perf_counter(), grpc.StatusCode.OK
-        w.in_flight.started(w.method, context)
-        w.calls.started()
-        audit = None
-        try:
-            # Before anything else: a refused call decodes nothing, holds no stream.
-            audit = await _admit(w, context)
-            if w.streams is not None:
-                w.streams.enter(context)
-            if w.decode is not None:
-                request = _decoded_stream(request, w.decode) if request_streaming else w.decode(request)
-            responses = behavior(request, context)
+        async with _CallScope(w, context) as call:
+            responses = behavior(await call.admit(request, request_streaming), context)
             if hasattr(responses, "__aiter__"):
                 async for item in responses:
                     yield item
             else:  # a handler that writes with context.write (grpc's health Watch)
                 await responses
-        except (asyncio.CancelledError, grpc.aio.AbortError) as exc:
-            code = _failure_code(context, exc)
-            raise
-        except Exception as exc:  # noqa: BLE001 - mapped to a status
-            code = _failure_code(context, exc)
-            await _fail(context, exc)
-        finally:
-            _audit_end(audit, code)
-            _log_request(w.level, w.method, code, started)
-            w.calls.finished(code, time.perf_counter() - started)
 
     return wrapped
 
