@@ -20,7 +20,7 @@ import logging
 import random
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 import grpc
 from cogmentAPI import directory_pb2, directory_pb2_grpc
@@ -180,32 +180,24 @@ async def public_endpoint_serving(
         await sleep(interval_seconds)
 
 
+@dataclass(eq=False)
 class DirectoryRegistration:
     """Keeps one registration of the public endpoint in the directory, from
     `start` to `stop` (see the module's docstring)."""
 
-    def __init__(
-        self,
-        client: DirectoryClient,
-        request: directory_pb2.RegisterRequest,
-        *,
-        directory: str,
-        check_interval_seconds: float,
-        deregister_timeout_seconds: float,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self._client = client
-        self._request = request
-        self._directory = directory
-        self._check_interval = check_interval_seconds
-        self._deregister_timeout = deregister_timeout_seconds
-        self._sleep = sleep
-        self._registration: Registration | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping: asyncio.Task[None] | None = None
-        self._registering: asyncio.Future[Registration] | None = None
-        # Repeated failures are logged once, until the next success.
-        self._failing = False
+    client: DirectoryClient
+    request: directory_pb2.RegisterRequest
+    _: KW_ONLY
+    directory: str
+    check_interval_seconds: float
+    deregister_timeout_seconds: float
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    _registration: Registration | None = field(default=None, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _stopping: asyncio.Task[None] | None = field(default=None, init=False)
+    _registering: asyncio.Future[Registration] | None = field(default=None, init=False)
+    # Repeated failures are logged once, until the next success.
+    _failing: bool = field(default=False, init=False)
 
     @property
     def registration(self) -> Registration | None:
@@ -220,7 +212,7 @@ class DirectoryRegistration:
 
     @property
     def endpoint(self) -> str:
-        return f"{self._request.endpoint.host}:{self._request.endpoint.port}"
+        return f"{self.request.endpoint.host}:{self.request.endpoint.port}"
 
     def start(self, serving: Awaitable[None]) -> None:
         """Registers once `serving` is done (the stack answers), then keeps
@@ -234,12 +226,12 @@ class DirectoryRegistration:
             if self.registration is None:
                 # Shielded: a stop meanwhile waits for the answer, so as to
                 # deregister what the directory may have registered.
-                self._registering = asyncio.ensure_future(self._client.register(self._request))
+                self._registering = asyncio.ensure_future(self.client.register(self.request))
                 try:
                     self.registration = await asyncio.shield(self._registering)
                 except DirectoryError as exc:
-                    self._failed(f"cannot register {self.endpoint} in the Cogment Directory at {self._directory}: {exc}; retrying")
-                    await self._sleep(retry * random.uniform(0.8, 1.0))
+                    self._failed(f"cannot register {self.endpoint} in the Cogment Directory at {self.directory}: {exc}; retrying")
+                    await self.sleep(retry * random.uniform(0.8, 1.0))
                     retry = min(retry * 2, _MAX_RETRY_SECONDS)
                     continue
                 self._registering = None
@@ -247,14 +239,14 @@ class DirectoryRegistration:
                 log.info(
                     "registered %s in the Cogment Directory at %s as service id %d",
                     self.endpoint,
-                    self._directory,
+                    self.directory,
                     self.registration.service_id,
                 )
-            await self._sleep(self._check_interval)
+            await self.sleep(self.check_interval_seconds)
             try:
-                listed = await self._client.is_listed(self.registration.service_id)
+                listed = await self.client.is_listed(self.registration.service_id)
             except DirectoryError as exc:
-                self._failed(f"cannot reach the Cogment Directory at {self._directory} to check the registration: {exc}")
+                self._failed(f"cannot reach the Cogment Directory at {self.directory} to check the registration: {exc}")
                 continue
             if listed:
                 self._failing = False
@@ -262,13 +254,13 @@ class DirectoryRegistration:
             log.warning(
                 "the Cogment Directory at %s no longer lists service id %d (it restarted, or its health checks of %s "
                 "failed): registering again",
-                self._directory,
+                self.directory,
                 self.registration.service_id,
                 self.endpoint,
             )
             stale, self.registration = self.registration, None
             try:  # the entry may only be hidden: do not leave it behind
-                await self._client.deregister(stale)
+                await self.client.deregister(stale)
             except DirectoryError:
                 pass
 
@@ -295,7 +287,7 @@ class DirectoryRegistration:
         """The answer of a Register still in flight, if it comes within the
         deregistration timeout."""
         try:
-            async with asyncio.timeout(self._deregister_timeout):
+            async with asyncio.timeout(self.deregister_timeout_seconds):
                 return await registering
         except (TimeoutError, DirectoryError):
             registering.cancel()
@@ -311,8 +303,8 @@ class DirectoryRegistration:
         if registration is None:
             return
         try:
-            await self._client.deregister(registration, timeout=self._deregister_timeout)
+            await self.client.deregister(registration, timeout=self.deregister_timeout_seconds)
         except DirectoryError as exc:
             log.warning("could not deregister service id %d from the Cogment Directory: %s", registration.service_id, exc)
         else:
-            log.info("deregistered service id %d from the Cogment Directory at %s", registration.service_id, self._directory)
+            log.info("deregistered service id %d from the Cogment Directory at %s", registration.service_id, self.directory)

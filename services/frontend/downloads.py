@@ -7,6 +7,7 @@ import base64
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -46,19 +47,14 @@ class DownloadBlobs(Protocol):
     ) -> AsyncGenerator[bytes, None]: ...
 
 
+@dataclass(eq=False)
 class Downloads:
     """RetrieveVersionData: resolves the version, streams its blob, and makes
     a transient version whose data was lost disappear altogether."""
 
-    def __init__(
-        self,
-        metadata: DownloadMetadata,
-        blobs: DownloadBlobs,
-        limits: RequestLimits = RequestLimits(),
-    ) -> None:
-        self._limits = limits
-        self._metadata = metadata
-        self._blobs = blobs
+    metadata: DownloadMetadata
+    blobs: DownloadBlobs
+    limits: RequestLimits = RequestLimits()
 
     async def read_version_data(self, model_id: str, version_number: int) -> AsyncIterator[bytes]:
         """The encoded RetrieveVersionDataReplyChunk messages of one
@@ -71,7 +67,7 @@ class Downloads:
         once it is forgotten: `-1` names the latest version whose data
         exists, not one whose data is gone.
         """
-        self._limits.check_model_id(model_id)
+        self.limits.check_model_id(model_id)
         for attempt in range(_RELATIVE_RETRIES + 1):
             try:
                 # aclosing: a client that stops reading closes the blob read at once.
@@ -84,7 +80,7 @@ class Downloads:
                     raise lost.error from None
 
     async def _read_resolved(self, model_id: str, version_number: int) -> AsyncIterator[bytes]:
-        resolved = await self._metadata.resolve_version(model_id, version_number, touch=True)
+        resolved = await self.metadata.resolve_version(model_id, version_number, touch=True)
         info = resolved.version_info
         trace.get_current_span().set_attributes(
             {
@@ -94,7 +90,7 @@ class Downloads:
                 "data_size": info.data_size,
             }
         )
-        chunks = self._blobs.get(
+        chunks = self.blobs.get(
             resolved.blob_key,
             archived=info.archived,
             expected_size=info.data_size,
@@ -130,7 +126,7 @@ class Downloads:
 
     async def _forget_lost_version(self, blob_key: str) -> None:
         try:
-            if await self._metadata.forget_lost_version(blob_key):
+            if await self.metadata.forget_lost_version(blob_key):
                 log.warning("forgot a transient version whose data was lost (blob %s)", blob_key)
         except RegistryError as exc:
             log.warning("could not forget the version of lost blob %s: %s", blob_key, exc)

@@ -19,6 +19,7 @@ import asyncio
 import bisect
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Protocol
 
 import grpc
@@ -231,30 +232,24 @@ class ModelFeed:
             backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
 
 
+@dataclass(eq=False)
 class Followers:
     """The VersionUpdate subscribers of this frontend, grouped by model: one
     `ModelFeed` per model followed, alive while it has subscribers."""
 
-    def __init__(
-        self,
-        metadata: VersionWatches,
-        *,
-        limits: RequestLimits = RequestLimits(),
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        window_max_versions: int = WINDOW_MAX_VERSIONS,
-    ) -> None:
-        self._metadata = metadata
-        self._limits = limits
-        self._sleep = sleep
-        self._window_max_versions = window_max_versions
-        self.feeds: dict[str, ModelFeed] = {}
-        self._draining = False
+    metadata: VersionWatches
+    _: KW_ONLY
+    limits: RequestLimits = RequestLimits()
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    window_max_versions: int = WINDOW_MAX_VERSIONS
+    feeds: dict[str, ModelFeed] = field(default_factory=dict, init=False)
+    _draining: bool = field(default=False, init=False)
 
     def _join(self, model_id: str) -> ModelFeed:
         feed = self.feeds.get(model_id)
         if feed is None or feed.error is not None:
             feed = ModelFeed(
-                model_id, self._metadata, sleep=self._sleep, window_max_versions=self._window_max_versions
+                model_id, self.metadata, sleep=self.sleep, window_max_versions=self.window_max_versions
             )
             self.feeds[model_id] = feed
         feed.subscribers += 1
@@ -276,7 +271,7 @@ class Followers:
         re-created while metadata was unreachable), UNAVAILABLE when the
         frontend drains.
         """
-        self._limits.check_model_id(model_id)
+        self.limits.check_model_id(model_id)
         if self._draining:
             raise _shutting_down()
         feed = self._join(model_id)
@@ -308,7 +303,7 @@ class Followers:
         """The versions above `cursor` that the window no longer holds, from
         metadata, a page at a time, up to the window's floor."""
         while cursor < feed.floor:
-            reply = await self._metadata.retrieve_version_infos(
+            reply = await self.metadata.retrieve_version_infos(
                 api.RetrieveVersionInfosRequest(
                     model_id=feed.model_id, versions_count=CATCH_UP_PAGE, version_handle=str(cursor + 1)
                 )

@@ -13,6 +13,7 @@ data_hash), then metadata commits it with its own number
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from cogmentAPI import model_registry_pb2 as api
@@ -39,27 +40,21 @@ class ImportMetadata(Protocol):
     async def import_version(self, info: api.ModelVersionInfo, blob_key: str) -> admin_pb2.ImportVersionReply: ...
 
 
+@dataclass(eq=False)
 class Imports:
     """ImportModel and ImportVersion."""
 
-    def __init__(
-        self,
-        metadata: ImportMetadata,
-        blobs: UploadBlobs,
-        background: BackgroundTasks,
-        limits: RequestLimits = RequestLimits(),
-    ) -> None:
-        self._limits = limits
-        self._metadata = metadata
-        self._blobs = blobs
-        self._background = background
+    metadata: ImportMetadata
+    blobs: UploadBlobs
+    background: BackgroundTasks
+    limits: RequestLimits = RequestLimits()
 
     async def import_model(self, info: api.ModelInfo) -> admin_pb2.ImportModelReply:
         """Creates the model with `info`'s user_data unless it exists (an
         existing model keeps its own)."""
-        self._limits.check_model_id(info.model_id, "model_info.model_id")
-        self._limits.check_user_data(info.user_data, "model_info.user_data")
-        return await self._metadata.import_model(info)
+        self.limits.check_model_id(info.model_id, "model_info.model_id")
+        self.limits.check_user_data(info.user_data, "model_info.user_data")
+        return await self.metadata.import_model(info)
 
     async def import_version(self, requests: AsyncIterator[bytes]) -> admin_pb2.ImportVersionReply:
         """Stores the streamed data of one archived version, checked against
@@ -68,8 +63,8 @@ class Imports:
         when anything fails. `requests` are CreateVersionRequestChunk
         messages, still encoded (as CreateVersion receives them)."""
         # As for CreateVersion: a client that stops sending is not waited for.
-        stream = aiter(receive_within(requests, self._limits.upload_idle_timeout_seconds, self._limits.upload_idle))
-        info = await read_header(stream, self._limits)
+        stream = aiter(receive_within(requests, self.limits.upload_idle_timeout_seconds, self.limits.upload_idle))
+        info = await read_header(stream, self.limits)
         access.note(version_number=info.version_number or None)  # the number it imports, for the audit line
         if info.version_number == 0:
             raise InvalidArgument("an imported version needs its version_number (1 or more) in the header")
@@ -84,16 +79,16 @@ class Imports:
             {"model_id": info.model_id, "version_number": info.version_number, "data_size": info.data_size}
         )
         # Fail fast on an unknown model, before any byte is moved.
-        await self._metadata.retrieve_models(api.RetrieveModelsRequest(model_ids=[info.model_id]))
+        await self.metadata.retrieve_models(api.RetrieveModelsRequest(model_ids=[info.model_id]))
 
-        blob = await self._blobs.place(True)
+        blob = await self.blobs.place(True)
         check = UploadCheck(info.data_size, expected_digest)
         await store_checked_blob(blob, True, stream, check)
         reply = await commit_stored_blob(
-            self._metadata.import_version(info, blob.key), self._blobs, self._background, blob.key, archived=True
+            self.metadata.import_version(info, blob.key), self.blobs, self.background, blob.key, archived=True
         )
         if reply.already_imported:
             # That number already holds these bytes: this copy is not needed.
-            self._background.spawn(delete_blobs(self._blobs, [metadata_pb2.BlobRef(key=blob.key, archived=True)]))
+            self.background.spawn(delete_blobs(self.blobs, [metadata_pb2.BlobRef(key=blob.key, archived=True)]))
         trace.get_current_span().set_attribute("already_imported", reply.already_imported)
         return reply

@@ -9,6 +9,7 @@ Errors are raised as `RegistryError`s and mapped by the request interceptor.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 from cogmentAPI import common_pb2
@@ -28,31 +29,23 @@ from services.frontend.status import RegistryStatus
 from services.frontend.uploads import Uploads
 
 
+@dataclass(eq=False)
 class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
     """The public registry API (Version and Status only under the 2.x name)."""
 
-    def __init__(
-        self,
-        models: Models,
-        uploads: Uploads,
-        downloads: Downloads,
-        followers: Followers,
-        status: RegistryStatus,
-        limits: RequestLimits = RequestLimits(),
-    ) -> None:
-        self._limits = limits
-        self._models = models
-        self._uploads = uploads
-        self._downloads = downloads
-        self._followers = followers
-        self._status = status
+    models: Models
+    uploads: Uploads
+    downloads: Downloads
+    followers: Followers
+    status: RegistryStatus
+    limits: RequestLimits = RequestLimits()
 
     async def CreateOrUpdateModel(
         self, request: api.CreateOrUpdateModelRequest, context: grpc.aio.ServicerContext
     ) -> api.CreateOrUpdateModelReply:
         """Creates a model or replaces its user_data (its versions are kept)."""
         access.note(model_id=request.model_info.model_id)
-        await self._models.create_or_update_model(request.model_info)
+        await self.models.create_or_update_model(request.model_info)
         return api.CreateOrUpdateModelReply()
 
     async def DeleteModel(
@@ -60,21 +53,21 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
     ) -> api.DeleteModelReply:
         """Deletes a model, its versions and their data."""
         access.note(model_id=request.model_id)
-        await self._models.delete_model(request.model_id)
+        await self.models.delete_model(request.model_id)
         return api.DeleteModelReply()
 
     async def RetrieveModels(
         self, request: api.RetrieveModelsRequest, context: grpc.aio.ServicerContext
     ) -> api.RetrieveModelsReply:
         """Lists models (paginated) or fetches the given ids in order."""
-        return await self._models.retrieve_models(request)
+        return await self.models.retrieve_models(request)
 
     async def CreateVersion(
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> api.CreateVersionReply:
         """Creates a version from a header and data chunks (received encoded:
         see `add_to_server`)."""
-        info = await self._uploads.create_version(request_iterator)
+        info = await self.uploads.create_version(request_iterator)
         access.note(version_number=info.version_number)
         return api.CreateVersionReply(version_info=info)
 
@@ -82,7 +75,7 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         self, request: api.RetrieveVersionInfosRequest, context: grpc.aio.ServicerContext
     ) -> api.RetrieveVersionInfosReply:
         """Lists versions (paginated) or fetches given numbers (-n from the latest)."""
-        return await self._models.retrieve_version_infos(request)
+        return await self.models.retrieve_version_infos(request)
 
     async def RetrieveVersionData(
         self, request: api.RetrieveVersionDataRequest, context: grpc.aio.ServicerContext
@@ -90,8 +83,8 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         """Streams a version's data in chunks of at most the configured size
         (sent as encoded by the blobstore: see `add_to_server`). A reader that
         stops reading for the download idle timeout is cut off."""
-        watchdog = SendWatchdog(context, self._limits.download_idle_timeout_seconds, self._limits.download_idle)
-        async for chunk in watchdog.guard(self._downloads.read_version_data(request.model_id, request.version_number)):
+        watchdog = SendWatchdog(context, self.limits.download_idle_timeout_seconds, self.limits.download_idle)
+        async for chunk in watchdog.guard(self.downloads.read_version_data(request.model_id, request.version_number)):
             yield chunk
 
     async def VersionUpdate(
@@ -102,7 +95,7 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
         measured = metrics.frontend()
         measured.subscribers.inc()
         try:
-            async for message in self._followers.follow_versions(request.model_id):
+            async for message in self.followers.follow_versions(request.model_id):
                 yield message
                 measured.notifications.inc()
         finally:
@@ -111,13 +104,13 @@ class ModelRegistryServicer(api_grpc.ModelRegistrySPServicer):
     async def Version(self, request: common_pb2.VersionRequest, context: grpc.aio.ServicerContext) -> common_pb2.VersionInfo:
         """This product and its version, the Cogment API version it speaks, gRPC's."""
         reply = common_pb2.VersionInfo()
-        for name, version in self._status.versions():
+        for name, version in self.status.versions():
             reply.versions.add(name=name, version=version)
         return reply
 
     async def Status(self, request: common_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> common_pb2.StatusReply:
         """The statuses asked for ("overall_load", or "*"); unknown names are absent."""
-        return common_pb2.StatusReply(statuses=self._status.statuses(request.names))
+        return common_pb2.StatusReply(statuses=self.status.statuses(request.names))
 
 
 def add_to_server(servicer: ModelRegistryServicer, server: grpc.aio.Server, service: str, add_generated) -> None:  # type: ignore[no-untyped-def]

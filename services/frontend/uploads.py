@@ -13,6 +13,7 @@ the two steps).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import KW_ONLY, dataclass
 from typing import Protocol, TypeVar
 
 import grpc
@@ -183,24 +184,17 @@ async def commit_stored_blob(
         raise
 
 
+@dataclass(eq=False)
 class Uploads:
     """CreateVersion: checks the header, streams the data to a blobstore
     replica while checking it, then commits the version."""
 
-    def __init__(
-        self,
-        metadata: UploadMetadata,
-        blobs: UploadBlobs,
-        background: BackgroundTasks,
-        *,
-        version_cache_max_bytes: int,
-        limits: RequestLimits = RequestLimits(),
-    ) -> None:
-        self._limits = limits
-        self._metadata = metadata
-        self._blobs = blobs
-        self._background = background
-        self._version_cache_max_bytes = version_cache_max_bytes
+    metadata: UploadMetadata
+    blobs: UploadBlobs
+    background: BackgroundTasks
+    _: KW_ONLY
+    version_cache_max_bytes: int
+    limits: RequestLimits = RequestLimits()
 
     async def create_version(self, requests: AsyncIterator[bytes]) -> api.ModelVersionInfo:
         """Stores the streamed data, then commits the version; nothing is
@@ -212,28 +206,28 @@ class Uploads:
         """
         # A client that stops sending is not waited for: its upload is ended
         # (and whatever it stored discarded) after the idle timeout.
-        stream = aiter(receive_within(requests, self._limits.upload_idle_timeout_seconds, self._limits.upload_idle))
-        info = await read_header(stream, self._limits)
+        stream = aiter(receive_within(requests, self.limits.upload_idle_timeout_seconds, self.limits.upload_idle))
+        info = await read_header(stream, self.limits)
         expected_digest = decode_data_hash(info.data_hash) if info.data_hash else None
-        check_version_fits_cache(archived=info.archived, size=info.data_size, max_bytes=self._version_cache_max_bytes)
+        check_version_fits_cache(archived=info.archived, size=info.data_size, max_bytes=self.version_cache_max_bytes)
         trace.get_current_span().set_attributes(
             {"model_id": info.model_id, "archived": info.archived, "data_size": info.data_size}
         )
         # Fail fast on an unknown model, before any byte is moved.
-        await self._metadata.retrieve_models(api.RetrieveModelsRequest(model_ids=[info.model_id]))
+        await self.metadata.retrieve_models(api.RetrieveModelsRequest(model_ids=[info.model_id]))
 
-        blob = await self._blobs.place(info.archived)
+        blob = await self.blobs.place(info.archived)
         check = UploadCheck(info.data_size, expected_digest)
         await store_checked_blob(blob, info.archived, stream, check)
 
         info.data_hash = check.data_hash
         info.version_number = 0
         reply = await commit_stored_blob(
-            self._metadata.commit_version(info, blob.key), self._blobs, self._background, blob.key, archived=info.archived
+            self.metadata.commit_version(info, blob.key), self.blobs, self.background, blob.key, archived=info.archived
         )
         trace.get_current_span().set_attributes(
             {"version_number": reply.version_info.version_number, "evicted": len(reply.evicted_blobs)}
         )
         if reply.evicted_blobs:
-            self._background.spawn(delete_blobs(self._blobs, reply.evicted_blobs))
+            self.background.spawn(delete_blobs(self.blobs, reply.evicted_blobs))
         return reply.version_info
