@@ -14,7 +14,6 @@ import grpc
 import grpc.aio
 
 from ._common import (
-    CHANNEL_OPTIONS,
     DEFAULT_CHUNK_SIZE,
     PAGE_SIZE,
     RETRY_CODES,
@@ -27,14 +26,12 @@ from ._common import (
     Upload,
     VersionFilter,
     body,
-    call_metadata,
     check_chunk_size,
     header,
     prepare_upload,
-    resolve_address,
 )
+from ._channel import ChannelClient
 from ._proto import pb, pb_grpc
-from .tls import tls_credentials
 from .errors import NotFoundError, from_rpc_error
 from .records import ModelInfo, VersionInfo
 
@@ -50,7 +47,7 @@ async def _in_thread(iterator: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield item  # type: ignore[misc]
 
 
-class AsyncRegistryClient:
+class AsyncRegistryClient(ChannelClient):
     """An asyncio client of the model registry (`cogmentAPI.ModelRegistrySP`).
 
     Same arguments and methods as `RegistryClient`; the listing methods and
@@ -59,43 +56,17 @@ class AsyncRegistryClient:
     use, in the running event loop. Use ``async with`` or `await close()`.
     """
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        token: str | None = None,
-        user: str | None = None,
-        password: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        timeout: float | None = 60.0,
-        ca_cert: PathLike | None = None,
-        cert: PathLike | None = None,
-        key: PathLike | None = None,
-    ) -> None:
-        self.address = resolve_address(address)
-        if credentials is None:
-            credentials = tls_credentials(ca_cert, cert, key)
-        self._metadata = call_metadata(token, user, password)
-        self._timeout = timeout
-        self._credentials = credentials
-        self._channel: grpc.aio.Channel | None = None
-        self._stub_instance: Any = None
+    channel_module = grpc.aio
 
     @property
     def _stub(self) -> Any:
-        if self._stub_instance is None:
-            if self._credentials is None:
-                self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-            else:
-                self._channel = grpc.aio.secure_channel(self.address, self._credentials, options=CHANNEL_OPTIONS)
-            self._stub_instance = pb_grpc.ModelRegistrySPStub(self._channel)
-        return self._stub_instance
+        return self._stub_of(pb_grpc.ModelRegistrySPStub)
 
     async def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel, self._stub_instance = None, None
+        closing = self._close_channel()
+        if closing is not None:
+            await closing
 
     async def __aenter__(self) -> AsyncRegistryClient:
         return self

@@ -18,18 +18,11 @@ from typing import Any, TextIO
 
 import model_registry_credentials
 
+from . import errors
 from ._common import ADDRESS_ENV, DEFAULT_ADDRESS, PASSWORD_ENV, TOKEN_ENV
 from .auth_commands import add_auth_parser, run_auth
 from .client import RegistryClient
 from .cogment_archive import ArchiveError, ArchiveImporter, summary_dict, summary_lines
-from .errors import (
-    DataIntegrityError,
-    InvalidArgumentError,
-    NotFoundError,
-    PermissionDeniedError,
-    RegistryError,
-    UnauthenticatedError,
-)
 from .progress import ProgressBar, format_bytes
 from .records import ModelInfo, VersionInfo
 from .tls import CA_CERT_ENV, CERT_ENV, KEY_ENV
@@ -41,13 +34,13 @@ EXIT_INTERRUPTED = 130
 
 def exit_code(error: BaseException) -> int:
     """The exit code for an error."""
-    if isinstance(error, NotFoundError):
+    if isinstance(error, errors.NotFoundError):
         return EXIT_NOT_FOUND
-    if isinstance(error, InvalidArgumentError):
+    if isinstance(error, errors.InvalidArgumentError):
         return EXIT_INVALID
-    if isinstance(error, DataIntegrityError):
+    if isinstance(error, errors.DataIntegrityError):
         return EXIT_INTEGRITY
-    if isinstance(error, (UnauthenticatedError, PermissionDeniedError)):
+    if isinstance(error, (errors.UnauthenticatedError, errors.PermissionDeniedError)):
         return EXIT_NOT_ALLOWED
     return EXIT_ERROR
 
@@ -64,9 +57,9 @@ def error_line(error: BaseException) -> str:
 
 def credential_hint(error: BaseException) -> str:
     """What to do about a refused call, appended to its error line."""
-    if isinstance(error, UnauthenticatedError):
+    if isinstance(error, errors.UnauthenticatedError):
         return " (the registry wants a credential: pass --token or --user)"
-    if isinstance(error, PermissionDeniedError):
+    if isinstance(error, errors.PermissionDeniedError):
         return " (ask the registry's admin for a credential with that role)"
     return ""
 
@@ -377,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_ERROR
-    except (RegistryError, OSError, ValueError) as exc:
+    except (errors.RegistryError, OSError, ValueError) as exc:
         print(error_line(exc), file=sys.stderr)
         return exit_code(exc)
     return EXIT_OK

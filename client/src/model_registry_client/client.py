@@ -11,7 +11,6 @@ from typing import Any, overload
 import grpc
 
 from ._common import (
-    CHANNEL_OPTIONS,
     DEFAULT_CHUNK_SIZE,
     PAGE_SIZE,
     RETRY_CODES,
@@ -22,15 +21,13 @@ from ._common import (
     SyncData,
     VersionFilter,
     body,
-    call_metadata,
     check_chunk_size,
     encode_hash,
     header,
     prepare_upload,
-    resolve_address,
 )
+from ._channel import ChannelClient
 from ._proto import admin_pb, admin_pb_grpc, pb, pb_grpc
-from .tls import tls_credentials
 from .errors import DataIntegrityError, NotFoundError, from_rpc_error
 from .records import ModelInfo, VersionInfo
 
@@ -44,7 +41,7 @@ def _translated() -> Iterator[None]:
         raise from_rpc_error(exc) from None
 
 
-class RegistryClient:
+class RegistryClient(ChannelClient):
     """A blocking client of the model registry (`cogmentAPI.ModelRegistrySP`).
 
     `address` defaults to $MODEL_REGISTRY_ADDRESS, else ``localhost:9000``;
@@ -59,34 +56,17 @@ class RegistryClient:
     call `close()`. Every failure is a `RegistryError` subclass.
     """
 
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        token: str | None = None,
-        user: str | None = None,
-        password: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        timeout: float | None = 60.0,
-        ca_cert: PathLike | None = None,
-        cert: PathLike | None = None,
-        key: PathLike | None = None,
-    ) -> None:
-        self.address = resolve_address(address)
-        if credentials is None:
-            credentials = tls_credentials(ca_cert, cert, key)
-        self._metadata = call_metadata(token, user, password)
-        self._timeout = timeout
-        if credentials is None:
-            self._channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.ModelRegistrySPStub(self._channel)
-        self._admin = admin_pb_grpc.AdminStub(self._channel)
+    @property
+    def _stub(self) -> Any:
+        return self._stub_of(pb_grpc.ModelRegistrySPStub)
+
+    @property
+    def _admin(self) -> Any:
+        return self._stub_of(admin_pb_grpc.AdminStub)
 
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
-        self._channel.close()
+        self._close_channel()
 
     def __enter__(self) -> RegistryClient:
         return self
