@@ -265,6 +265,14 @@ class DirectoryThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
+    def __enter__(self) -> DirectoryThread:
+        """Serves on a free port until the block ends."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 async def _serve(port: int) -> None:
     directory = FakeDirectory()

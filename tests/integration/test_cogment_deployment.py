@@ -58,12 +58,8 @@ def default_env(port: int, base: Path, directory: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def directory() -> Iterator[DirectoryThread]:
-    served = DirectoryThread()
-    served.start()
-    try:
+    with DirectoryThread() as served:
         yield served
-    finally:
-        served.close()
 
 
 @pytest.fixture(scope="module")

@@ -144,12 +144,8 @@ def directory() -> Iterator[DirectoryThread]:
     """A Cogment Directory the mTLS stack registers in. Its own health check
     of the endpoint is off: it speaks plaintext, as the fake's does (a real
     directory needs the CA and, under mTLS, a client certificate)."""
-    served = DirectoryThread(health_check=False)
-    served.start()
-    try:
+    with DirectoryThread(health_check=False) as served:
         yield served
-    finally:
-        served.close()
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,14 @@ async def serving_now() -> None:
     pass
 
 
+async def listed_registration(fake, **options) -> tuple[DirectoryRegistration, grpc.aio.Channel]:
+    """A registration started with the stack serving, once the directory lists it."""
+    registration, channel = registration_to(fake.address, **options)
+    registration.start(serving_now())
+    await fake.wait_for(lambda f: f.listed(), 5)
+    return registration, channel
+
+
 def registered_gauge() -> float:
     return REGISTRY.get_sample_value("registry_directory_registered")
 
@@ -120,9 +128,7 @@ async def test_registers_once_serving_and_deregisters_at_stop(fake):
 
 
 async def test_registers_again_when_forgotten_or_hidden(fake):
-    registration, channel = registration_to(fake.address)
-    registration.start(serving_now())
-    await fake.wait_for(lambda f: f.listed(), 5)
+    registration, channel = await listed_registration(fake)
     (first,) = fake.listed()
     fake.forget()
     await fake.wait_for(lambda f: f.listed(), 5)
@@ -152,9 +158,7 @@ async def test_retries_a_directory_that_is_down_at_start_and_then_restarts(fake)
 
 
 async def test_stopping_is_bounded_when_the_directory_does_not_answer(fake):
-    registration, channel = registration_to(fake.address, timeout=1.0)
-    registration.start(serving_now())
-    await fake.wait_for(lambda f: f.listed(), 5)
+    registration, channel = await listed_registration(fake, timeout=1.0)
     # The directory's port now accepts connections and never answers.
     await fake.stop()
     silent = socket.create_server(("127.0.0.1", fake.port))
@@ -168,9 +172,7 @@ async def test_stopping_is_bounded_when_the_directory_does_not_answer(fake):
 
 
 async def test_stopping_is_immediate_when_the_directory_is_gone(fake):
-    registration, channel = registration_to(fake.address, timeout=1.0)
-    registration.start(serving_now())
-    await fake.wait_for(lambda f: f.listed(), 5)
+    registration, channel = await listed_registration(fake, timeout=1.0)
     await fake.stop()
     started = time.monotonic()
     await registration.stop()
