@@ -15,6 +15,7 @@ transient cache lock, then version rows.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -749,15 +750,7 @@ class SqlMetadataStore(MetadataStore):
             )
             self._execute(cursor, RAISE_VERSION_COUNTER, (version.number, version.number, seq))
             self._announce_change(cursor, version.model_id)
-        imported = Version(
-            model_id=version.model_id,
-            number=version.number,
-            creation_timestamp=version.creation_timestamp,
-            archived=True,
-            data_hash=version.data_hash,
-            data_size=version.data_size,
-            user_data=dict(version.user_data),
-        )
+        imported = dataclasses.replace(version, archived=True, user_data=dict(version.user_data))
         return Commit(version=imported, evicted=(), created=True)
 
     def _check_import(self, version: Version, blob_key: str) -> None:
