@@ -44,6 +44,12 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 # The path of every health call: Envoy's probes, logged at DEBUG only.
 HEALTH_METHOD_PREFIX = f"/{service_names.HEALTH}/"
+# The calls asked thousands of times a second (actors polling for the
+# latest version): their request line is DEBUG when they succeed, as health
+# checks' always is; a failure is logged at INFO. Metrics count every call.
+_QUIET_WHEN_OK = frozenset(
+    f"/{service}/{method}" for service in service_names.PUBLIC for method in service_names.PUBLIC_READS
+)
 
 
 def _trace_suffix() -> str:
@@ -230,7 +236,8 @@ class _Wrapping:
     """What the request interceptor puts around one method's calls."""
 
     method: str
-    level: int
+    level: int  # of the request's log line
+    ok_level: int  # of the request's log line when it succeeds
     in_flight: InFlightCalls
     decode: Decoder | None
     streams: StreamGate | None  # set for streaming methods only
@@ -293,7 +300,7 @@ class _CallScope:
         finally:
             w = self._w
             _audit_end(self._audit, code)
-            _log_request(w.level, w.method, code, self._started)
+            _log_request(w.ok_level if code == grpc.StatusCode.OK else w.level, w.method, code, self._started)
             w.calls.finished(code, time.perf_counter() - self._started)
 
 
@@ -358,6 +365,7 @@ def wrap_handler(
     wrapping = _Wrapping(
         method=method,
         level=logging.DEBUG if method.startswith(HEALTH_METHOD_PREFIX) else logging.INFO,
+        ok_level=logging.DEBUG if method.startswith(HEALTH_METHOD_PREFIX) or method in _QUIET_WHEN_OK else logging.INFO,
         in_flight=in_flight,
         decode=_decoder(handler.request_deserializer),
         streams=streams if streaming else None,

@@ -445,6 +445,11 @@ class MetadataMetrics:
             "Metadata database transactions that failed in the database (not a refused request), by access.",
             ("access",),
         )
+        self.read_cache_lookups = _counter(
+            "registry_public_read_cache_lookups",
+            "Public small reads looked up in the reply cache (SQLite only), by outcome (hit or miss).",
+            ("outcome",),
+        )
 
 
 @functools.cache

@@ -16,6 +16,8 @@ from services.metadata.records import CacheBudget
 DATABASE_FILE_NAME = "metadata.sqlite3"
 METADATA_URL_VARIABLE = c.PREFIX + "METADATA_URL"
 POSTGRES_SCHEMES = ("postgresql", "postgres")
+# Small: the replies it holds are a few hundred bytes each.
+READ_CACHE_BYTES = (c.PREFIX + "METADATA_READ_CACHE_BYTES", 16 * c.MIB)
 _URL_FORMS = "sqlite:///absolute/path/to/file.db or postgresql://user[:password]@host[:port]/database"
 
 
@@ -42,6 +44,9 @@ class MetadataConfig:
     reads_port: int = 0
     # Who may call the public reads: the frontends' settings (README, "Access control").
     access: AccessSettings = field(default_factory=AccessSettings)
+    # The public reads' reply cache (services/metadata/reply_cache.py), SQLite
+    # only; 0: none.
+    read_cache_bytes: int = READ_CACHE_BYTES[1]
 
     @property
     def database_description(self) -> str:
@@ -89,6 +94,7 @@ class MetadataConfig:
             limits=RequestLimits.from_env(env),
             reads_port=c.env_int(*c.METADATA_READS_PORT, env, minimum=0),
             access=AccessSettings.from_env(env),
+            read_cache_bytes=c.env_int(*READ_CACHE_BYTES, env, minimum=0),
         )
 
 

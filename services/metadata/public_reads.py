@@ -10,7 +10,9 @@ hops less per call (docs/design.md, "Which process answers which call").
 The request is bounded by the same checks a frontend makes
 (`RequestLimits.check_retrieve_*`, one function each), then answered by the
 same code as the internal API's reads (`MetadataServicer`): same paging by
-reply size, handles, codes and messages, whichever process answers.
+reply size, handles, codes and messages, whichever process answers. With
+SQLite, a request asked again before anything was committed is answered
+with the same encoded reply (reply_cache.py says why that is never stale).
 
 This servicer lives on a server of its own (`METADATA_READS_PORT`), not on
 the internal API's port: the public reads port is the one a stranger's
@@ -21,41 +23,72 @@ stays on the closed network and carries no public traffic.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import grpc
 from cogment import model_registry_pb2_grpc as legacy_grpc
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
+from google.protobuf.message import Message
 
+from services.common import metrics, service_names
 from services.common.limits import RequestLimits
+from services.common.passthrough import add_servicer
+from services.metadata.reply_cache import ReplyCache
 from services.metadata.servicer import MetadataServicer
+
+Read = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
 
 
 class PublicReadsServicer(api_grpc.ModelRegistrySPServicer):
     """RetrieveModels and RetrieveVersionInfos of the public API (the
     methods of `service_names.PUBLIC_READS`, what Envoy routes here); every
-    other public method is UNIMPLEMENTED here (Envoy never routes one)."""
+    other public method is UNIMPLEMENTED here (Envoy never routes one).
 
-    def __init__(self, reads: MetadataServicer, limits: RequestLimits) -> None:
+    Replies are sent encoded: from `cache` when it holds the request's
+    (reply_cache.py), else encoded here and kept there."""
+
+    def __init__(self, reads: MetadataServicer, limits: RequestLimits, cache: ReplyCache | None = None) -> None:
         self._reads = reads
         self._limits = limits
+        self._cache = cache
+        lookups = metrics.metadata().read_cache_lookups
+        self._hits, self._misses = lookups.labels(outcome="hit"), lookups.labels(outcome="miss")
 
-    async def RetrieveModels(
-        self, request: api.RetrieveModelsRequest, context: grpc.aio.ServicerContext
-    ) -> api.RetrieveModelsReply:
+    async def RetrieveModels(self, request: api.RetrieveModelsRequest, context: grpc.aio.ServicerContext) -> bytes:
         """Lists models (paginated) or fetches the given ids in order."""
         self._limits.check_retrieve_models(request.model_ids)
-        return await self._reads.RetrieveModels(request, context)
+        return await self._answer("RetrieveModels", request, self._reads.RetrieveModels, context)
 
     async def RetrieveVersionInfos(
         self, request: api.RetrieveVersionInfosRequest, context: grpc.aio.ServicerContext
-    ) -> api.RetrieveVersionInfosReply:
+    ) -> bytes:
         """Lists versions (paginated) or fetches given numbers (-n from the latest)."""
         self._limits.check_retrieve_version_infos(request.model_id, request.version_numbers)
-        return await self._reads.RetrieveVersionInfos(request, context)
+        return await self._answer("RetrieveVersionInfos", request, self._reads.RetrieveVersionInfos, context)
+
+    async def _answer(self, method: str, request: Message, read: Read, context: grpc.aio.ServicerContext) -> bytes:
+        cache = self._cache
+        if cache is None:
+            return (await read(request, context)).SerializeToString()
+        key = (method, request.SerializeToString(deterministic=True))
+        reply, version = cache.lookup(key)
+        if reply is not None:
+            self._hits.inc()
+            return reply
+        self._misses.inc()
+        reply = (await read(request, context)).SerializeToString()
+        cache.put(key, version, reply)
+        return reply
 
 
 def add_public_reads(servicer: PublicReadsServicer, server: grpc.aio.Server) -> None:
     """Registers `servicer` under the public name and its 1.x alias (the
-    messages of both are the same on the wire)."""
-    api_grpc.add_ModelRegistrySPServicer_to_server(servicer, server)
-    legacy_grpc.add_ModelRegistrySPServicer_to_server(servicer, server)  # type: ignore[arg-type]
+    messages of both are the same on the wire), its replies sent as the
+    encoded bytes it returns."""
+    for service, add_generated in (
+        (service_names.MODEL_REGISTRY, api_grpc.add_ModelRegistrySPServicer_to_server),
+        (service_names.LEGACY_MODEL_REGISTRY, legacy_grpc.add_ModelRegistrySPServicer_to_server),
+    ):
+        add_servicer(server, servicer, service, add_generated, raw_responses=service_names.PUBLIC_READS)

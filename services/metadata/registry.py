@@ -50,6 +50,7 @@ from services.metadata.records import (
     VersionPage,
     WatchStart,
 )
+from services.metadata.reply_cache import ReplyCache
 from services.metadata.store.base import MetadataStore, ReadDeferred
 from services.metadata.watch import VersionHub
 
@@ -99,11 +100,16 @@ class MetadataRegistry:
         *,
         watch_batch_size: int = WATCH_BATCH_SIZE,
         reader: MetadataStore | None = None,
+        reply_cache_bytes: int = 0,
     ) -> None:
         """Use `open`; `store` must have been created on `executor`'s only
         thread, `reader` (if any) on the event loop's."""
         self._store = store
         self._reader = reader
+        # Only where the reader can tell, without waiting, that the database changed.
+        self.reply_cache: ReplyCache | None = None
+        if reader is not None and reply_cache_bytes and reader.data_version() is not None:
+            self.reply_cache = ReplyCache(reply_cache_bytes, reader.data_version)
         self._executor = executor
         self._loop = loop
         self._watch_batch_size = watch_batch_size
@@ -123,7 +129,9 @@ class MetadataRegistry:
         """Opens the store (`open_store()`, on the worker thread), then the
         reader if given (`open_reader()`, on the loop thread: only reads that
         never wait may use it), then starts `feed` (other processes'
-        changes) if given, and returns the registry."""
+        changes) if given, and returns the registry. `reply_cache_bytes`
+        (with a reader that knows when the database changed): the size of
+        the public reads' `reply_cache`."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata-store")
         loop = asyncio.get_running_loop()
         try:

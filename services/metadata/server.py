@@ -33,6 +33,7 @@ async def open_registry(config: MetadataConfig) -> MetadataRegistry:
             lambda: SqliteMetadataStore(path, config.cache_budget, config.limits),
             # Reads on the event loop thread, without a thread hand-off each.
             open_reader=lambda: SqliteReader(path, config.cache_budget, config.limits),
+            reply_cache_bytes=config.read_cache_bytes,
         )
     # Imported here: a SQLite deployment never loads the PostgreSQL driver.
     from services.metadata.change_feed import PostgresChangeFeed
@@ -69,7 +70,7 @@ async def create_server(config: MetadataConfig, *, registry: MetadataRegistry | 
         registry = await open_registry(config)
     internal = MetadataServicer(registry)
     metadata_pb2_grpc.add_MetadataServiceServicer_to_server(internal, server)
-    add_public_reads(PublicReadsServicer(internal, config.limits), reads_server.server)
+    add_public_reads(PublicReadsServicer(internal, config.limits, registry.reply_cache), reads_server.server)
     for service in ("", service_names.METADATA):
         await health_servicer.set(service, SERVING)
     interval = config.database_check_interval_seconds

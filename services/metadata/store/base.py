@@ -180,3 +180,10 @@ class MetadataStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Releases the database; the store is unusable afterwards."""
+
+    def data_version(self) -> int | None:
+        """A number that differs from the last one returned once any
+        connection, of any process, has committed a change to the database,
+        read without waiting; None where the database offers no such
+        number (then nothing read from it may be kept: reply_cache.py)."""
+        return None

@@ -169,6 +169,15 @@ class SqliteReader(SqliteMetadataStore):
             raise
         return connection
 
+    def data_version(self) -> int | None:
+        # SQLite's own change counter, as this connection sees it: another
+        # connection's commit (this process's writer, or another process)
+        # changes it. It reads the WAL index only, in a few µs.
+        try:
+            return self._connection.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return None
+
     def _database_error(self, exc: Exception) -> Exception | None:
         # Extended codes (SQLITE_BUSY_RECOVERY...) keep the primary code in the low byte.
         if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode & 0xFF in (

@@ -9,14 +9,18 @@ from cogment import model_registry_pb2_grpc as legacy_grpc
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 from registry import metadata_pb2 as pb
 from registry import metadata_pb2_grpc
 
 from services.common.limits import RequestLimits
 from services.common.service_names import METADATA
 from services.frontend.models import Models
+from services.metadata.config import DATABASE_FILE_NAME
+from services.metadata.records import Model
 from services.metadata.server import create_server
-from services.metadata.tests.helpers import new_blob_key, test_config
+from services.metadata.store.sqlite import SqliteMetadataStore
+from services.metadata.tests.helpers import LARGE_BUDGET, new_blob_key, test_config
 
 
 @pytest.fixture
@@ -99,3 +103,75 @@ async def test_its_health_is_metadatas(servers):
     for name in ("", METADATA):
         reply = await health_pb2_grpc.HealthStub(public).Check(health_pb2.HealthCheckRequest(service=name))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- the reply cache (reply_cache.py) --------------------------------------------------------
+
+
+def cache_lookups(outcome: str) -> float:
+    return REGISTRY.get_sample_value("registry_public_read_cache_lookups_total", {"outcome": outcome}) or 0.0
+
+
+async def test_a_repeated_read_is_answered_from_the_cache_until_anything_changes(servers):
+    internal, public = servers
+    stub = api_grpc.ModelRegistrySPStub(public)
+    latest = api.RetrieveVersionInfosRequest(model_id="m", version_numbers=[-1])
+    first = await stub.RetrieveVersionInfos(latest)
+    hits = cache_lookups("hit")
+    assert await stub.RetrieveVersionInfos(latest) == first
+    assert await legacy_grpc.ModelRegistrySPStub(public).RetrieveVersionInfos(latest) == first
+    assert cache_lookups("hit") == hits + 2
+    # Every kind of write is seen by the next read, through the cache.
+    await internal.CommitVersion(
+        pb.CommitVersionRequest(
+            version_info=api.ModelVersionInfo(model_id="m", data_hash="aGFzaA==", data_size=10), blob_key=new_blob_key()
+        )
+    )
+    (latest_info,) = (await stub.RetrieveVersionInfos(latest)).version_infos
+    assert latest_info.version_number == 3
+    models = await stub.RetrieveModels(api.RetrieveModelsRequest())
+    await internal.UpsertModel(api.ModelInfo(model_id="m", user_data={"k": "w"}))
+    (model,) = (await stub.RetrieveModels(api.RetrieveModelsRequest())).model_infos
+    assert dict(model.user_data) == {"k": "w"} and models.model_infos[0].user_data["k"] == "v"
+    await internal.DeleteModel(pb.DeleteModelRequest(model_id="m"))
+    assert (await stub.RetrieveModels(api.RetrieveModelsRequest())).model_infos == []
+    code, _ = await status_of(stub.RetrieveVersionInfos(latest))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_change_made_by_another_process_is_seen_at_once(servers, tmp_path):
+    """The cache asks SQLite whether anything committed, whoever committed
+    it: here another connection, as another process would be."""
+    _, public = servers
+    stub = api_grpc.ModelRegistrySPStub(public)
+    request = api.RetrieveModelsRequest()
+    assert [m.model_id for m in (await stub.RetrieveModels(request)).model_infos] == ["m"]
+    assert [m.model_id for m in (await stub.RetrieveModels(request)).model_infos] == ["m"]  # cached
+    other = SqliteMetadataStore(tmp_path / DATABASE_FILE_NAME, LARGE_BUDGET)
+    try:
+        other.upsert_model(Model("written-elsewhere"))
+    finally:
+        other.close()
+    assert [m.model_id for m in (await stub.RetrieveModels(request)).model_infos] == ["m", "written-elsewhere"]
+
+
+async def test_without_a_cache_the_reads_are_the_same(tmp_path):
+    app = await create_server(test_config(tmp_path, METADATA_READ_CACHE_BYTES="0"))
+    for server in app.servers:
+        await server.start()
+    (reads,) = app.more_servers
+    internal = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    public = grpc.aio.insecure_channel(f"127.0.0.1:{reads.port}")
+    try:
+        await metadata_pb2_grpc.MetadataServiceStub(internal).UpsertModel(api.ModelInfo(model_id="m"))
+        misses = cache_lookups("miss")
+        for _ in range(2):
+            (model,) = (await api_grpc.ModelRegistrySPStub(public).RetrieveModels(api.RetrieveModelsRequest())).model_infos
+            assert model.model_id == "m"
+        assert cache_lookups("miss") == misses  # not looked up at all
+    finally:
+        await internal.close()
+        await public.close()
+        for server in app.servers:
+            await server.stop(0)
+        await app.on_stop()
