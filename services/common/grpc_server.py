@@ -180,7 +180,7 @@ def _failure_code(context: grpc.aio.ServicerContext, exc: BaseException) -> grpc
 Decoder = Callable[[bytes], Any]
 
 
-def _decoder(deserializer: Decoder | None) -> Decoder | None:
+def request_decoder(deserializer: Decoder | None) -> Decoder | None:
     """The function that turns a received message into the request the
     handler expects (None: the handler takes bytes), raising
     InvalidArgument for bytes that are not such a message: truncated or
@@ -367,7 +367,7 @@ def wrap_handler(
         level=logging.DEBUG if method.startswith(HEALTH_METHOD_PREFIX) else logging.INFO,
         ok_level=logging.DEBUG if method.startswith(HEALTH_METHOD_PREFIX) or method in _QUIET_WHEN_OK else logging.INFO,
         in_flight=in_flight,
-        decode=_decoder(handler.request_deserializer),
+        decode=request_decoder(handler.request_deserializer),
         streams=streams if streaming else None,
         calls=metrics.server_calls(method, handler),
         access=access,

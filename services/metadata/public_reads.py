@@ -24,7 +24,6 @@ stays on the closed network and carries no public traffic.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import grpc
 from cogment import model_registry_pb2_grpc as legacy_grpc
@@ -33,12 +32,13 @@ from cogmentAPI import model_registry_pb2_grpc as api_grpc
 from google.protobuf.message import Message
 
 from services.common import metrics, service_names
+from services.common.grpc_server import request_decoder
 from services.common.limits import RequestLimits
 from services.common.passthrough import add_servicer
 from services.metadata.reply_cache import ReplyCache
 from services.metadata.servicer import MetadataServicer
 
-Read = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
+Read = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]
 
 
 class PublicReadsServicer(api_grpc.ModelRegistrySPServicer):
@@ -46,49 +46,60 @@ class PublicReadsServicer(api_grpc.ModelRegistrySPServicer):
     methods of `service_names.PUBLIC_READS`, what Envoy routes here); every
     other public method is UNIMPLEMENTED here (Envoy never routes one).
 
-    Replies are sent encoded: from `cache` when it holds the request's
-    (reply_cache.py), else encoded here and kept there."""
+    Requests are received and replies sent encoded: a request found in
+    `cache` (reply_cache.py) is answered with the reply kept for it, without
+    being decoded or checked again (the same bytes pass the same checks);
+    any other is decoded, checked, read, encoded, and kept there."""
 
     def __init__(self, reads: MetadataServicer, limits: RequestLimits, cache: ReplyCache | None = None) -> None:
         self._reads = reads
         self._limits = limits
         self._cache = cache
+        self._decode_models = request_decoder(api.RetrieveModelsRequest.FromString)
+        self._decode_versions = request_decoder(api.RetrieveVersionInfosRequest.FromString)
         lookups = metrics.metadata().read_cache_lookups
         self._hits, self._misses = lookups.labels(outcome="hit"), lookups.labels(outcome="miss")
 
-    async def RetrieveModels(self, request: api.RetrieveModelsRequest, context: grpc.aio.ServicerContext) -> bytes:
+    async def RetrieveModels(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Lists models (paginated) or fetches the given ids in order."""
-        self._limits.check_retrieve_models(request.model_ids)
-        return await self._answer("RetrieveModels", request, self._reads.RetrieveModels, context)
+        return await self._answer("RetrieveModels", request, self._read_models, context)
 
-    async def RetrieveVersionInfos(
-        self, request: api.RetrieveVersionInfosRequest, context: grpc.aio.ServicerContext
-    ) -> bytes:
+    async def RetrieveVersionInfos(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Lists versions (paginated) or fetches given numbers (-n from the latest)."""
-        self._limits.check_retrieve_version_infos(request.model_id, request.version_numbers)
-        return await self._answer("RetrieveVersionInfos", request, self._reads.RetrieveVersionInfos, context)
+        return await self._answer("RetrieveVersionInfos", request, self._read_versions, context)
 
-    async def _answer(self, method: str, request: Message, read: Read, context: grpc.aio.ServicerContext) -> bytes:
+    async def _read_models(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        request = self._decode_models(raw)
+        self._limits.check_retrieve_models(request.model_ids)
+        return await self._reads.RetrieveModels(request, context)
+
+    async def _read_versions(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        request = self._decode_versions(raw)
+        self._limits.check_retrieve_version_infos(request.model_id, request.version_numbers)
+        return await self._reads.RetrieveVersionInfos(request, context)
+
+    async def _answer(self, method: str, raw: bytes, read: Read, context: grpc.aio.ServicerContext) -> bytes:
         cache = self._cache
         if cache is None:
-            return (await read(request, context)).SerializeToString()
-        key = (method, request.SerializeToString(deterministic=True))
+            return (await read(raw, context)).SerializeToString()
+        key = (method, raw)
         reply, version = cache.lookup(key)
         if reply is not None:
             self._hits.inc()
             return reply
         self._misses.inc()
-        reply = (await read(request, context)).SerializeToString()
+        reply = (await read(raw, context)).SerializeToString()
         cache.put(key, version, reply)
         return reply
 
 
 def add_public_reads(servicer: PublicReadsServicer, server: grpc.aio.Server) -> None:
     """Registers `servicer` under the public name and its 1.x alias (the
-    messages of both are the same on the wire), its replies sent as the
-    encoded bytes it returns."""
+    messages of both are the same on the wire), receiving requests and
+    sending replies encoded."""
     for service, add_generated in (
         (service_names.MODEL_REGISTRY, api_grpc.add_ModelRegistrySPServicer_to_server),
         (service_names.LEGACY_MODEL_REGISTRY, legacy_grpc.add_ModelRegistrySPServicer_to_server),
     ):
-        add_servicer(server, servicer, service, add_generated, raw_responses=service_names.PUBLIC_READS)
+        reads = service_names.PUBLIC_READS
+        add_servicer(server, servicer, service, add_generated, raw_requests=reads, raw_responses=reads)

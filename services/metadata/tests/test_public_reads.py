@@ -14,7 +14,7 @@ from registry import metadata_pb2 as pb
 from registry import metadata_pb2_grpc
 
 from services.common.limits import RequestLimits
-from services.common.service_names import METADATA
+from services.common.service_names import LEGACY_MODEL_REGISTRY, METADATA, MODEL_REGISTRY
 from services.frontend.models import Models
 from services.metadata.config import DATABASE_FILE_NAME
 from services.metadata.records import Model
@@ -175,3 +175,17 @@ async def test_without_a_cache_the_reads_are_the_same(tmp_path):
         for server in app.servers:
             await server.stop(0)
         await app.on_stop()
+
+
+async def test_bytes_that_are_no_request_are_refused_every_time(servers):
+    """The reads decode their requests themselves (a cached request is not
+    decoded again): bytes that are no such message are INVALID_ARGUMENT,
+    the first time and the next, and never kept."""
+    _, public = servers
+    for service in (MODEL_REGISTRY, LEGACY_MODEL_REGISTRY):
+        for method in ("RetrieveVersionInfos", "RetrieveModels"):
+            call = public.unary_unary(f"/{service}/{method}")
+            for _ in range(2):
+                code, message = await status_of(call(b"\x0a\x05ab"))  # a string field cut short
+                assert code == grpc.StatusCode.INVALID_ARGUMENT
+                assert message.startswith("the request is not a valid cogmentAPI.")
