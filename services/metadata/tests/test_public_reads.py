@@ -3,6 +3,9 @@ reads under both API names, the frontend's request checks, nothing else."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import grpc
 import pytest
 from cogment import model_registry_pb2_grpc as legacy_grpc
@@ -23,16 +26,29 @@ from services.metadata.store.sqlite import SqliteMetadataStore
 from services.metadata.tests.helpers import LARGE_BUDGET, new_blob_key, test_config
 
 
-@pytest.fixture
-async def servers(tmp_path):
-    """(the internal API's stub, the public reads' channel) of one metadata process."""
-    app = await create_server(test_config(tmp_path, MAX_VERSION_NUMBERS="3"))
+@asynccontextmanager
+async def serving(config) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
+    """(a channel to the internal API, one to the public reads) of one metadata process."""
+    app = await create_server(config)
     for server in app.servers:
         await server.start()
     (reads,) = app.more_servers
     internal = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
     public = grpc.aio.insecure_channel(f"127.0.0.1:{reads.port}")
     try:
+        yield internal, public
+    finally:
+        await internal.close()
+        await public.close()
+        for server in app.servers:
+            await server.stop(0)
+        await app.on_stop()
+
+
+@pytest.fixture
+async def servers(tmp_path):
+    """(the internal API's stub, the public reads' channel), model "m" with two versions."""
+    async with serving(test_config(tmp_path, MAX_VERSION_NUMBERS="3")) as (internal, public):
         stub = metadata_pb2_grpc.MetadataServiceStub(internal)
         await stub.UpsertModel(api.ModelInfo(model_id="m", user_data={"k": "v"}))
         for _ in range(2):
@@ -43,12 +59,6 @@ async def servers(tmp_path):
                 )
             )
         yield stub, public
-    finally:
-        await internal.close()
-        await public.close()
-        for server in app.servers:
-            await server.stop(0)
-        await app.on_stop()
 
 
 async def status_of(call) -> tuple[grpc.StatusCode, str]:
@@ -156,25 +166,13 @@ async def test_a_change_made_by_another_process_is_seen_at_once(servers, tmp_pat
 
 
 async def test_without_a_cache_the_reads_are_the_same(tmp_path):
-    app = await create_server(test_config(tmp_path, METADATA_READ_CACHE_BYTES="0"))
-    for server in app.servers:
-        await server.start()
-    (reads,) = app.more_servers
-    internal = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
-    public = grpc.aio.insecure_channel(f"127.0.0.1:{reads.port}")
-    try:
+    async with serving(test_config(tmp_path, METADATA_READ_CACHE_BYTES="0")) as (internal, public):
         await metadata_pb2_grpc.MetadataServiceStub(internal).UpsertModel(api.ModelInfo(model_id="m"))
         misses = cache_lookups("miss")
         for _ in range(2):
             (model,) = (await api_grpc.ModelRegistrySPStub(public).RetrieveModels(api.RetrieveModelsRequest())).model_infos
             assert model.model_id == "m"
         assert cache_lookups("miss") == misses  # not looked up at all
-    finally:
-        await internal.close()
-        await public.close()
-        for server in app.servers:
-            await server.stop(0)
-        await app.on_stop()
 
 
 async def test_bytes_that_are_no_request_are_refused_every_time(servers):
