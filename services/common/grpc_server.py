@@ -1,6 +1,7 @@
 """gRPC server plumbing shared by every service.
 
-- `RequestInterceptor`: one log line per request (method, status, duration),
+- `RequestInterceptor`: one log line per request (method, status, duration;
+  DEBUG for health checks and successful small reads, INFO otherwise),
   its metrics (`grpc_server_*`, services.common.metrics), and the single
   place where domain errors become gRPC statuses; it decodes every request
   itself (an undecodable one is INVALID_ARGUMENT, never gRPC's UNKNOWN),
