@@ -179,15 +179,43 @@ class FakeRegistry(pb_grpc.ModelRegistrySPServicer):
             context.abort(end, f"scripted {end.name}")
 
 
+@dataclass
+class ServedFake:
+    """A FakeRegistry served on a local port, which it keeps across
+    `stop()` and `start()` (a registry that goes away and comes back)."""
+
+    servicer: FakeRegistry = field(default_factory=FakeRegistry)
+    port: int = 0  # 0 until the first start: a free port
+    _server: grpc.Server | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        pb_grpc.add_ModelRegistrySPServicer_to_server(self.servicer, server)
+        self.port = server.add_insecure_port(self.address)
+        server.start()
+        self._server = server
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(None)
+            self._server = None
+
+
 @pytest.fixture
-def fake() -> Iterator[tuple[FakeRegistry, str]]:
-    """A FakeRegistry served on a free local port: (servicer, address)."""
-    servicer = FakeRegistry()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    pb_grpc.add_ModelRegistrySPServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def served_fake() -> Iterator[ServedFake]:
+    served = ServedFake()
+    served.start()
     try:
-        yield servicer, f"127.0.0.1:{port}"
+        yield served
     finally:
-        server.stop(None)
+        served.stop()
+
+
+@pytest.fixture
+def fake(served_fake: ServedFake) -> tuple[FakeRegistry, str]:
+    """A FakeRegistry served on a free local port: (servicer, address)."""
+    return served_fake.servicer, served_fake.address

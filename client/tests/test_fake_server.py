@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 from contextlib import aclosing
 
 import grpc
 import pytest
 
-from model_registry_client import AsyncRegistryClient, DataIntegrityError, NotFoundError, RegistryClient
+from model_registry_client import AsyncRegistryClient, DataIntegrityError, NotFoundError, RegistryClient, UnavailableError
 from model_registry_client._proto import pb
 
 DATA = os.urandom(10_000)
@@ -153,3 +154,28 @@ def test_no_token_no_authorization_header(fake, monkeypatch):
     with RegistryClient(address) as client:
         client.get_model("m")
     assert "authorization" not in servicer.calls[-1][1]
+
+
+def test_a_client_is_usable_within_a_second_of_the_registry_coming_back(served_fake):
+    """gRPC's default reconnect backoff grows to minutes while the server is
+    away and fails every call at once in between; the SDK's channel tries
+    again every second at most (`CHANNEL_OPTIONS`)."""
+    with RegistryClient(served_fake.address, timeout=1.0) as client:
+        assert client.get_model("m").model_id == "m"
+        served_fake.stop()
+        # Away for long enough that the default backoff would next try ~4 s
+        # after the server is back (attempts ~1, 2.6, 5.2, 9.3, 15.9 s).
+        away_until = time.monotonic() + 12
+        while time.monotonic() < away_until:
+            with pytest.raises(UnavailableError):
+                client.get_model("m")
+            time.sleep(0.2)
+        served_fake.start()
+        back = time.monotonic()
+        while True:
+            try:
+                client.get_model("m")
+                break
+            except UnavailableError:
+                assert time.monotonic() - back < 1.5, "the client did not reconnect within 1.5 s"
+                time.sleep(0.05)

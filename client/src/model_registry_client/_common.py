@@ -31,6 +31,13 @@ PAGE_SIZE = 100
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MESSAGE_LIMIT),
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    # While the registry is unreachable, gRPC waits longer and longer
+    # between connection attempts (up to 2 minutes by default) and fails
+    # every call at once in between: after a restart of the registry a
+    # long-running client would keep failing for that long. Retrying the
+    # connection every second at most makes it usable again within a second.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 # What `follow` reconnects after (besides the server ending the stream).
