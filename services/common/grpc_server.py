@@ -363,10 +363,11 @@ def wrap_handler(
     decodes, a message it cannot parse fails the call with UNKNOWN before
     any interceptor sees it."""
     streaming = handler.request_streaming or handler.response_streaming
+    health = method.startswith(HEALTH_METHOD_PREFIX)
     wrapping = _Wrapping(
         method=method,
-        level=logging.DEBUG if method.startswith(HEALTH_METHOD_PREFIX) else logging.INFO,
-        ok_level=logging.DEBUG if method.startswith(HEALTH_METHOD_PREFIX) or method in _QUIET_WHEN_OK else logging.INFO,
+        level=logging.DEBUG if health else logging.INFO,
+        ok_level=logging.DEBUG if health or method in _QUIET_WHEN_OK else logging.INFO,
         in_flight=in_flight,
         decode=request_decoder(handler.request_deserializer),
         streams=streams if streaming else None,

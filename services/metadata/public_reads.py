@@ -97,9 +97,9 @@ def add_public_reads(servicer: PublicReadsServicer, server: grpc.aio.Server) -> 
     """Registers `servicer` under the public name and its 1.x alias (the
     messages of both are the same on the wire), receiving requests and
     sending replies encoded."""
+    reads = service_names.PUBLIC_READS
     for service, add_generated in (
         (service_names.MODEL_REGISTRY, api_grpc.add_ModelRegistrySPServicer_to_server),
         (service_names.LEGACY_MODEL_REGISTRY, legacy_grpc.add_ModelRegistrySPServicer_to_server),
     ):
-        reads = service_names.PUBLIC_READS
         add_servicer(server, servicer, service, add_generated, raw_requests=reads, raw_responses=reads)

@@ -12,11 +12,14 @@ from .tls import tls_credentials
 
 
 class ChannelClient:
-    """Resolves the address, credentials and call metadata once; opens the
-    channel on first use (an asyncio channel must be opened in the running
-    event loop) with `channel_module`, `grpc` or `grpc.aio`."""
+    """Resolves the address, credentials and call metadata once, and opens
+    the channel with `channel_module`, `grpc` or `grpc.aio` (an asyncio
+    channel must be opened in the running event loop: on first use)."""
 
     channel_module: Any = grpc
+    # The blocking client opens its channel at once, as threads may share
+    # it from their first call; the asyncio one on first use.
+    opens_at_construction = True
 
     def __init__(
         self,
@@ -35,19 +38,19 @@ class ChannelClient:
         self._credentials = credentials if credentials is not None else tls_credentials(ca_cert, cert, key)
         self._metadata = call_metadata(token, user, password)
         self._timeout = timeout
-        self._channel: Any = None
         self._stubs: dict[type, Any] = {}
+        self._channel: Any = self._open_channel() if self.opens_at_construction else None
+
+    def _open_channel(self) -> Any:
+        if self._credentials is None:
+            return self.channel_module.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        return self.channel_module.secure_channel(self.address, self._credentials, options=CHANNEL_OPTIONS)
 
     def _stub_of(self, stub_type: type) -> Any:
         stub = self._stubs.get(stub_type)
         if stub is None:
             if self._channel is None:
-                if self._credentials is None:
-                    self._channel = self.channel_module.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-                else:
-                    self._channel = self.channel_module.secure_channel(
-                        self.address, self._credentials, options=CHANNEL_OPTIONS
-                    )
+                self._channel = self._open_channel()
             stub = self._stubs[stub_type] = stub_type(self._channel)
         return stub
 

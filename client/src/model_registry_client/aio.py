@@ -57,6 +57,7 @@ class AsyncRegistryClient(ChannelClient):
     """
 
     channel_module = grpc.aio
+    opens_at_construction = False
 
     @property
     def _stub(self) -> Any:

@@ -219,12 +219,12 @@ class PostgresMetadataStore(SqlMetadataStore):
             cursor.execute("COMMIT")
             self._committing = False
             return
-        if self._connection.closed or self._connection.broken:
+        if self._connection.closed:
             return  # the server rolls back the transaction of a lost connection
         try:
             cursor.execute("ROLLBACK")
         except psycopg.OperationalError:
-            if not (self._connection.closed or self._connection.broken):
+            if not self._connection.closed:
                 raise
 
     def _largest_model_seq(self, cursor: Cursor) -> int:
@@ -302,12 +302,12 @@ class PostgresMetadataStore(SqlMetadataStore):
         """Whether the connection is gone. The server's "terminating
         connection" notice (SQLSTATE class 57P, or 08 for a connection
         failure) can arrive before the driver has seen the socket close, so
-        the code counts as much as the connection's state; the connection is
-        then closed here so that the next attempt opens a new one."""
-        state = exc.sqlstate or ""
-        if self._connection.closed or self._connection.broken:
+        the code counts as much as the connection's state (`closed`, which a
+        broken connection is too); the connection is then closed here so
+        that the next attempt opens a new one."""
+        if self._connection.closed:
             return True
-        if state.startswith(("57P", "08")):
+        if (exc.sqlstate or "").startswith(("57P", "08")):
             self._connection.close()
             return True
         return False
