@@ -447,7 +447,7 @@ class MetadataMetrics:
         )
         self.read_cache_lookups = _counter(
             "registry_public_read_cache_lookups",
-            "Public small reads looked up in the reply cache (SQLite only), by outcome (hit or miss).",
+            "Public small reads looked up in the reply cache, by outcome (hit or miss).",
             ("outcome",),
         )
 

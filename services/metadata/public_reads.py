@@ -10,9 +10,9 @@ hops less per call (docs/design.md, "Which process answers which call").
 The request is bounded by the same checks a frontend makes
 (`RequestLimits.check_retrieve_*`, one function each), then answered by the
 same code as the internal API's reads (`MetadataServicer`): same paging by
-reply size, handles, codes and messages, whichever process answers. With
-SQLite, a request asked again before anything was committed is answered
-with the same encoded reply (reply_cache.py says why that is never stale).
+reply size, handles, codes and messages, whichever process answers. A
+request asked again before anything was committed is answered with the same
+encoded reply (reply_cache.py says why that is never stale).
 
 This servicer lives on a server of its own (`METADATA_READS_PORT`), not on
 the internal API's port: the public reads port is the one a stranger's
@@ -83,7 +83,7 @@ class PublicReadsServicer(api_grpc.ModelRegistrySPServicer):
         if cache is None:
             return (await read(raw, context)).SerializeToString()
         key = (method, raw)
-        reply, version = cache.lookup(key)
+        reply, version = await cache.lookup(key)
         if reply is not None:
             self._hits.inc()
             return reply

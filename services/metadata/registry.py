@@ -50,7 +50,7 @@ from services.metadata.records import (
     VersionPage,
     WatchStart,
 )
-from services.metadata.reply_cache import ReplyCache
+from services.metadata.reply_cache import DataVersion, ReplyCache
 from services.metadata.store.base import MetadataStore, ReadDeferred
 from services.metadata.watch import VersionHub
 
@@ -82,6 +82,19 @@ class ChangeFeed(Protocol):
     async def close(self) -> None: ...
 
 
+class _ReaderDataVersion:
+    """The `DataVersion` of a reader that reads it without waiting (SQLite)."""
+
+    def __init__(self, reader: MetadataStore) -> None:
+        self._reader = reader
+
+    async def current(self) -> int | None:
+        return self._reader.data_version()
+
+    async def close(self) -> None:
+        pass  # the registry closes the reader
+
+
 def _annotate(**attributes: str | int | bool) -> None:
     """Sets attributes on the current (server) span, if one is recording."""
     span = trace.get_current_span()
@@ -100,16 +113,21 @@ class MetadataRegistry:
         *,
         watch_batch_size: int = WATCH_BATCH_SIZE,
         reader: MetadataStore | None = None,
+        data_version: DataVersion | None = None,
         reply_cache_bytes: int = 0,
     ) -> None:
         """Use `open`; `store` must have been created on `executor`'s only
         thread, `reader` (if any) on the event loop's."""
         self._store = store
         self._reader = reader
-        # Only where the reader can tell, without waiting, that the database changed.
+        # The reply cache needs to know when the database changed: from
+        # `data_version`, else from a reader that can tell without waiting.
+        if data_version is None and reader is not None and reader.data_version() is not None:
+            data_version = _ReaderDataVersion(reader)
+        self._data_version = data_version
         self.reply_cache: ReplyCache | None = None
-        if reader is not None and reply_cache_bytes and reader.data_version() is not None:
-            self.reply_cache = ReplyCache(reply_cache_bytes, reader.data_version)
+        if data_version is not None and reply_cache_bytes:
+            self.reply_cache = ReplyCache(reply_cache_bytes, data_version)
         self._executor = executor
         self._loop = loop
         self._watch_batch_size = watch_batch_size
@@ -124,14 +142,17 @@ class MetadataRegistry:
         *,
         open_reader: Callable[[], MetadataStore] | None = None,
         feed: ChangeFeed | None = None,
-        **options: int,
+        data_version: DataVersion | None = None,
+        reply_cache_bytes: int = 0,
+        watch_batch_size: int = WATCH_BATCH_SIZE,
     ) -> MetadataRegistry:
         """Opens the store (`open_store()`, on the worker thread), then the
         reader if given (`open_reader()`, on the loop thread: only reads that
         never wait may use it), then starts `feed` (other processes'
         changes) if given, and returns the registry. `reply_cache_bytes`
-        (with a reader that knows when the database changed): the size of
-        the public reads' `reply_cache`."""
+        (with `data_version`, or a reader that knows when the database
+        changed): the size of the public reads' `reply_cache`; the registry
+        closes `data_version`."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metadata-store")
         loop = asyncio.get_running_loop()
         try:
@@ -147,7 +168,12 @@ class MetadataRegistry:
                 await loop.run_in_executor(executor, store.close)
                 executor.shutdown(wait=False)
                 raise
-        registry = cls(store, executor, loop, reader=reader, **options)
+        registry = cls(
+            store, executor, loop, reader=reader,
+            data_version=data_version,
+            reply_cache_bytes=reply_cache_bytes,
+            watch_batch_size=watch_batch_size,
+        )
         if feed is not None:
             try:
                 await feed.start(registry.hub)
@@ -165,6 +191,8 @@ class MetadataRegistry:
         self.hub.close(Unavailable("the metadata service is shutting down, watch again"))
         if self._feed is not None:
             await self._feed.close()
+        if self._data_version is not None:
+            await self._data_version.close()
         if self._reader is not None:
             self._reader.close()
         await self._loop.run_in_executor(self._executor, self._store.close)

@@ -7,23 +7,41 @@ and a repeated request costs a lookup instead of a database read, the
 conversions and the encoding.
 
 Fresh by construction, never by expiry: the database says when it changed.
-Each lookup first reads the store's `data_version()` (SQLite's change
-counter, which any connection's commit moves, this process's writer's or
-another process's), and empties the cache when it moved. A reply is kept
-under the version read before it was read, so it reflects at least that
-state, and it is served only while the version has not moved since: a
-client that was told a write succeeded never gets a reply read before it.
-PostgreSQL offers no such counter without a round trip to the server
-(which is the cost the cache saves): there is no cache there.
+Each lookup first asks the database's `DataVersion` for its current
+version, and empties the cache when it moved:
+
+- SQLite: its change counter (`PRAGMA data_version` on the reader's
+  connection), which any connection's commit moves, this process's writer's
+  or another process's; read in a few µs, without waiting.
+- PostgreSQL: the server's current snapshot, which any replica's commit
+  changes (snapshot_version.py); a round trip, shared by the lookups that
+  arrive together.
+
+A reply is kept under the version read before it was read, so it reflects
+at least that state, and it is served only while the version has not moved
+since: a client that was told a write succeeded (by any replica) never gets
+a reply read before it.
 
 Used from the event loop thread only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Hashable
+from typing import Protocol
 
 ReplyKey = tuple[str, bytes]  # (method, the request as encoded)
+
+
+class DataVersion(Protocol):
+    """What moves whenever anything is committed to the database."""
+
+    async def current(self) -> Hashable | None:
+        """The version now (read after this call began), or None if the
+        database cannot say: then nothing is served from the cache nor
+        kept in it."""
+
+    async def close(self) -> None: ...
 
 
 class ReplyCache:
@@ -32,17 +50,17 @@ class ReplyCache:
 
     ENTRY_SHARE = 64
 
-    def __init__(self, max_bytes: int, data_version: Callable[[], int | None]) -> None:
+    def __init__(self, max_bytes: int, data_version: DataVersion) -> None:
         self.max_bytes = max_bytes
         self._data_version = data_version
-        self._version: int | None = None
+        self._version: Hashable | None = None
         self._entries: dict[ReplyKey, bytes] = {}
         self._bytes = 0
 
-    def lookup(self, key: ReplyKey) -> tuple[bytes | None, int | None]:
+    async def lookup(self, key: ReplyKey) -> tuple[bytes | None, Hashable | None]:
         """The reply kept for `key` if the database is unchanged since, and
         the version to `put` a new reply under (None: do not keep it)."""
-        version = self._data_version()
+        version = await self._data_version.current()
         if version is None or version != self._version:
             self._entries.clear()
             self._bytes = 0
@@ -50,7 +68,7 @@ class ReplyCache:
             return None, version
         return self._entries.get(key), version
 
-    def put(self, key: ReplyKey, version: int | None, reply: bytes) -> None:
+    def put(self, key: ReplyKey, version: Hashable | None, reply: bytes) -> None:
         """Keeps `reply`, read after `lookup` returned `version`."""
         size = len(key[0]) + len(key[1]) + len(reply)
         if version is None or version != self._version or size * self.ENTRY_SHARE > self.max_bytes:

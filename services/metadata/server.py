@@ -25,7 +25,9 @@ log = logging.getLogger("registry.metadata")
 async def open_registry(config: MetadataConfig) -> MetadataRegistry:
     """The registry over the configured database: a SQLite file (created if
     needed; reads served on the event loop thread), or PostgreSQL (schema created or migrated) shared with other
-    replicas, whose changes a `PostgresChangeFeed` feeds to the watchers."""
+    replicas, whose changes a `PostgresChangeFeed` feeds to the watchers;
+    either way, repeated small reads are answered from a reply cache that
+    the database's version keeps fresh (reply_cache.py)."""
     if config.postgres_url is None:
         path = config.database_path
         assert path is not None
@@ -38,6 +40,7 @@ async def open_registry(config: MetadataConfig) -> MetadataRegistry:
     # Imported here: a SQLite deployment never loads the PostgreSQL driver.
     from services.metadata.change_feed import PostgresChangeFeed
     from services.metadata.postgres_session import new_origin
+    from services.metadata.snapshot_version import PostgresSnapshotVersion
     from services.metadata.store.postgres import PostgresMetadataStore
 
     url, origin = config.postgres_url, new_origin()
@@ -45,6 +48,10 @@ async def open_registry(config: MetadataConfig) -> MetadataRegistry:
         return await MetadataRegistry.open(
             lambda: PostgresMetadataStore(url, config.cache_budget, origin=origin, limits=config.limits),
             feed=PostgresChangeFeed(url, origin),
+            # Bounded as the health check is: a server that does not answer
+            # within a beat is not asked again by every small read meanwhile.
+            data_version=PostgresSnapshotVersion(url, timeout=config.database_check_interval_seconds),
+            reply_cache_bytes=config.read_cache_bytes,
         )
     except StoreOpenError as exc:
         raise StoreOpenError(f"{METADATA_URL_VARIABLE}: {exc}") from None
