@@ -70,6 +70,7 @@ class PostgresSnapshotVersion:
         self._in_flight: _Waiters | None = None  # for the query sent
         self._deadline: asyncio.TimerHandle | None = None
         self._quiet_until = 0.0
+        self._failing = False
         self._closed = False
 
     async def current(self) -> SnapshotVersion | None:
@@ -108,6 +109,9 @@ class PostgresSnapshotVersion:
             self._deadline.cancel()
             self._deadline = None
         in_flight, self._in_flight = self._in_flight or [], None
+        if self._failing:
+            self._failing = False
+            log.info("the database's snapshot reads again: small reads are cached again")
         version = (self._epoch, snapshot)
         for waiter in in_flight:
             if not waiter.done():  # its caller may have given up
@@ -119,7 +123,9 @@ class PostgresSnapshotVersion:
         """Answers every lookup with None, drops the connection; quiet for
         `timeout` seconds (nothing if closing: `exc` None)."""
         if exc is not None:
-            log.info("cannot read the database's snapshot, small reads are not cached for now: %s", reason(exc))
+            if not self._failing:  # once per outage, not every `timeout` seconds
+                log.info("cannot read the database's snapshot, small reads are not cached for now: %s", reason(exc))
+            self._failing = True
             self._quiet_until = time.monotonic() + self._timeout
         if self._deadline is not None:
             self._deadline.cancel()

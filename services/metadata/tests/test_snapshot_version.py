@@ -4,6 +4,7 @@ snapshot of a real server does on commits, reads and lost connections."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import psycopg
 import pytest
@@ -120,7 +121,8 @@ async def test_the_snapshot_moves_on_a_commit_and_not_on_reads(postgres_url):
 
 
 @pytest.mark.postgres
-async def test_a_lost_connection_answers_none_then_a_new_epoch(postgres_url, postgres_admin):
+async def test_a_lost_connection_answers_none_then_a_new_epoch(postgres_url, postgres_admin, caplog):
+    caplog.set_level(logging.INFO, logger="registry.metadata")
     version = PostgresSnapshotVersion(postgres_url, timeout=0.2)
     try:
         before = await version.current()
@@ -136,5 +138,9 @@ async def test_a_lost_connection_answers_none_then_a_new_epoch(postgres_url, pos
         after = await version.current()
         # Whatever the snapshot, a reply kept before is not served after.
         assert after is not None and after[0] == before[0] + 1
+        # One line when it stops, one when it is back.
+        messages = [record.getMessage() for record in caplog.records]
+        assert sum("cannot read the database's snapshot" in m for m in messages) == 1
+        assert sum("snapshot reads again" in m for m in messages) == 1
     finally:
         await version.close()
