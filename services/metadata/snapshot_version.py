@@ -147,7 +147,7 @@ class PostgresSnapshotVersion:
                     **connection_parameters(self._url), autocommit=True
                 )
                 await connection.execute(_PREPARE)
-        except (psycopg.Error, OSError, TimeoutError) as exc:
+        except Exception as exc:  # any: lookups must never wait on a task that died
             if connection is not None:
                 await connection.close()
             self._connecting = None
