@@ -3,7 +3,8 @@
 - `required_role(method)`: THE role table (deny by default: a method it
   does not name needs admin; health is open).
 - `AccessSettings`: COGMENT_MODEL_REGISTRY_AUTH_FILE, _ANONYMOUS_ROLE,
-  _AUTH_FILE_CHECK_SECONDS, and whether mTLS is on (_TLS_CLIENT_CA_FILE).
+  _AUTH_FILE_CHECK_SECONDS, _PASSWORD_CHECKS_WAITING, and whether mTLS is on
+  (_TLS_CLIENT_CA_FILE).
 - `access_control(settings)`: what a public server is given as
   `create_aio_server(..., access=...)`: `OpenAccess` without a credentials
   file (everyone is "open", as the original registry), `AccessPolicy` with one.
@@ -38,7 +39,7 @@ from opentelemetry import trace
 
 from services.common import config as c
 from services.common import metrics, service_names, tls
-from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 
 log = logging.getLogger("registry.access")
 audit_log = logging.getLogger("registry.audit")
@@ -46,6 +47,7 @@ audit_log = logging.getLogger("registry.audit")
 AUTH_FILE_VARIABLE = c.PREFIX + "AUTH_FILE"
 ANONYMOUS_ROLE_VARIABLE = c.PREFIX + "ANONYMOUS_ROLE"
 AUTH_FILE_CHECK_VARIABLE = c.PREFIX + "AUTH_FILE_CHECK_SECONDS"
+PASSWORD_CHECKS_WAITING_VARIABLE = c.PREFIX + "PASSWORD_CHECKS_WAITING"
 TLS_CLIENT_CA_VARIABLE = tls.CLIENT_CA_FILE_VARIABLE
 
 READ, WRITE, ADMIN = credentials_file.ROLES
@@ -112,6 +114,11 @@ class AccessSettings:
     # Client certificates are honoured only when mTLS is on: otherwise
     # nothing has verified one, whatever a header claims.
     client_certificates: bool = False
+    # Basic passwords not verified yet (scrypt: ~50 ms of a core and 16 MiB
+    # each) are checked one at a time, and at most this many wait their turn:
+    # a stranger guessing passwords costs at most one core's thread, and
+    # is refused beyond, while verified passwords and tokens never wait.
+    password_checks_waiting: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AccessSettings:
@@ -128,6 +135,7 @@ class AccessSettings:
             anonymous_role=anonymous,
             check_interval_seconds=interval,
             client_certificates=tls.public_mtls_enabled(env),
+            password_checks_waiting=c.env_int(PASSWORD_CHECKS_WAITING_VARIABLE, 64, env, minimum=0),
         )
 
 
@@ -251,6 +259,10 @@ REFUSED_MESSAGE = "this credential was not accepted: unknown token, or wrong use
 MALFORMED_MESSAGE = (
     "the authorization metadata is neither 'Bearer <token>' nor 'Basic <base64(user:password)>'"
 )
+BUSY_MESSAGE = (
+    f"too many password checks are waiting (at most {{}}: {PASSWORD_CHECKS_WAITING_VARIABLE}); retry later, "
+    "or use a bearer token, which never waits"
+)
 # Successful Basic verifications kept (a call that hits pays a SHA-256, not scrypt).
 BASIC_CACHE_MAX_ENTRIES = 1024
 # Verified against for an unknown user, so that it costs what a wrong
@@ -317,6 +329,9 @@ class AccessPolicy:
         # The signature of a file that failed to load: its error is logged once.
         self._failed_signature: tuple[int, int, int] | None = None
         self._basic_cache: OrderedDict[bytes, Identity] = OrderedDict()
+        # One scrypt at a time (`password_checks_waiting` says why); how many hold or wait for it.
+        self._password_check = asyncio.Semaphore(1)
+        self._password_checks = 0
 
     # -- reload
 
@@ -425,8 +440,20 @@ class AccessPolicy:
         if cached is not None:
             self._basic_cache.move_to_end(key)
             return cached
-        # scrypt takes tens of ms: off the event loop, so other calls go on.
-        matches = await asyncio.to_thread(credentials_file.verify_password, password, stored)
+        limit = self.settings.password_checks_waiting
+        if self._password_checks > limit:  # one running, `limit` waiting
+            raise _Refused("basic", "busy", ResourceExhausted(BUSY_MESSAGE.format(limit)))
+        self._password_checks += 1
+        try:
+            async with self._password_check:
+                # The same credential may have been verified while this call waited.
+                cached = self._basic_cache.get(key)
+                if cached is not None:
+                    return cached
+                # scrypt takes tens of ms: off the event loop, so other calls go on.
+                matches = await asyncio.to_thread(credentials_file.verify_password, password, stored)
+        finally:
+            self._password_checks -= 1
         if entry is None or not matches:
             raise _Refused("basic", "unknown" if entry is None else "mismatch", Unauthenticated(REFUSED_MESSAGE))
         identity = Identity(entry.name, entry.role, "basic")

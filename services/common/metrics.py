@@ -60,7 +60,7 @@ DATABASE_BUCKETS_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 # The values the bounded labels of the hooks may take; anything else is
 # counted as "other" rather than growing a series.
 CREDENTIAL_KINDS = frozenset({"none", "bearer", "basic", "certificate"})
-AUTHENTICATION_FAILURE_REASONS = frozenset({"missing", "malformed", "unknown", "mismatch", "forbidden"})
+AUTHENTICATION_FAILURE_REASONS = frozenset({"missing", "malformed", "unknown", "mismatch", "forbidden", "busy"})
 OTHER = "other"
 
 _enabled = True

@@ -27,7 +27,7 @@ from services.common.access import (
     required_role,
 )
 from services.common.config import ConfigError
-from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 
 API = "/cogmentAPI.ModelRegistrySP/"
 LEGACY = "/cogment.ModelRegistrySP/"
@@ -289,6 +289,45 @@ def test_a_changed_password_invalidates_the_cached_one(auth_file):
     clock.now += 5
     with pytest.raises(Unauthenticated):
         authorize(p, API + "Status", basic("writer", PASSWORD))
+
+
+def test_password_checks_run_one_at_a_time_and_few_wait(auth_file, monkeypatch):
+    """A flood of passwords to check (a stranger guessing) holds one thread
+    at a time; beyond the waiting limit it is refused at once, naming the
+    setting, while a password verified before and tokens never wait."""
+    import threading
+    import time as clock_time
+
+    running, most = [0], [0]
+    lock = threading.Lock()
+    real_verify = cf.verify_password
+
+    def slow_verify(password, stored):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        clock_time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return real_verify(password, stored)
+
+    p = policy(auth_file, password_checks_waiting=3)
+    authorize(p, API + "Status", basic("writer", PASSWORD))  # verified, kept
+    monkeypatch.setattr(cf, "verify_password", slow_verify)
+    busy = failures("basic", "busy")
+
+    async def flood():
+        guesses = [p.authorize(API + "Status", basic("admin", f"guess {i}")) for i in range(8)]
+        known = [p.authorize(API + "Status", basic("writer", PASSWORD)), p.authorize(API + "Status", bearer())]
+        return await asyncio.gather(*guesses, *known, return_exceptions=True)
+
+    *guesses, writer, reader = asyncio.run(flood())
+    refused = [g for g in guesses if isinstance(g, ResourceExhausted)]
+    assert len(refused) == 4 and all(isinstance(g, Unauthenticated) for g in guesses if g not in refused)
+    assert "PASSWORD_CHECKS_WAITING" in refused[0].message and "bearer token" in refused[0].message
+    assert failures("basic", "busy") == busy + 4
+    assert most[0] == 1
+    assert (writer.name, reader.name) == ("writer", "reader-token")
 
 
 def test_comparisons_are_constant_time(auth_file, monkeypatch):
