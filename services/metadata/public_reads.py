@@ -30,6 +30,7 @@ from cogment import model_registry_pb2_grpc as legacy_grpc
 from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 from google.protobuf.message import Message
+from opentelemetry import trace
 
 from services.common import metrics, service_names
 from services.common.grpc_server import request_decoder
@@ -84,10 +85,18 @@ class PublicReadsServicer(api_grpc.ModelRegistrySPServicer):
             return (await read(raw, context)).SerializeToString()
         key = (method, raw)
         reply, version = await cache.lookup(key)
+        span = trace.get_current_span()
         if reply is not None:
             self._hits.inc()
+            if span.is_recording():
+                # What a read would have annotated (registry.py), decoded
+                # only for a trace: these bytes were a valid request before.
+                model_id = self._decode_versions(raw).model_id if method == "RetrieveVersionInfos" else None
+                span.set_attributes({"reply_cache": "hit", **({"model_id": model_id} if model_id else {})})
             return reply
         self._misses.inc()
+        if span.is_recording():
+            span.set_attribute("reply_cache", "miss")
         reply = (await read(raw, context)).SerializeToString()
         cache.put(key, version, reply)
         return reply

@@ -122,3 +122,20 @@ def test_a_small_read_is_traced_from_envoy_to_metadata(traced_stack, receiver):
         (server,) = [s for s in spans if s.service == "metadata" and s.name == f"/{service_names.MODEL_REGISTRY}/{method}"]
         assert by_id[server.parent_span_id].service == "envoy", span_tree(spans)
         assert "frontend" not in {s.service for s in spans}, span_tree(spans)
+        assert server.attributes.get("reply_cache") == "miss", server.attributes
+        # Asked again, it is answered from a replica's reply cache (each
+        # metadata replica has its own: a few calls reach every one), and
+        # its span says so.
+        asked = [traceparent() for _ in range(4)]
+        for _, _, metadata in asked:
+            call(request, metadata=metadata)
+        servers = [
+            s
+            for trace_id, _, _ in asked
+            for s in receiver.wait_for(trace_id, {"metadata"}, settle=0.3)
+            if s.service == "metadata" and s.name == f"/{service_names.MODEL_REGISTRY}/{method}"
+        ]
+        hits = [s for s in servers if s.attributes.get("reply_cache") == "hit"]
+        assert hits, [s.attributes for s in servers]
+        if method == "RetrieveVersionInfos":
+            assert all(s.attributes.get("model_id") == model for s in hits), [s.attributes for s in hits]
