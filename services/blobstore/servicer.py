@@ -20,8 +20,9 @@ from registry import blobstore_pb2, blobstore_pb2_grpc
 
 from services.blobstore.blobs import BlobService, PutMessage
 from services.common import service_names
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, RegistryError
 from services.common.passthrough import add_servicer
+from services.common.stream_refusal import announce_refusal
 from services.common.wire import data_chunk_message, upload_body_data
 
 class BlobStoreServicer(blobstore_pb2_grpc.BlobStoreServicer):
@@ -37,8 +38,13 @@ class BlobStoreServicer(blobstore_pb2_grpc.BlobStoreServicer):
         self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> blobstore_pb2.PutBlobReply:
         """Stores a blob from a header, data chunks and `finish`; replies once
-        it is durable (archived) or complete (memory)."""
-        size = await self._blobs.put(decode_put_messages(request_iterator))
+        it is durable (archived) or complete (memory). A refusal is also
+        announced in the initial metadata (stream_refusal.py says why)."""
+        try:
+            size = await self._blobs.put(decode_put_messages(request_iterator))
+        except RegistryError as refusal:
+            await announce_refusal(context, refusal)
+            raise
         return blobstore_pb2.PutBlobReply(size=size)
 
     async def GetBlob(

@@ -18,6 +18,7 @@ from registry import admin_pb2, blobstore_pb2, metadata_pb2, metadata_pb2_grpc
 
 from services.common import service_names
 from services.common.grpc_client import UPSTREAM_HEADER, call_idempotent, upstream_error
+from services.common.stream_refusal import refusal_behind
 from services.frontend.blob_replicas import Replica
 from services.frontend.config import FrontendConfig
 
@@ -116,7 +117,11 @@ class BlobStoreClient:
         )
         # A request iterator, not call.write(): the OpenTelemetry aio
         # interceptor breaks write()/done_writing() streams.
-        await put(requests, timeout=self._config.blob_stream_timeout(size))
+        call = put(requests, timeout=self._config.blob_stream_timeout(size))
+        try:
+            await call
+        except grpc.aio.AioRpcError as error:
+            raise await refusal_behind(call, error) from None
 
     def get(
         self, replica: Replica, key: str, *, archived: bool, expected_size: int, expected_sha256: bytes
