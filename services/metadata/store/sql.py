@@ -122,7 +122,11 @@ INSERT_VERSION = (
     "INSERT INTO versions (model_seq, number, creation_timestamp, archived, data_hash, data_size, "
     "user_data, blob_key, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-TOUCH_VERSION = "UPDATE versions SET last_used = ? WHERE model_seq = ? AND number = ? AND archived = FALSE"
+# Unless it is the most recently used already (its stamp is the latest):
+# then the order does not change, and nothing is written.
+TOUCH_VERSION = (
+    "UPDATE versions SET last_used = ? WHERE model_seq = ? AND number = ? AND archived = FALSE AND last_used < ?"
+)
 SELECT_MODEL_BLOBS = "SELECT blob_key, archived FROM versions WHERE model_seq = ? ORDER BY number"
 DELETE_MODEL_VERSIONS = "DELETE FROM versions WHERE model_seq = ?"
 DELETE_VERSION = "DELETE FROM versions WHERE model_seq = ? AND number = ?"
@@ -343,11 +347,17 @@ class SqlMetadataStore(MetadataStore):
             raise model_not_found(model_id)
         return row[0], row[1]
 
-    def _next_use_stamp(self, cursor: Cursor) -> int:
-        """A `last_used` value later than every one recorded: wall-clock
-        nanoseconds, nudged forward when the clock stalls or steps back, so
-        the LRU order is the order of use (and of insertion on ties)."""
+    def _latest_transient_use(self, cursor: Cursor) -> int:
         (latest,) = self._execute(cursor, LATEST_TRANSIENT_USE).fetchone()
+        return latest
+
+    def _next_use_stamp(self, cursor: Cursor, latest: int | None = None) -> int:
+        """A `last_used` value later than every one recorded (`latest`, read
+        if not given): wall-clock nanoseconds, nudged forward when the clock
+        stalls or steps back, so the LRU order is the order of use (and of
+        insertion on ties)."""
+        if latest is None:
+            latest = self._latest_transient_use(cursor)
         return max(time.time_ns(), latest + 1)
 
     # -- models -------------------------------------------------------------
@@ -615,8 +625,13 @@ class SqlMetadataStore(MetadataStore):
             seq, _ = self._model_row(cursor, model_id)
             resolved = self.resolve_version_number(cursor, model_id, seq, number)
             if touch and not resolved.version.archived:
-                stamp = self._next_use_stamp(cursor)
-                self._execute(cursor, TOUCH_VERSION, (stamp, seq, resolved.version.number))
+                # Every actor pulls the latest version after a push: all but
+                # the first touch change nothing, so they write nothing. A
+                # transaction that writes nothing commits no change, and the
+                # public reads' reply caches stay valid (reply_cache.py).
+                latest = self._latest_transient_use(cursor)
+                stamp = self._next_use_stamp(cursor, latest)
+                self._execute(cursor, TOUCH_VERSION, (stamp, seq, resolved.version.number, latest))
         return resolved
 
     def commit_version(self, draft: VersionDraft, blob_key: str) -> Commit:

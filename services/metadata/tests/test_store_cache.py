@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import psycopg
 import pytest
 
 from services.common.errors import ResourceExhausted
@@ -34,6 +37,37 @@ def test_touch_moves_a_version_to_the_back_of_the_queue(small_store):
     assert commit(small_store, "a", key="a4").evicted == (BlobRef("a2", archived=False),)
     assert commit(small_store, "a", key="a5").evicted == (BlobRef("a3", archived=False),)
     assert commit(small_store, "a", key="a6").evicted == (BlobRef("a1", archived=False),)
+
+
+@pytest.fixture
+def database_state(database):
+    """What any commit changes: SQLite's change counter as another
+    connection sees it, or PostgreSQL's current snapshot."""
+    if database.is_postgres:
+        connection = psycopg.connect(database.url, autocommit=True)
+        query = "SELECT pg_current_snapshot()::text"
+    else:
+        connection = sqlite3.connect(database.path)
+        query = "PRAGMA data_version"
+    yield lambda: connection.execute(query).fetchone()[0]
+    connection.close()
+
+
+def test_touching_the_most_recently_used_version_keeps_the_order_and_writes_nothing(small_store, database_state):
+    """The latest version, pulled by every actor after a push: its touches
+    change no order, and commit no change (a change would empty every
+    replica's reply cache)."""
+    for n in range(1, 4):
+        commit(small_store, "a", key=f"a{n}")
+    small_store.resolve_version("a", 2, touch=True)  # order: 1, 3, 2
+    before = database_state()
+    for _ in range(3):
+        small_store.resolve_version("a", 2, touch=True)
+    assert database_state() == before
+    small_store.resolve_version("a", 1, touch=True)  # a real change of order: 3, 2, 1
+    assert database_state() != before
+    assert commit(small_store, "a", key="a4").evicted == (BlobRef("a3", archived=False),)
+    assert commit(small_store, "a", key="a5").evicted == (BlobRef("a2", archived=False),)
 
 
 def test_listing_infos_does_not_count_as_use(small_store):

@@ -364,11 +364,11 @@ class DyingStore(PostgresMetadataStore):
         with super()._transaction(write=write, single_statement=single_statement) as cursor:
             yield cursor
 
-    def _next_use_stamp(self, cursor):
+    def _next_use_stamp(self, cursor, latest=None):
         if self.die_mid_transaction:
             self.die_mid_transaction = False
             self.killer(self.backend_pid)
-        return super()._next_use_stamp(cursor)
+        return super()._next_use_stamp(cursor, latest)
 
     def _end(self, cursor, *, commit):
         if commit and self.die_before_commit:
