@@ -41,6 +41,14 @@ def test_add_token_prints_the_token_alone_and_stores_only_its_hash(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
+def test_a_new_token_never_reads_as_an_option():
+    """1 in 64 URL-safe tokens would start with "-", and `--token <it>`
+    would then fail (argparse takes it for an option): never made."""
+    tokens = [cf.new_token() for _ in range(2000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens) and {len(t) for t in tokens} == {43}
+
+
 def test_add_user_reads_the_password_from_stdin_and_stores_scrypt(tmp_path):
     path = tmp_path / "auth.json"
     done = run_cli("auth", "add-user", "--file", str(path), "--name", "alice", "--role", "read", "--password-stdin", stdin="s3cret pass\n")

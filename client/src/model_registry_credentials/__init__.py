@@ -92,7 +92,12 @@ def token_digest(token: str) -> str:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    """A random token (256 bits, URL-safe base64) that does not start with
+    "-": one that did (1 in 64) would read as an option in `--token <token>`
+    on a command line."""
+    while (token := secrets.token_urlsafe(TOKEN_BYTES)).startswith("-"):
+        pass
+    return token
 
 
 def hash_password(password: str, *, salt: bytes | None = None, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> dict[str, Any]:
