@@ -135,7 +135,9 @@ class AccessSettings:
             anonymous_role=anonymous,
             check_interval_seconds=interval,
             client_certificates=tls.public_mtls_enabled(env),
-            password_checks_waiting=c.env_int(PASSWORD_CHECKS_WAITING_VARIABLE, 64, env, minimum=0),
+            password_checks_waiting=c.env_int(
+                PASSWORD_CHECKS_WAITING_VARIABLE, cls.password_checks_waiting, env, minimum=0
+            ),
         )
 
 
@@ -436,9 +438,8 @@ class AccessPolicy:
         stored = entry.secret if entry is not None else _DUMMY_SCRYPT
         # The stored hash in the key: a changed password never matches an old entry.
         key = hashlib.sha256(decoded + b"\0" + stored["hash"].encode("ascii")).digest()
-        cached = self._basic_cache.get(key)
+        cached = self._cached_basic(key)
         if cached is not None:
-            self._basic_cache.move_to_end(key)
             return cached
         limit = self.settings.password_checks_waiting
         if self._password_checks > limit:  # one running, `limit` waiting
@@ -447,7 +448,7 @@ class AccessPolicy:
         try:
             async with self._password_check:
                 # The same credential may have been verified while this call waited.
-                cached = self._basic_cache.get(key)
+                cached = self._cached_basic(key)
                 if cached is not None:
                     return cached
                 # scrypt takes tens of ms: off the event loop, so other calls go on.
@@ -461,6 +462,13 @@ class AccessPolicy:
         if len(self._basic_cache) > BASIC_CACHE_MAX_ENTRIES:
             self._basic_cache.popitem(last=False)
         return identity
+
+    def _cached_basic(self, key: bytes) -> Identity | None:
+        """A Basic credential verified before (and now the most recently used)."""
+        cached = self._basic_cache.get(key)
+        if cached is not None:
+            self._basic_cache.move_to_end(key)
+        return cached
 
     def _certificate(self, header: str) -> Identity:
         name = client_certificate_cn(header)

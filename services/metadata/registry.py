@@ -169,7 +169,10 @@ class MetadataRegistry:
                 executor.shutdown(wait=False)
                 raise
         registry = cls(
-            store, executor, loop, reader=reader,
+            store,
+            executor,
+            loop,
+            reader=reader,
             data_version=data_version,
             reply_cache_bytes=reply_cache_bytes,
             watch_batch_size=watch_batch_size,
