@@ -32,6 +32,17 @@ def replicas_of(addresses, resolver=resolve_address) -> BlobReplicas:
     )
 
 
+async def refresh_until_serving(replicas: BlobReplicas, count: int) -> None:
+    """Refreshes until `count` replicas serve (or about 5 s went by): a
+    replica's first answer waits for its connection, which can take longer
+    than one describe timeout on a loaded machine."""
+    for _ in range(50):
+        await replicas.refresh()
+        if len(replicas.serving()) == count:
+            return
+        await asyncio.sleep(0.1)
+
+
 async def start_replicas(tmp_path: Path, count: int):
     started = []
     for index in range(count):
@@ -52,7 +63,7 @@ async def test_replicas_are_described_and_keys_find_their_holder(tmp_path: Path)
     started = await start_replicas(tmp_path, 2)
     replicas = replicas_of([f"127.0.0.1:{config.port}" for config, *_ in started])
     try:
-        await replicas.refresh()
+        await refresh_until_serving(replicas, 2)
         serving = replicas.serving()
         assert len(serving) == 2
         ids = {r.replica_id for r in serving}
@@ -77,7 +88,7 @@ async def test_a_stopped_replica_leaves_rotation_and_a_restarted_one_is_new(tmp_
     (config, _, stop), (other_config, _, other_stop) = await start_replicas(tmp_path, 2)
     replicas = replicas_of([f"127.0.0.1:{config.port}", f"127.0.0.1:{other_config.port}"])
     try:
-        await replicas.refresh()
+        await refresh_until_serving(replicas, 2)
         before = {r.address: r.replica_id for r in replicas.serving()}
         old_key = new_transient_key(before[f"127.0.0.1:{config.port}"])
         await stop()
@@ -89,11 +100,7 @@ async def test_a_stopped_replica_leaves_rotation_and_a_restarted_one_is_new(tmp_
 
         # Same address, new process: a new id, and the old keys stay lost.
         _, stop = await start_blobstore(config)
-        for _ in range(50):
-            await replicas.refresh()
-            if len(replicas.serving()) == 2:
-                break
-            await asyncio.sleep(0.05)
+        await refresh_until_serving(replicas, 2)
         after = {r.address: r.replica_id for r in replicas.serving()}
         assert after.keys() == before.keys()
         assert after[f"127.0.0.1:{config.port}"] != before[f"127.0.0.1:{config.port}"]
@@ -116,7 +123,7 @@ async def test_one_name_may_stand_for_several_replicas_and_survives_a_dns_failur
 
     replicas = replicas_of(["blobstore:9030"], resolver)
     try:
-        await replicas.refresh()
+        await refresh_until_serving(replicas, 2)
         assert len(replicas.serving()) == 2
         answers.append(OSError("temporary failure in name resolution"))
         await replicas.refresh()
@@ -165,7 +172,7 @@ async def test_a_draining_replica_takes_no_new_blob_but_still_serves_its_own(tmp
     await app.ready
     replicas = replicas_of([f"127.0.0.1:{config.port}"])
     try:
-        await replicas.refresh()
+        await refresh_until_serving(replicas, 1)
         (replica,) = replicas.serving()
         key = new_transient_key(replica.replica_id)
         app.on_draining()
