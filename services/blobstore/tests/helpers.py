@@ -21,6 +21,7 @@ from services.blobstore.server import create_server
 from services.blobstore.store import BlobTier
 from services.common.config import MIB  # noqa: F401 - the tests take it from here
 from services.common.service_names import BLOBSTORE
+from services.common.stream_refusal import refusal_behind
 
 
 async def store(tier: BlobTier, key: str, chunks: Iterable[bytes]) -> None:
@@ -126,11 +127,16 @@ class Blobstore:
         return (await self.health.Check(health_pb2.HealthCheckRequest(service=service))).status
 
 
-async def expect_status(code: grpc.StatusCode, awaitable) -> str:
-    with pytest.raises(grpc.aio.AioRpcError) as error:
+async def expect_status(code: grpc.StatusCode, awaitable, call: grpc.aio.Call | None = None) -> str:
+    """The details of the status `awaitable` fails with, which must be
+    `code`; read as the frontend reads a PutBlob refusal (stream_refusal.py)
+    when `call` (or `awaitable` itself) is the call."""
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
         await awaitable
-    assert error.value.code() == code, error.value.details()
-    return error.value.details()
+    call = call if call is not None else awaitable if isinstance(awaitable, grpc.aio.Call) else None
+    error = raised.value if call is None else await refusal_behind(call, raised.value)
+    assert error.code() == code, error.details()
+    return error.details()
 
 
 async def stalled_upload(messages, stalled: asyncio.Event) -> AsyncIterator[blobstore_pb2.PutBlobRequest]:

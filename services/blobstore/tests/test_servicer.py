@@ -127,7 +127,7 @@ async def test_bytes_beyond_size_fail_at_once(blobstore: Blobstore, archived: bo
     messages = put_requests("too-long", b"x" * 20, archived=archived, size=10, chunk_size=5, finish=False)
     # The client never ends its stream: the error must not wait for it.
     call = blobstore.stub.PutBlob(stalled_upload(messages, asyncio.Event()))
-    details = await expect_status(grpc.StatusCode.INVALID_ARGUMENT, asyncio.wait_for(call, 5))
+    details = await expect_status(grpc.StatusCode.INVALID_ARGUMENT, asyncio.wait_for(call, 5), call)
     assert "more than the 10 bytes" in details
     assert await is_missing(blobstore, "too-long", archived)
     assert temp_files(blobstore.archive_dir) == []

@@ -21,6 +21,7 @@ from registry import blobstore_pb2, blobstore_pb2_grpc
 from services.blobstore.blobs import BlobService, PutMessage
 from services.blobstore.servicer import BlobStoreServicer, add_to_server, decode_put_messages
 from services.blobstore.store import BlobTier, FileTier, MemoryTier
+from services.common.stream_refusal import refusal_behind
 from services.blobstore.tests.helpers import MIB, put_requests
 from services.blobstore.tests.tiers import Archive, FileArchive, S3Archive
 from services.common.errors import DataLoss
@@ -177,9 +178,11 @@ async def test_the_raw_bytes_handlers_run_inside_the_interceptors(tmp_path: Path
                 key="wrapped", archived=True, expected_size=len(DATA), expected_sha256=SHA, chunk_size=MIB
             )
             assert b"".join([reply.data_chunk async for reply in stub.GetBlob(request)]) == DATA
+            again = stub.PutBlob(iter(put_requests("wrapped", DATA, archived=True)))
             with pytest.raises(grpc.aio.AioRpcError) as exists:
-                await stub.PutBlob(iter(put_requests("wrapped", DATA, archived=True)))
-            assert exists.value.code() == grpc.StatusCode.ALREADY_EXISTS
+                await again
+            # Read as the frontend reads a PutBlob refusal (stream_refusal.py).
+            assert (await refusal_behind(again, exists.value)).code() == grpc.StatusCode.ALREADY_EXISTS
             with pytest.raises(grpc.aio.AioRpcError) as missing:
                 async for _ in stub.GetBlob(blobstore_pb2.GetBlobRequest(key="missing", archived=True)):
                     pass
