@@ -181,15 +181,18 @@ def _failure_code(context: grpc.aio.ServicerContext, exc: BaseException) -> grpc
 Decoder = Callable[[bytes], Any]
 
 
-def request_decoder(deserializer: Decoder | None) -> Decoder | None:
+def request_decoder(deserializer: Decoder | None, name: str | None = None) -> Decoder | None:
     """The function that turns a received message into the request the
     handler expects (None: the handler takes bytes), raising
     InvalidArgument for bytes that are not such a message: truncated or
-    malformed protobuf, invalid UTF-8 in a string field."""
+    malformed protobuf, invalid UTF-8 in a string field. The message names
+    the type as `name` if given (a caller of the 1.x alias sent a `cogment.`
+    message, decoded as its twin), else as the deserializer's."""
     if deserializer is None:
         return None
-    message_type = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
-    name = message_type.full_name if message_type is not None else "the expected message"
+    if name is None:
+        message_type = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+        name = message_type.full_name if message_type is not None else "the expected message"
 
     def decode(raw: bytes) -> Any:
         try:

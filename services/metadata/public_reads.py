@@ -52,14 +52,30 @@ class PublicReadsServicer(api_grpc.ModelRegistrySPServicer):
     being decoded or checked again (the same bytes pass the same checks);
     any other is decoded, checked, read, encoded, and kept there."""
 
-    def __init__(self, reads: MetadataServicer, limits: RequestLimits, cache: ReplyCache | None = None) -> None:
+    def __init__(
+        self,
+        reads: MetadataServicer,
+        limits: RequestLimits,
+        cache: ReplyCache | None = None,
+        package: str = api.DESCRIPTOR.package,
+    ) -> None:
         self._reads = reads
         self._limits = limits
         self._cache = cache
-        self._decode_models = request_decoder(api.RetrieveModelsRequest.FromString)
-        self._decode_versions = request_decoder(api.RetrieveVersionInfosRequest.FromString)
+        # The messages of both names are the same on the wire: decoded as
+        # cogmentAPI's, named as the caller's service names them.
+        self._decode_models = request_decoder(
+            api.RetrieveModelsRequest.FromString, f"{package}.{api.RetrieveModelsRequest.DESCRIPTOR.name}"
+        )
+        self._decode_versions = request_decoder(
+            api.RetrieveVersionInfosRequest.FromString, f"{package}.{api.RetrieveVersionInfosRequest.DESCRIPTOR.name}"
+        )
         lookups = metrics.metadata().read_cache_lookups
         self._hits, self._misses = lookups.labels(outcome="hit"), lookups.labels(outcome="miss")
+
+    def under(self, package: str) -> PublicReadsServicer:
+        """The same reads (same cache) for the service of `package`."""
+        return PublicReadsServicer(self._reads, self._limits, self._cache, package)
 
     async def RetrieveModels(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """Lists models (paginated) or fetches the given ids in order."""
@@ -111,4 +127,5 @@ def add_public_reads(servicer: PublicReadsServicer, server: grpc.aio.Server) -> 
         (service_names.MODEL_REGISTRY, api_grpc.add_ModelRegistrySPServicer_to_server),
         (service_names.LEGACY_MODEL_REGISTRY, legacy_grpc.add_ModelRegistrySPServicer_to_server),
     ):
-        add_servicer(server, servicer, service, add_generated, raw_requests=reads, raw_responses=reads)
+        package = service.rpartition(".")[0]
+        add_servicer(server, servicer.under(package), service, add_generated, raw_requests=reads, raw_responses=reads)

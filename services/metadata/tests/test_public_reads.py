@@ -211,4 +211,6 @@ async def test_bytes_that_are_no_request_are_refused_every_time(servers):
             for _ in range(2):
                 code, message = await status_of(call(b"\x0a\x05ab"))  # a string field cut short
                 assert code == grpc.StatusCode.INVALID_ARGUMENT
-                assert message.startswith("the request is not a valid cogmentAPI.")
+                # Named as the caller's service names it.
+                package = service.rpartition(".")[0]
+                assert message.startswith(f"the request is not a valid {package}.{method}Request:"), message
