@@ -1,6 +1,7 @@
 """Issue 12's table, row by row, through Envoy on a stack with default
-limits: each abuse gets a clear, documented answer and the stack keeps
-serving everyone else."""
+limits (but for the idle timeouts and the stream limit: stacks of their own
+with small ones): each abuse gets a clear, documented answer and the stack
+keeps serving everyone else."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cogmentAPI import model_registry_pb2 as api
 from cogmentAPI import model_registry_pb2_grpc as api_grpc
 
 from services.common import service_names
-from services.common.limits import RequestLimits
+from services.common.limits import DOWNLOAD_IDLE_TIMEOUT_SECONDS, UPLOAD_IDLE_TIMEOUT_SECONDS, RequestLimits
 
 from conftest import MESSAGE_LIMIT, create_version, read_data, single_shape_only, version_chunks
 
@@ -248,13 +249,35 @@ def test_an_absurd_declared_size_is_refused_at_once_not_with_a_deadline(registry
 # -- stalled uploads, stopped readers -------------------------------------------------------------
 
 
+# The idle timeouts of the stack below: the mechanism under test, short
+# enough not to hold the suite for the default's 30 s (each service reads
+# them as any other limit: RequestLimits.from_env, unit-tested there).
+SHORT_IDLE_TIMEOUT_SECONDS = 4
+SHORT_IDLE = RequestLimits(
+    upload_idle_timeout_seconds=SHORT_IDLE_TIMEOUT_SECONDS, download_idle_timeout_seconds=SHORT_IDLE_TIMEOUT_SECONDS
+)
+
+
+@pytest.fixture
+def short_idle_registry(tmp_path):
+    """A registry on a stack of its own whose idle timeouts are short."""
+    from conftest import running_stack
+
+    timeouts = {variable: str(SHORT_IDLE_TIMEOUT_SECONDS) for variable in (UPLOAD_IDLE_TIMEOUT_SECONDS, DOWNLOAD_IDLE_TIMEOUT_SECONDS)}
+    with running_stack(tmp_path, **timeouts) as running:
+        registry = api_grpc.ModelRegistrySPStub(running.channel())
+        registry.CreateOrUpdateModel(api.CreateOrUpdateModelRequest(model_info=api.ModelInfo(model_id="idle")))
+        yield registry
+
+
 @single_shape_only
-def test_stalled_uploads_and_a_reader_that_stops_are_ended_after_the_idle_timeout(stack, registry, model_id):
+def test_stalled_uploads_and_a_reader_that_stops_are_ended_after_the_idle_timeout(short_idle_registry):
     """Three transient uploads announcing 200 MiB send one chunk and go
     quiet; a reader of a 64 MiB version stops reading. Meanwhile others are
     served (the stalled uploads hold what they sent, not 600 MiB); after the
     idle timeouts all four are ended with DEADLINE_EXCEEDED naming the
     variable, and nothing of the uploads is kept."""
+    registry, model_id, limits = short_idle_registry, "idle", SHORT_IDLE
     data = bytes(range(256)) * (256 * 1024)  # 64 MiB
     archived = create_version(registry, model_id, data, archived=True)
     stop = threading.Event()
@@ -284,22 +307,22 @@ def test_stalled_uploads_and_a_reader_that_stops_are_ended_after_the_idle_timeou
         # Everyone else is served meanwhile.
         small_calls_answer(registry, model_id)
         for upload in uploads:
-            upload.join(LIMITS.upload_idle_timeout_seconds + 30)
+            upload.join(limits.upload_idle_timeout_seconds + 30)
         elapsed = time.monotonic() - started
         assert len(outcomes) == 3
         for outcome in outcomes:
             assert isinstance(outcome, grpc.RpcError), outcome
             assert outcome.code() == grpc.StatusCode.DEADLINE_EXCEEDED, outcome.details()
-            assert "COGMENT_MODEL_REGISTRY_UPLOAD_IDLE_TIMEOUT_SECONDS" in outcome.details()
-        assert LIMITS.upload_idle_timeout_seconds <= elapsed < LIMITS.upload_idle_timeout_seconds + 20
-        time.sleep(max(0.0, LIMITS.download_idle_timeout_seconds + 2 - (time.monotonic() - started)))
+            assert f"for {SHORT_IDLE_TIMEOUT_SECONDS} s ({UPLOAD_IDLE_TIMEOUT_SECONDS})" in outcome.details()
+        assert limits.upload_idle_timeout_seconds <= elapsed < limits.upload_idle_timeout_seconds + 20
+        time.sleep(max(0.0, limits.download_idle_timeout_seconds + 2 - (time.monotonic() - started)))
         # The reader comes back: it gets what was in flight, then the end.
         received = bytearray(first)
         with pytest.raises(grpc.RpcError) as error:
             for chunk in download:
                 received += chunk.data_chunk
         assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error.value.details()
-        assert "COGMENT_MODEL_REGISTRY_DOWNLOAD_IDLE_TIMEOUT_SECONDS" in error.value.details()
+        assert f"for {SHORT_IDLE_TIMEOUT_SECONDS} s ({DOWNLOAD_IDLE_TIMEOUT_SECONDS})" in error.value.details()
         assert len(received) < len(data) and bytes(received) == data[: len(received)]
     finally:
         stop.set()

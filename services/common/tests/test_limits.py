@@ -83,6 +83,8 @@ def test_limits_come_from_the_environment_and_must_hold_one_item_per_reply():
     limits = RequestLimits.from_env(env)
     assert (limits.max_model_ids, limits.upload_idle_timeout_seconds) == (5, 2.5)
     assert RequestLimits.from_env({}) == RequestLimits()
+    # The README's defaults for the idle timeouts (the stack's idle test runs with shorter ones).
+    assert (RequestLimits().upload_idle_timeout_seconds, RequestLimits().download_idle_timeout_seconds) == (30, 30)
     with pytest.raises(ConfigError, match="COGMENT_MODEL_REGISTRY_REPLY_MAX_BYTES=1000 cannot hold one"):
         RequestLimits.from_env({"COGMENT_MODEL_REGISTRY_REPLY_MAX_BYTES": "1000"})
     with pytest.raises(ConfigError, match="UPLOAD_IDLE_TIMEOUT_SECONDS=0.0 must be a positive"):
