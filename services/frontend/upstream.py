@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from registry import admin_pb2, blobstore_pb2, metadata_pb2, metadata_pb2_grpc
 
 from services.common import service_names
-from services.common.grpc_client import UPSTREAM_HEADER, call_idempotent, upstream_error
+from services.common.grpc_client import UPSTREAM_HEADER, call_at_most_once, call_idempotent
 from services.common.stream_refusal import refusal_behind
 from services.frontend.blob_replicas import Replica
 from services.frontend.config import FrontendConfig
@@ -38,13 +38,8 @@ class MetadataClient:
         await call_idempotent(METADATA, lambda: self._stub.UpsertModel(info, timeout=self._timeout))
 
     async def delete_model(self, model_id: str) -> metadata_pb2.DeleteModelReply:
-        # Not retried: a retry after a lost reply would answer NOT_FOUND.
-        try:
-            return await self._stub.DeleteModel(
-                metadata_pb2.DeleteModelRequest(model_id=model_id), timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise upstream_error(METADATA, exc) from None
+        request = metadata_pb2.DeleteModelRequest(model_id=model_id)
+        return await call_at_most_once(METADATA, lambda: self._stub.DeleteModel(request, timeout=self._timeout))
 
     async def retrieve_models(self, request: api.RetrieveModelsRequest) -> api.RetrieveModelsReply:
         return await call_idempotent(METADATA, lambda: self._stub.RetrieveModels(request, timeout=self._timeout))

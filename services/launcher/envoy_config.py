@@ -246,6 +246,12 @@ def _http2_options() -> dict[str, Any]:
 # refuses connections and fails its checks at once whatever this is.
 HEALTH_CHECK_TIMEOUT_SECONDS = {"frontend": 5.0}
 
+# How often a host marked unhealthy is checked again. A restarted replica
+# is back as soon as its first check passes: checked at the healthy
+# interval, calls routed to it would fail for up to a second more with
+# "no healthy upstream" although it serves.
+UNHEALTHY_RECHECK_SECONDS = 0.25
+
 
 # The kind of service a cluster's hosts are, where the cluster is not named
 # after it: metadata's public reads listener is a second port of metadata.
@@ -279,6 +285,7 @@ def _cluster(name: str, endpoints: tuple[Endpoint, ...], topology: StackTopology
                 "interval": interval,
                 # By default an idle cluster is checked once a minute only.
                 "no_traffic_interval": interval,
+                "unhealthy_interval": _duration(min(UNHEALTHY_RECHECK_SECONDS, topology.health_check_interval_seconds)),
                 "unhealthy_threshold": 2,
                 "healthy_threshold": 1,
                 "grpc_health_check": {"service_name": service_names.HEALTH_CHECKED[_SERVICE_OF_CLUSTER.get(name, name)]},

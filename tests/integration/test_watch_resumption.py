@@ -21,13 +21,23 @@ def restart_metadata(stack: Stack) -> None:
 
 
 def until_served(registry, model_id: str, timeout: float = 30) -> None:
+    """Until metadata answers on both of its paths: the public reads Envoy
+    routes to it, and a frontend's calls through Envoy's internal listener
+    (a version that does not exist: NOT_FOUND is metadata's answer)."""
     deadline = time.monotonic() + timeout
+    missing = api.RetrieveVersionDataRequest(model_id=model_id, version_number=1_000_000)
     while True:
         try:
             registry.RetrieveModels(api.RetrieveModelsRequest(model_ids=[model_id]), timeout=2)
-            return
-        except grpc.RpcError:
-            assert time.monotonic() < deadline, "metadata did not come back"
+            try:
+                list(registry.RetrieveVersionData(missing, timeout=2))
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return
+                raise
+            raise AssertionError("a version that does not exist was read")
+        except grpc.RpcError as error:
+            assert time.monotonic() < deadline, f"metadata did not come back: {error.code()}: {error.details()}"
             time.sleep(0.05)
 
 

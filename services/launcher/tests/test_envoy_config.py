@@ -115,6 +115,8 @@ def test_every_cluster_is_http2_and_health_checked():
         (check,) = cluster["health_checks"]
         assert check["grpc_health_check"]["service_name"]
         assert check["no_traffic_interval"] == check["interval"]
+        # A host marked unhealthy is back within a quarter second of serving again.
+        assert check["unhealthy_interval"] == "0.25s"
 
 
 def test_circuit_breakers_and_stream_limits_are_set_deliberately():
