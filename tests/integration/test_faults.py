@@ -24,6 +24,7 @@ import queue
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -133,12 +134,44 @@ def seconds_until_serving(stack: Stack, since: float, model_id: str) -> float:
     return first_ok - since  # type: ignore[operator]
 
 
-def victim(stack: Stack, kind: str) -> dict:
-    return stack.processes(kind)[0]
+# The call a fault means to cut, by what the client does: among several
+# replicas of a kind, the victim is one that has it in flight (by its
+# /metrics: calls started and not yet handled), not one that is idle while
+# another carries the transfer.
+UPLOAD = {"frontend": "CreateVersion", "blobstore": "PutBlob"}
+DOWNLOAD = {"frontend": "RetrieveVersionData", "blobstore": "GetBlob"}
+FOLLOWING = {"frontend": "VersionUpdate"}
 
 
-def hit(stack: Stack, kind: str, signum: int = signal.SIGKILL) -> float:
-    os.kill(victim(stack, kind)["pid"], signum)
+def calls_in_flight(process: dict, method: str) -> float:
+    """Server calls of `method` that `process` has started and not finished."""
+    url = f"http://127.0.0.1:{process['metrics_port']}/metrics"
+    with urllib.request.urlopen(url, timeout=2) as response:
+        text = response.read().decode()
+    started = finished = 0.0
+    for line in text.splitlines():
+        if f'grpc_method="{method}"' in line:
+            if line.startswith("grpc_server_started_total{"):
+                started += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("grpc_server_handled_total{"):
+                finished += float(line.rsplit(" ", 1)[1])
+    return started - finished
+
+
+def victim(stack: Stack, kind: str, carrying: dict[str, str] | None = None) -> dict:
+    """The process of `kind` to hit: the first one, or, where several run,
+    the first with the call of `carrying[kind]` in flight."""
+    processes = stack.processes(kind)
+    method = (carrying or {}).get(kind)
+    if method and len(processes) > 1:
+        for process in processes:
+            if calls_in_flight(process, method) > 0:
+                return process
+    return processes[0]
+
+
+def hit(stack: Stack, kind: str, signum: int = signal.SIGKILL, carrying: dict[str, str] | None = None) -> float:
+    os.kill(victim(stack, kind, carrying)["pid"], signum)
     return time.monotonic()
 
 
@@ -180,7 +213,7 @@ def test_kill_mid_upload(stack, registry_channel, kind):
     def paced() -> Iterator[api.CreateVersionRequestChunk]:
         for index, chunk in enumerate(version_chunks(model_id, data, archived=True, chunk_size=UPLOAD_CHUNK)):
             if index == 8:
-                fault_at.append(hit(stack, kind))
+                fault_at.append(hit(stack, kind, carrying=UPLOAD))
             time.sleep(PACE_SECONDS)
             yield chunk
 
@@ -212,7 +245,7 @@ def download_through_a_fault(stack, registry, kind: str, signum: int = signal.SI
         for index, chunk in enumerate(registry.RetrieveVersionData(request, timeout=60)):
             received += chunk.data_chunk
             if index == 2:
-                fault_at = hit(stack, kind, signum)
+                fault_at = hit(stack, kind, signum, carrying=DOWNLOAD)
             time.sleep(PACE_SECONDS)
     except grpc.RpcError as error:
         return model_id, data, bytes(received), fault_at, error
@@ -246,7 +279,7 @@ def test_kill_mid_commit(stack, registry_channel, kind):
 
     def then_fault() -> Iterator[api.CreateVersionRequestChunk]:
         yield from version_chunks(model_id, data, archived=True)
-        fault_at.append(hit(stack, kind))
+        fault_at.append(hit(stack, kind, carrying=UPLOAD))
 
     try:
         info = registry.CreateVersion(then_fault(), timeout=60).version_info
@@ -361,7 +394,7 @@ def test_kill_while_subscribers_follow(stack, registry_channel, kind):
         for follower in followers:
             got, _ = follower.numbers_until({1}, 10)
             assert got == {1}
-        fault_at = hit(stack, kind)
+        fault_at = hit(stack, kind, carrying=FOLLOWING)
         seconds = seconds_until_serving(stack, fault_at, f"probe-{uuid.uuid4().hex[:8]}")
         # A follower whose stream the fault ended is subscribed again (its
         # new stream has sent the latest version) before anything is
@@ -426,7 +459,7 @@ def test_sigterm_mid_upload_drains(stack, registry_channel, kind):
     def paced() -> Iterator[api.CreateVersionRequestChunk]:
         for index, chunk in enumerate(version_chunks(model_id, data, archived=True, chunk_size=UPLOAD_CHUNK)):
             if index == 8:
-                fault_at.append(hit(stack, kind, signal.SIGTERM))
+                fault_at.append(hit(stack, kind, signal.SIGTERM, carrying=UPLOAD))
             time.sleep(PACE_SECONDS)
             yield chunk
 
