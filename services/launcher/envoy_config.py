@@ -400,9 +400,25 @@ def render_envoy_config(topology: StackTopology) -> dict[str, Any]:
                 },
             }
         )
+    runtime = {}
+    if topology.otlp_collector is not None and topology.span_export_delay_ms is not None:
+        runtime = {
+            "layered_runtime": {
+                "layers": [
+                    {
+                        "name": "static",
+                        "static_layer": {"tracing.opentelemetry.flush_interval_ms": topology.span_export_delay_ms},
+                    },
+                    # What Envoy has without a layered_runtime: runtime
+                    # changes through its admin endpoint.
+                    {"name": "admin", "admin_layer": {}},
+                ]
+            }
+        }
     return {
         # Envoy refuses SDS (even from files) without a node id and cluster.
         "node": {"id": "model-registry", "cluster": "model-registry"},
+        **runtime,
         "admin": {"address": {"socket_address": {"address": topology.admin_host, "port_value": topology.admin_port}}},
         "static_resources": {
             "listeners": [

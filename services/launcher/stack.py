@@ -110,6 +110,17 @@ class LaunchSettings:
         )
 
 
+# The OpenTelemetry SDK's export delay (the services'), which Envoy gets too:
+# one setting says how soon a trace is whole at the collector.
+SPAN_EXPORT_DELAY_VARIABLE = "OTEL_BSP_SCHEDULE_DELAY"
+
+
+def _span_export_delay_ms() -> int | None:
+    if not os.environ.get(SPAN_EXPORT_DELAY_VARIABLE):
+        return None
+    return c.env_int(SPAN_EXPORT_DELAY_VARIABLE, 0, minimum=1)
+
+
 def _otlp_endpoint() -> Endpoint | None:
     url = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if not url:
@@ -192,6 +203,7 @@ class LocalStack:
             metadata_reads=tuple(Endpoint(LOOPBACK, p) for p in m_read_ports),
             blobstores=tuple(Endpoint(LOOPBACK, p) for p in b_ports),
             otlp_collector=_otlp_endpoint(),
+            span_export_delay_ms=_span_export_delay_ms(),
             public_tls=self._public_tls(),
         )
         python = sys.executable

@@ -53,6 +53,8 @@ class StackTopology:
     dns_upstreams: bool = False
     # host:port of an OTLP/gRPC collector for Envoy's own spans, or None.
     otlp_collector: Endpoint | None = None
+    # How often Envoy sends its spans, in ms (None: Envoy's own 5 s).
+    span_export_delay_ms: int | None = None
     health_check_interval_seconds: float = 1.0
     # None: the public listener speaks plaintext.
     public_tls: PublicTls | None = None

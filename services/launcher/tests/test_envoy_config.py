@@ -38,8 +38,13 @@ def local_topology(**overrides) -> StackTopology:
 
 @pytest.mark.parametrize(
     "topology",
-    [local_topology(), local_topology(otlp_collector=Endpoint("127.0.0.1", 4317)), compose_topology()],
-    ids=["local", "local-traced", "compose"],
+    [
+        local_topology(),
+        local_topology(otlp_collector=Endpoint("127.0.0.1", 4317)),
+        local_topology(otlp_collector=Endpoint("127.0.0.1", 4317), span_export_delay_ms=200),
+        compose_topology(),
+    ],
+    ids=["local", "local-traced", "local-traced-export-delay", "compose"],
 )
 def test_envoy_accepts_the_config(tmp_path, topology):
     path = tmp_path / "envoy.yaml"
@@ -137,3 +142,15 @@ def test_circuit_breakers_and_stream_limits_are_set_deliberately():
     options = clusters["frontend"]["typed_extension_protocol_options"]
     (protocol,) = options.values()
     assert protocol["explicit_http_config"]["http2_protocol_options"]["max_concurrent_streams"] == UPSTREAM_MAX_STREAMS
+
+
+def test_envoy_sends_its_spans_as_often_as_the_services_do():
+    """OTEL_BSP_SCHEDULE_DELAY (the services' export delay) sets Envoy's
+    span flush interval too; unset, Envoy keeps its own 5 s and the config
+    no runtime layer of ours."""
+    traced = dict(otlp_collector=Endpoint("127.0.0.1", 4317))
+    assert "layered_runtime" not in render_envoy_config(local_topology(**traced))
+    assert "layered_runtime" not in render_envoy_config(local_topology(span_export_delay_ms=200))  # tracing off
+    layers = render_envoy_config(local_topology(**traced, span_export_delay_ms=200))["layered_runtime"]["layers"]
+    assert layers[0]["static_layer"] == {"tracing.opentelemetry.flush_interval_ms": 200}
+    assert "admin_layer" in layers[-1]
