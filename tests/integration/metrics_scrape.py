@@ -37,16 +37,21 @@ def _read(url: str) -> str:
         return response.read().decode()
 
 
+def target_samples(service: str, url: str) -> list[Sample]:
+    """Every sample one target (of `service`) serves now."""
+    return [
+        Sample(service, url, sample.name, dict(sample.labels), sample.value)
+        for family in text_string_to_metric_families(_read(url))
+        for sample in family.samples
+    ]
+
+
 class Scrape:
     """Every sample of every target, read once."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.samples: list[Sample] = []
         self.targets = targets(run_dir)
-        for service, url in self.targets:
-            for family in text_string_to_metric_families(_read(url)):
-                for sample in family.samples:
-                    self.samples.append(Sample(service, url, sample.name, dict(sample.labels), sample.value))
+        self.samples: list[Sample] = [sample for service, url in self.targets for sample in target_samples(service, url)]
 
     def values(self, name: str, service: str, **labels: str) -> list[float]:
         """The values of `name` on every target of `service` whose labels include `labels`."""

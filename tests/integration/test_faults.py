@@ -24,7 +24,6 @@ import queue
 import signal
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from services.launcher.ports import free_port
 
 from conftest import MESSAGE_LIMIT, POSTGRES_URL, REPLICATED, SHAPE, Stack, fresh_postgres_schema, stack_env, version_chunks
 from fault_table import record_fault
+from metrics_scrape import target_samples
 
 pytestmark = pytest.mark.faults
 
@@ -145,17 +145,12 @@ FOLLOWING = {"frontend": "VersionUpdate"}
 
 def calls_in_flight(process: dict, method: str) -> float:
     """Server calls of `method` that `process` has started and not finished."""
-    url = f"http://127.0.0.1:{process['metrics_port']}/metrics"
-    with urllib.request.urlopen(url, timeout=2) as response:
-        text = response.read().decode()
-    started = finished = 0.0
-    for line in text.splitlines():
-        if f'grpc_method="{method}"' in line:
-            if line.startswith("grpc_server_started_total{"):
-                started += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("grpc_server_handled_total{"):
-                finished += float(line.rsplit(" ", 1)[1])
-    return started - finished
+    samples = target_samples(process["kind"], f"http://127.0.0.1:{process['metrics_port']}/metrics")
+
+    def total(name: str) -> float:
+        return sum(s.value for s in samples if s.name == name and s.labels.get("grpc_method") == method)
+
+    return total("grpc_server_started_total") - total("grpc_server_handled_total")
 
 
 def victim(stack: Stack, kind: str, carrying: dict[str, str] | None = None) -> dict:
